@@ -1,0 +1,319 @@
+/* hvmtest: hvm's tier-1 test guest. A freestanding program loaded by hvm
+ * exactly like a Linux kernel (ELF vmlinux or bzImage), entered in 64-bit
+ * mode with boot_params in RSI. It checks what hvm promised from inside
+ * the guest and reports on COM1 ("hvmtest: ok NAME" / "hvmtest: FAIL NAME"),
+ * then leaves through the debug-exit port with the number of failures.
+ *
+ * Kernel command line: mode=check|hello|echo|reset|acpi-off|triple|spin|
+ * garbage|ioloop|exit; mem=MiB cpus=N initrd_fnv=HEX (what to expect);
+ * n=COUNT (ioloop); code=N (exit). Plain integer code only, so that even a
+ * software KVM without hardware virtualization can run it. */
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long u64;
+
+void triple_fault(void);
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline u8 rd8(u64 a) { return *(volatile u8 *)a; }
+static inline u16 rd16(u64 a) { return *(volatile u16 *)a; }
+static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
+static inline u64 rd64(u64 a) { return *(volatile u64 *)a; }
+static inline void wr64(u64 a, u64 v) { *(volatile u64 *)a = v; }
+static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
+
+void *memset(void *d, int c, u64 n) { u8 *p = d; while (n--) *p++ = (u8)c; return d; }
+void *memcpy(void *d, const void *s, u64 n) { u8 *p = d; const u8 *q = s; while (n--) *p++ = *q++; return d; }
+
+#define COM1 0x3f8
+#define DEBUG_EXIT 0xf4
+#define BOOT_MARKER 0xf5
+
+static void putc_(char c) {
+    while (!(inb(COM1 + 5) & 0x20)) {}
+    outb(COM1, (u8)c);
+}
+static void puts_(const char *s) { while (*s) { if (*s == '\n') putc_('\r'); putc_(*s++); } }
+static void putu(u64 v) { char b[21]; int i = 20; b[i] = 0; do { b[--i] = (char)('0' + v % 10); v /= 10; } while (v); puts_(b + i); }
+static void putx(u64 v) { char b[19]; int i = 18; b[i] = 0; do { b[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v); b[--i] = 'x'; b[--i] = '0'; puts_(b + i); }
+
+static void exit_with(u8 code) { outb(DEBUG_EXIT, code); for (;;) __asm__ volatile("cli; hlt"); }
+
+/* ---- command line ---- */
+static const char *cmdline;
+static int streq(const char *a, const char *b) { while (*a && *a == *b) { a++; b++; } return *a == *b; }
+/* Finds "key=" in the command line; returns the value (up to a space) in buf. */
+static int arg(const char *key, char *buf, int len) {
+    const char *p = cmdline;
+    while (*p) {
+        while (*p == ' ') p++;
+        const char *k = key, *q = p;
+        while (*k && *q == *k) { k++; q++; }
+        if (!*k && *q == '=') {
+            q++;
+            int i = 0;
+            while (*q && *q != ' ' && i < len - 1) buf[i++] = *q++;
+            buf[i] = 0;
+            return 1;
+        }
+        while (*p && *p != ' ') p++;
+    }
+    return 0;
+}
+static u64 parse_num(const char *s) {
+    u64 v = 0;
+    if (s[0] == '0' && s[1] == 'x') {
+        for (s += 2; *s; s++) v = v * 16 + (u64)(*s <= '9' ? *s - '0' : (*s | 32) - 'a' + 10);
+    } else {
+        for (; *s >= '0' && *s <= '9'; s++) v = v * 10 + (u64)(*s - '0');
+    }
+    return v;
+}
+static int num_arg(const char *key, u64 *out) { char b[32]; if (!arg(key, b, sizeof b)) return 0; *out = parse_num(b); return 1; }
+
+/* ---- checks ---- */
+static int failures;
+static void result(const char *name, int ok, const char *detail, u64 value) {
+    puts_(ok ? "hvmtest: ok " : "hvmtest: FAIL ");
+    puts_(name);
+    if (detail) { puts_(" "); puts_(detail); putx(value); }
+    puts_("\n");
+    if (!ok) failures++;
+}
+
+static u64 bp; /* boot_params */
+#define BP_ACPI_RSDP 0x070
+#define BP_E820_ENTRIES 0x1e8
+#define BP_HDR_MAGIC 0x202
+#define BP_RAMDISK_IMAGE 0x218
+#define BP_RAMDISK_SIZE 0x21c
+#define BP_CMDLINE_PTR 0x228
+#define BP_E820_TABLE 0x2d0
+#define GAP_START 0xc0000000UL
+#define GAP_END 0x100000000UL
+
+static u64 low_end, high_end; /* RAM ends below and above the gap (0 when none above) */
+
+static void check_e820(u64 mem_mib) {
+    u32 n = rd8(bp + BP_E820_ENTRIES);
+    u64 ram = 0;
+    int overlap = 0;
+    low_end = high_end = 0;
+    for (u32 i = 0; i < n; i++) {
+        u64 e = bp + BP_E820_TABLE + i * 20;
+        u64 addr = rd64(e), size = rd64(e + 8);
+        u32 type = rd32(e + 16);
+        puts_("hvmtest: e820 "); putx(addr); puts_(" "); putx(size); puts_(" "); putu(type); puts_("\n");
+        if (type != 1) continue;
+        ram += size;
+        if (addr < GAP_END && addr + size > GAP_START) overlap = 1;
+        if (addr + size <= GAP_START && addr + size > low_end) low_end = addr + size;
+        if (addr >= GAP_END) high_end = addr + size;
+    }
+    /* hvm's map: RAM except the legacy hole 0x9fc00..0x100000. */
+    u64 expected = (mem_mib << 20) - (0x100000 - 0x9fc00);
+    result("e820-total", ram == expected, "ram=", ram);
+    result("e820-gap", !overlap, 0, 0);
+    result("e820-high", (mem_mib << 20) > GAP_START ? high_end == GAP_END + (mem_mib << 20) - GAP_START : high_end == 0,
+           "high_end=", high_end);
+}
+
+/* Maps the 2 MiB page holding `addr` (any address below 512 GiB) identity. */
+static u64 pds[8][512] __attribute__((aligned(4096)));
+static int pd_used;
+static void map(u64 addr) {
+    u64 cr3; __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    u64 pml4e = rd64(cr3 & ~0xfffUL);
+    u64 pdpt = pml4e & 0x000ffffffffff000UL;
+    u64 slot = pdpt + ((addr >> 30) & 511) * 8;
+    u64 pdpte = rd64(slot);
+    if (!(pdpte & 1)) {
+        if (pd_used == 8) return;
+        u64 pd = (u64)pds[pd_used++];
+        wr64(slot, pd | 3);
+        pdpte = rd64(slot);
+    }
+    u64 pd = pdpte & 0x000ffffffffff000UL;
+    wr64(pd + ((addr >> 21) & 511) * 8, (addr & ~0x1fffffUL) | 0x83);
+    __asm__ volatile("invlpg (%0)" ::"r"(addr) : "memory");
+}
+
+static int probe(u64 addr) {
+    map(addr);
+    u64 old = rd64(addr);
+    wr64(addr, 0x5a5aa5a5deadbeefUL ^ addr);
+    int ok = rd64(addr) == (0x5a5aa5a5deadbeefUL ^ addr);
+    wr64(addr, old);
+    return ok;
+}
+
+static void check_ram_edges(void) {
+    result("ram-first-page", probe(0x1000), "addr=", 0x1000);
+    result("ram-last-low-page", probe(low_end - 8), "addr=", low_end - 8);
+    if (high_end) {
+        result("ram-first-high-page", probe(GAP_END), "addr=", GAP_END);
+        result("ram-last-high-page", probe(high_end - 8), "addr=", high_end - 8);
+    }
+}
+
+static void check_cmdline(void) {
+    u32 ptr = rd32(bp + BP_CMDLINE_PTR);
+    puts_("hvmtest: cmdline "); puts_((const char *)(u64)ptr); puts_("\n");
+    result("cmdline-ptr", ptr != 0 && rd16(bp + BP_HDR_MAGIC) == 0x6448, "ptr=", ptr);
+}
+
+static void check_initrd(void) {
+    u64 want;
+    u32 addr = rd32(bp + BP_RAMDISK_IMAGE), size = rd32(bp + BP_RAMDISK_SIZE);
+    if (!num_arg("initrd_fnv", &want)) {
+        result("initrd-none", addr == 0 && size == 0, "size=", size);
+        return;
+    }
+    u32 h = 2166136261u;
+    for (u32 i = 0; i < size; i++) h = (h ^ rd8(addr + i)) * 16777619u;
+    puts_("hvmtest: initrd at "); putx(addr); puts_(" size "); putu(size); puts_("\n");
+    result("initrd-aligned", (addr & 0xfff) == 0 && addr + size <= low_end, "addr=", addr);
+    result("initrd-checksum", h == (u32)want, "fnv=", h);
+}
+
+static u8 sum(u64 a, u64 n) { u8 s = 0; while (n--) s = (u8)(s + rd8(a++)); return s; }
+
+static void check_acpi(u64 cpus) {
+    u64 rsdp = rd64(bp + BP_ACPI_RSDP);
+    int sig = rsdp && rd32(rsdp) == 0x20445352 && rd32(rsdp + 4) == 0x20525450; /* "RSD PTR " */
+    result("acpi-rsdp", sig && sum(rsdp, 20) == 0 && sum(rsdp, 36) == 0, "rsdp=", rsdp);
+    if (!sig) return;
+    u64 xsdt = rd64(rsdp + 24);
+    u32 xlen = rd32(xsdt + 4);
+    result("acpi-xsdt", rd32(xsdt) == 0x54445358 && sum(xsdt, xlen) == 0, "xsdt=", xsdt);
+    int tables_ok = 1, lapics = 0;
+    u64 fadt = 0;
+    for (u32 off = 36; off + 8 <= xlen; off += 8) {
+        u64 t = rd64(xsdt + off);
+        u32 len = rd32(t + 4);
+        if (sum(t, len) != 0) tables_ok = 0;
+        if (rd32(t) == 0x50434146) fadt = t; /* FACP */
+        if (rd32(t) == 0x43495041) {        /* APIC */
+            for (u32 o = 44; o + 2 <= len; o += rd8(t + o + 1)) {
+                if (rd8(t + o + 1) == 0) break;
+                if (rd8(t + o) == 0 && (rd32(t + o + 4) & 1)) lapics++;
+            }
+        }
+    }
+    result("acpi-checksums", tables_ok, 0, 0);
+    result("acpi-madt-cpus", (u64)lapics == cpus, "lapics=", (u64)lapics);
+    if (fadt) {
+        u64 dsdt = rd64(fadt + 140);
+        result("acpi-dsdt", rd32(dsdt) == 0x54445344 && sum(dsdt, rd32(dsdt + 4)) == 0, "dsdt=", dsdt);
+    } else {
+        result("acpi-fadt", 0, 0, 0);
+    }
+}
+
+static void check_cpuid(void) {
+    u32 a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+    result("cpuid-hypervisor-bit", (c >> 31) & 1, 0, 0);
+    result("cpuid-bsp-apic-id", (b >> 24) == 0, "apic_id=", b >> 24);
+}
+
+static void check_unused_port(void) {
+    u8 v = inb(0x2f8 + 5);
+    result("unused-port-reads-ff", v == 0xff, "value=", v);
+}
+
+/* ---- modes ---- */
+static u64 acpi_table(u32 signature) {
+    u64 rsdp = rd64(bp + BP_ACPI_RSDP);
+    u64 xsdt = rd64(rsdp + 24);
+    for (u32 off = 36; off + 8 <= rd32(xsdt + 4); off += 8) {
+        u64 t = rd64(xsdt + off);
+        if (rd32(t) == signature) return t;
+    }
+    return 0;
+}
+
+static void acpi_poweroff(void) {
+    u64 fadt = acpi_table(0x50434146);
+    if (!fadt) { puts_("hvmtest: no FADT\n"); exit_with(90); }
+    /* SLEEP_CONTROL_REG is a GAS at offset 244; its address at +4. SLP_TYP 5, SLP_EN. */
+    u16 port = (u16)rd64(fadt + 248);
+    outb(port, (5 << 2) | (1 << 5));
+    puts_("hvmtest: still running after ACPI power-off\n");
+    exit_with(91);
+}
+
+static void garbage(void) {
+    /* Every port hvm does not use to stop the VM, with all widths. */
+    for (u32 p = 0; p < 0x10000; p += (p < 0x1000 ? 1 : 7)) {
+        if ((p >= 0x60 && p <= 0x64) || p == DEBUG_EXIT || p == BOOT_MARKER || p == 0x505 ||
+            (p >= 0x600 && p <= 0x602) || p == 0xcf9 || (p >= 0x3f8 && p <= 0x3ff))
+            continue;
+        outb((u16)p, 0xa5);
+        outl((u16)p, 0xdeadbeef);
+        (void)inb((u16)p);
+        (void)inl((u16)p);
+    }
+    /* MMIO nobody has: the gap (away from the in-kernel LAPIC/IOAPIC), and past RAM. */
+    for (u64 a = GAP_START; a < GAP_START + 0x100000; a += 0x1000) { wr32(a, 0xffffffff); (void)rd32(a); }
+    for (u64 a = 0xd0000000UL; a < 0xd0010000UL; a += 0x100) { wr32(a, 0x12345678); (void)rd32(a); }
+    u64 past = high_end ? high_end : low_end;
+    if (past < GAP_START || past >= GAP_END) { map(past); wr32(past, 0xabcdef01); result("read-past-ram", rd32(past) == 0xffffffff, "value=", rd32(past)); }
+    puts_("hvmtest: survived garbage\n");
+}
+
+static void echo(void) {
+    char line[128];
+    int n = 0;
+    puts_("hvmtest: ready for input\n");
+    for (;;) {
+        while (!(inb(COM1 + 5) & 1)) {}
+        char c = (char)inb(COM1);
+        if (c == '\n' || c == '\r' || n == 127) break;
+        line[n++] = c;
+    }
+    line[n] = 0;
+    puts_("hvmtest: echo ["); puts_(line); puts_("]\n");
+}
+
+void hvmtest_main(u64 boot_params) {
+    bp = boot_params;
+    outb(BOOT_MARKER, 1);
+    cmdline = (const char *)(u64)rd32(bp + BP_CMDLINE_PTR);
+    char mode[16] = "check";
+    arg("mode", mode, sizeof mode);
+    u64 mem = 0, cpus = 1, n = 0, code = 0;
+    num_arg("mem", &mem);
+    num_arg("cpus", &cpus);
+
+    if (streq(mode, "hello")) { puts_("Hello from the hvm tiny guest\n"); acpi_poweroff(); }
+    if (streq(mode, "exit")) { num_arg("code", &code); puts_("hvmtest: exit "); putu(code); puts_("\n"); exit_with((u8)code); }
+    if (streq(mode, "reset")) { puts_("hvmtest: i8042 reset\n"); outb(0x64, 0xfe); puts_("hvmtest: still running after reset\n"); exit_with(92); }
+    if (streq(mode, "acpi-off")) { puts_("hvmtest: ACPI power-off\n"); acpi_poweroff(); }
+    if (streq(mode, "triple")) { puts_("hvmtest: triple fault\n"); triple_fault(); }
+    if (streq(mode, "spin")) { puts_("hvmtest: spinning\n"); for (;;) __asm__ volatile("cli; hlt"); }
+    if (streq(mode, "ioloop")) {
+        num_arg("n", &n);
+        for (u64 i = 0; i < n; i++) outb(0x80, (u8)i);
+        puts_("hvmtest: ioloop done\n");
+        exit_with(0);
+    }
+    if (streq(mode, "echo")) { echo(); exit_with(0); }
+
+    puts_("hvmtest: start\n");
+    check_cmdline();
+    if (mem) check_e820(mem);
+    else { result("mem-argument", 0, 0, 0); low_end = 0x100000; }
+    check_ram_edges();
+    check_initrd();
+    check_acpi(cpus);
+    check_cpuid();
+    check_unused_port();
+    if (streq(mode, "garbage")) garbage();
+    puts_("hvmtest: "); putu((u64)failures); puts_(" failures\n");
+    exit_with((u8)failures);
+}

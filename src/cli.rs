@@ -1,0 +1,93 @@
+//! The command line (clap derive).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hvm",
+    version,
+    about = "A small hosted hypervisor: boots a Linux kernel described by a TOML spec on KVM",
+    after_help = "Examples:\n  hvm run examples/hello.toml\n  hvm run --timeout 30s --serial-log boot.log vm.toml\n  hvm validate vm.toml\n\n\
+                  In the console, Ctrl-A x quits. Exit codes: see README.md (0 = guest powered off)."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot the VM a spec describes, in the foreground, with the guest console on stdio.
+    Run {
+        /// The VM spec (TOML); see docs/spec.md.
+        spec: PathBuf,
+        /// Stop the VM after this long and exit with code 124 (e.g. 30s, 500ms, 2m).
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Also write everything the guest prints on its console to FILE.
+        #[arg(long, value_name = "FILE")]
+        serial_log: Option<PathBuf>,
+    },
+    /// Check a spec without booting it: exit 0, or a message naming the key and line.
+    Validate {
+        /// The VM spec (TOML).
+        spec: PathBuf,
+    },
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration like 30s, 500ms or 2m"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("'{text}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

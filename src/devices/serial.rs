@@ -1,0 +1,217 @@
+//! COM1: a 16550 UART (vm-superio) whose output goes to the console sinks
+//! and whose input comes from the event loop. Interrupts reach the guest
+//! through an eventfd registered as an irqfd.
+
+use super::bus::BusDevice;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, LineWriter, Write};
+use vm_superio::{serial::NoEvents, Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// COM1's ports and ISA interrupt line.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_LEN: u64 = 8;
+pub const COM1_IRQ: u32 = 4;
+/// Input bytes hvm holds for the guest beyond the UART's 64-byte FIFO.
+const MAX_PENDING_INPUT: usize = 1 << 20;
+
+/// Raises the UART's interrupt line.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the guest's console output goes: stdout, files, or nowhere.
+#[derive(Default)]
+pub struct ConsoleOutput {
+    stdout: bool,
+    files: Vec<LineWriter<File>>,
+    broken_stdout: bool,
+}
+
+impl ConsoleOutput {
+    pub fn new(stdout: bool) -> Self {
+        ConsoleOutput {
+            stdout,
+            ..Default::default()
+        }
+    }
+
+    /// Also copies everything into `file` (flushed at each newline and at exit).
+    pub fn add_file(&mut self, file: File) {
+        self.files.push(LineWriter::new(file));
+    }
+}
+
+impl Write for ConsoleOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stdout && !self.broken_stdout {
+            let mut out = io::stdout().lock();
+            if out.write_all(buf).and_then(|_| out.flush()).is_err() {
+                // A closed stdout must not stop the guest (or the log file).
+                self.broken_stdout = true;
+                log::debug!("stdout is closed; guest console output now goes only to files");
+            }
+        }
+        for f in &mut self.files {
+            f.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Files are line-buffered; stdout was flushed in write().
+        Ok(())
+    }
+}
+
+impl ConsoleOutput {
+    /// Pushes out everything still buffered (a last line without newline).
+    pub fn sync(&mut self) -> io::Result<()> {
+        for f in &mut self.files {
+            f.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The UART plus input that did not fit in its FIFO yet.
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
+    pending: VecDeque<u8>,
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFd, out: ConsoleOutput) -> Self {
+        SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), out),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Queues bytes for the guest; they enter the FIFO as it drains.
+    pub fn queue_input(&mut self, bytes: &[u8]) {
+        let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
+        if room < bytes.len() {
+            log::warn!(
+                "guest is not reading its console: dropped {} input bytes",
+                bytes.len() - room
+            );
+        }
+        self.pending.extend(&bytes[..bytes.len().min(room)]);
+        self.refill();
+    }
+
+    fn refill(&mut self) {
+        while !self.pending.is_empty() && self.uart.fifo_capacity() > 0 {
+            let (front, _) = self.pending.as_slices();
+            match self.uart.enqueue_raw_bytes(front) {
+                Ok(n) => drop(self.pending.drain(..n)),
+                Err(e) => {
+                    log::debug!("serial input: {e:?}");
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn output(&mut self) -> &mut ConsoleOutput {
+        self.uart.writer_mut()
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(first) = data.first_mut() {
+            *first = self.uart.read(offset as u8);
+        }
+        if offset == 0 {
+            self.refill();
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(&value) = data.first() {
+            if let Err(e) = self.uart.write(offset as u8, value) {
+                log::debug!("serial write: {e:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    const LSR: u64 = 5;
+    const LSR_DATA_READY: u8 = 1;
+    const LSR_THR_EMPTY: u8 = 0x20;
+
+    fn device() -> (SerialDevice, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let d = SerialDevice::new(irq.try_clone().unwrap(), ConsoleOutput::new(false));
+        (d, irq)
+    }
+
+    fn read(d: &mut SerialDevice, offset: u64) -> u8 {
+        let mut b = [0u8];
+        d.read(offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn transmitter_is_always_ready_so_the_console_never_stalls() {
+        let (mut d, _irq) = device();
+        for _ in 0..10_000 {
+            d.write(0, b"x");
+            assert_ne!(read(&mut d, LSR) & LSR_THR_EMPTY, 0);
+        }
+    }
+
+    #[test]
+    fn output_reaches_the_log_file() {
+        let path = std::env::temp_dir().join(format!("hvm-serial-test-{}", std::process::id()));
+        let (mut d, _irq) = device();
+        d.output().add_file(File::create(&path).unwrap());
+        for b in b"hello\nno newline" {
+            d.write(0, &[*b]);
+        }
+        d.output().sync().unwrap();
+        let mut s = String::new();
+        File::open(&path).unwrap().read_to_string(&mut s).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s, "hello\nno newline");
+    }
+
+    #[test]
+    fn input_larger_than_the_fifo_arrives_in_order() {
+        let (mut d, irq) = device();
+        d.write(1, &[1]); // IER: received-data interrupt on.
+        let input: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
+        d.queue_input(&input);
+        assert!(irq.read().is_ok(), "interrupt raised");
+        let mut got = Vec::new();
+        while read(&mut d, LSR) & LSR_DATA_READY != 0 {
+            got.push(read(&mut d, 0));
+        }
+        assert_eq!(got, input);
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let (mut d, _irq) = device();
+        d.write(0, &[]);
+        d.write(200, &[1, 2, 3, 4]);
+        let mut wide = [0xffu8; 4];
+        d.read(1, &mut wide);
+        assert_eq!(&wide[1..], &[0, 0, 0]);
+        d.read(9999, &mut []);
+    }
+}

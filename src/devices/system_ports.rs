@@ -1,0 +1,131 @@
+//! I/O ports through which the guest controls its own lifetime: the
+//! debug-exit port (a test's verdict), the boot-time marker, ACPI power-off
+//! and reset, and pvpanic (a guest kernel panic).
+
+use super::bus::BusDevice;
+use crate::arch::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
+use crate::timeline;
+use crate::vmm::exit::{ExitReason, ExitSender};
+
+/// The debug-exit port: writing byte N ends hvm with exit code N.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// The boot-time marker port: any write is logged with the time since hvm started.
+pub const BOOT_MARKER_PORT: u16 = 0xf5;
+/// QEMU's pvpanic ISA port; Linux's pvpanic driver finds it through ACPI (QEMU0001).
+pub const PVPANIC_PORT: u16 = 0x505;
+
+/// Port 0xf4: the guest's exit code (like QEMU's isa-debug-exit, but the
+/// byte is the code as it is, so a guest can report success as 0).
+pub struct DebugExit(pub ExitSender);
+
+impl BusDevice for DebugExit {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if let Some(&code) = data.first() {
+            self.0.send(ExitReason::DebugExit(code));
+        }
+    }
+}
+
+/// Port 0xf5: logs when the guest says it has booted (how boot time is measured).
+#[derive(Default)]
+pub struct BootMarker {
+    seen: u32,
+}
+
+impl BusDevice for BootMarker {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        self.seen += 1;
+        let value = data.first().copied().unwrap_or(0);
+        let ms = timeline::since_start().as_secs_f64() * 1e3;
+        log::info!(target: "hvm::boot", "guest boot marker {value} after {ms:.3} ms (#{})", self.seen);
+    }
+}
+
+/// Ports 0x600..=0x602: ACPI sleep control, sleep status, reset register.
+pub struct AcpiPm(pub ExitSender);
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        const SLP_EN: u8 = 1 << 5;
+        let Some(&value) = data.first() else { return };
+        match offset {
+            0 if value & SLP_EN != 0 => {
+                let sleep_type = (value >> 2) & 0x7;
+                if sleep_type == S5_SLEEP_TYPE {
+                    self.0.send(ExitReason::PowerOff);
+                } else {
+                    log::debug!("guest asked for ACPI sleep type {sleep_type}; only S5 is offered");
+                }
+            }
+            2 if value == RESET_VALUE => self.0.send(ExitReason::Reset),
+            _ => {}
+        }
+    }
+}
+
+/// Port 0x505: pvpanic. Bit 0 of a write means "guest panicked".
+pub struct PvPanic(pub ExitSender);
+
+impl BusDevice for PvPanic {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // Events hvm understands: PANICKED (bit 0).
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = 1;
+        }
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) {
+        if data.first().is_some_and(|v| v & 1 != 0) {
+            self.0.send(ExitReason::GuestPanic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_exit_carries_the_byte() {
+        let (tx, rx) = ExitSender::channel();
+        DebugExit(tx).write(0, &[42, 0, 0, 0]);
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::DebugExit(42));
+    }
+
+    #[test]
+    fn acpi_s5_powers_off_and_reset_register_resets() {
+        let (tx, rx) = ExitSender::channel();
+        let mut pm = AcpiPm(tx);
+        pm.write(0, &[(5 << 2) | (1 << 5)]);
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
+        pm.write(2, &[RESET_VALUE]);
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::Reset);
+        pm.write(0, &[(3 << 2) | (1 << 5)]);
+        pm.write(0, &[5 << 2]);
+        pm.write(2, &[7]);
+        pm.write(1, &[]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn pvpanic_reports_a_guest_panic() {
+        let (tx, rx) = ExitSender::channel();
+        let mut p = PvPanic(tx);
+        let mut d = [0u8];
+        p.read(0, &mut d);
+        assert_eq!(d[0], 1);
+        p.write(0, &[2]);
+        assert!(rx.try_recv().is_err());
+        p.write(0, &[1]);
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::GuestPanic);
+    }
+}

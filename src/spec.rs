@@ -1,0 +1,459 @@
+//! The VM spec: a TOML file turned into plain, validated data.
+//!
+//! Parsing keeps the source spans of the values that need checking, so every
+//! error names the key, the line and what is allowed. Paths are resolved
+//! relative to the spec file's folder.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Fewest and most vCPUs a spec may ask for (xAPIC IDs 0..=254; 255 is broadcast).
+pub const MAX_VCPUS: u32 = 254;
+/// Smallest guest RAM: room for the boot structures, a tiny kernel and its stack.
+pub const MIN_MEMORY: u64 = 16 << 20;
+/// Largest guest RAM: 1 TiB keeps every address inside 40 physical bits.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
+/// What went wrong with a spec. The message is what the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read VM spec {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {key} = {value} at line {line}: {allowed}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        line: usize,
+        allowed: String,
+    },
+    #[error("{path}: {message}")]
+    Missing { path: PathBuf, message: String },
+}
+
+/// Where the 16550 console's output goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOutput {
+    /// The terminal: guest output on stdout, keyboard (or piped stdin) as input.
+    Stdio,
+    /// A file (truncated at start); stdin is not read.
+    File(PathBuf),
+    /// Nowhere: the UART still exists, its output is dropped.
+    Off,
+}
+
+/// A validated VM spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The spec file itself (for messages).
+    pub source: PathBuf,
+    pub vcpus: u32,
+    /// Guest RAM in bytes, a multiple of 1 MiB.
+    pub memory: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Extra command-line text, appended after hvm's defaults (or replacing them).
+    pub cmdline: String,
+    pub replace_cmdline: bool,
+    pub serial: SerialOutput,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    #[serde(default)]
+    machine: RawMachine,
+    kernel: Option<RawKernel>,
+    #[serde(default)]
+    serial: RawSerial,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    vcpus: Option<Spanned<i64>>,
+    memory: Option<Spanned<RawSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Mib(i64),
+    Text(String),
+}
+
+impl fmt::Display for RawSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawSize::Mib(n) => write!(f, "{n}"),
+            RawSize::Text(s) => write!(f, "\"{s}\""),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    path: Spanned<String>,
+    initrd: Option<Spanned<String>>,
+    #[serde(default)]
+    cmdline: Option<Spanned<String>>,
+    #[serde(default)]
+    replace_cmdline: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSerial {
+    output: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+}
+
+/// Line number (1-based) of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses a size such as `512M`, `1536MiB`, `2G` or `4096` (MiB) into bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "M" | "MiB" | "MB" | "m" => 20,
+        "K" | "KiB" | "KB" | "k" => 10,
+        "G" | "GiB" | "GB" | "g" => 30,
+        "T" | "TiB" | "TB" | "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+impl Spec {
+    /// Reads and validates the spec at `path`.
+    pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Spec::from_str(&text, path)
+    }
+
+    /// Parses spec text; `path` names the file in messages and anchors relative paths.
+    pub fn from_str(text: &str, path: &Path) -> Result<Spec, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().trim().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let invalid =
+            |key: &'static str, value: String, span: std::ops::Range<usize>, allowed: String| {
+                SpecError::Invalid {
+                    path: path.to_path_buf(),
+                    key,
+                    value,
+                    line: line_of(text, span.start),
+                    allowed,
+                }
+            };
+
+        let vcpus = match &raw.machine.vcpus {
+            None => 1,
+            Some(v) => {
+                let n = *v.get_ref();
+                if !(1..=i64::from(MAX_VCPUS)).contains(&n) {
+                    return Err(invalid(
+                        "machine.vcpus",
+                        n.to_string(),
+                        v.span(),
+                        format!("must be 1..={MAX_VCPUS}"),
+                    ));
+                }
+                n as u32
+            }
+        };
+
+        let memory = match &raw.machine.memory {
+            None => 512 << 20,
+            Some(m) => {
+                let allowed = "must be a size from 16M to 1T in whole MiB, such as \"512M\", \"2G\" or 1024 (MiB)";
+                let bytes = match m.get_ref() {
+                    RawSize::Mib(n) if *n > 0 => (*n as u64).checked_mul(1 << 20),
+                    RawSize::Mib(_) => None,
+                    RawSize::Text(s) => parse_size(s),
+                };
+                match bytes {
+                    Some(b) if (MIN_MEMORY..=MAX_MEMORY).contains(&b) && b % (1 << 20) == 0 => b,
+                    _ => {
+                        return Err(invalid(
+                            "machine.memory",
+                            m.get_ref().to_string(),
+                            m.span(),
+                            allowed.to_string(),
+                        ))
+                    }
+                }
+            }
+        };
+
+        let Some(kernel) = raw.kernel else {
+            return Err(SpecError::Missing {
+                path: path.to_path_buf(),
+                message: "no [kernel] section: add one with path = \"bzImage or vmlinux\"".into(),
+            });
+        };
+        let resolve = |p: &str| base.join(p);
+        if kernel.path.get_ref().trim().is_empty() {
+            return Err(invalid(
+                "kernel.path",
+                "\"\"".into(),
+                kernel.path.span(),
+                "must name a bzImage or ELF vmlinux file".into(),
+            ));
+        }
+        let cmdline = kernel
+            .cmdline
+            .as_ref()
+            .map(|c| c.get_ref().clone())
+            .unwrap_or_default();
+        if let Some(c) = &kernel.cmdline {
+            if c.get_ref().bytes().any(|b| b == 0 || b == b'\n') {
+                return Err(invalid(
+                    "kernel.cmdline",
+                    format!("{:?}", c.get_ref()),
+                    c.span(),
+                    "must be one line without NUL bytes".into(),
+                ));
+            }
+        }
+
+        let serial = match raw
+            .serial
+            .output
+            .as_ref()
+            .map(|o| (o.get_ref().as_str(), o.span()))
+        {
+            None | Some(("stdio", _)) => SerialOutput::Stdio,
+            Some(("off", _)) => SerialOutput::Off,
+            Some(("file", span)) => match &raw.serial.file {
+                Some(f) => SerialOutput::File(resolve(f.get_ref())),
+                None => {
+                    return Err(invalid(
+                        "serial.output",
+                        "\"file\"".into(),
+                        span,
+                        "needs serial.file = \"path\" beside it".into(),
+                    ))
+                }
+            },
+            Some((other, span)) => {
+                return Err(invalid(
+                    "serial.output",
+                    format!("\"{other}\""),
+                    span,
+                    "must be \"stdio\", \"file\" or \"off\"".into(),
+                ))
+            }
+        };
+        if let (Some(f), false) = (&raw.serial.file, matches!(serial, SerialOutput::File(_))) {
+            return Err(invalid(
+                "serial.file",
+                format!("\"{}\"", f.get_ref()),
+                f.span(),
+                "only goes with serial.output = \"file\"".into(),
+            ));
+        }
+
+        Ok(Spec {
+            source: path.to_path_buf(),
+            vcpus,
+            memory,
+            kernel: resolve(kernel.path.get_ref()),
+            initrd: kernel.initrd.map(|i| resolve(i.get_ref())),
+            cmdline,
+            replace_cmdline: kernel.replace_cmdline,
+            serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Spec, SpecError> {
+        Spec::from_str(text, Path::new("/vms/test.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text)
+            .expect_err("spec should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = parse("[kernel]\npath = \"bzImage\"\n").unwrap();
+        assert_eq!(s.vcpus, 1);
+        assert_eq!(s.memory, 512 << 20);
+        assert_eq!(s.kernel, PathBuf::from("/vms/bzImage"));
+        assert_eq!(s.initrd, None);
+        assert_eq!(s.serial, SerialOutput::Stdio);
+        assert!(!s.replace_cmdline);
+    }
+
+    #[test]
+    fn full_spec_parses() {
+        let s = parse(
+            "[machine]\nvcpus = 4\nmemory = \"1536M\"\n[kernel]\npath = \"/k/vmlinux\"\ninitrd = \"i.cpio\"\ncmdline = \"quiet\"\nreplace_cmdline = true\n[serial]\noutput = \"file\"\nfile = \"out.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.vcpus, 4);
+        assert_eq!(s.memory, 1536 << 20);
+        assert_eq!(s.kernel, PathBuf::from("/k/vmlinux"));
+        assert_eq!(s.initrd, Some(PathBuf::from("/vms/i.cpio")));
+        assert_eq!(s.cmdline, "quiet");
+        assert!(s.replace_cmdline);
+        assert_eq!(s.serial, SerialOutput::File(PathBuf::from("/vms/out.log")));
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("3584MiB"), Some(3584 << 20));
+        assert_eq!(parse_size("64GiB"), Some(64 << 30));
+        assert_eq!(parse_size("1024"), Some(1 << 30));
+        assert_eq!(parse_size("12X"), None);
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn integer_memory_is_mib() {
+        let s = parse("[machine]\nmemory = 256\n[kernel]\npath = \"k\"\n").unwrap();
+        assert_eq!(s.memory, 256 << 20);
+    }
+
+    #[test]
+    fn zero_vcpus_names_key_line_and_range() {
+        let e = err("[kernel]\npath = \"k\"\n[machine]\nvcpus = 0\n");
+        assert!(
+            e.contains("machine.vcpus = 0 at line 4: must be 1..=254"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_vcpus_is_rejected() {
+        let e = err("[machine]\nvcpus = 1000\n[kernel]\npath = \"k\"\n");
+        assert!(e.contains("machine.vcpus = 1000 at line 2"), "{e}");
+    }
+
+    #[test]
+    fn bad_memory_is_rejected_with_allowed_forms() {
+        for (value, shown) in [
+            ("\"lots\"", "\"lots\""),
+            ("\"8M\"", "\"8M\""),
+            ("\"2T\"", "\"2T\""),
+            ("\"1536K\"", "\"1536K\""),
+            ("-5", "-5"),
+        ] {
+            let e = err(&format!(
+                "[machine]\nmemory = {value}\n[kernel]\npath = \"k\"\n"
+            ));
+            assert!(
+                e.contains(&format!(
+                    "machine.memory = {shown} at line 2: must be a size"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_line() {
+        let e = err("[machine]\nvcpus = 1\ncpus = 2\n[kernel]\npath = \"k\"\n");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("unknown field `cpus`"), "{e}");
+        assert!(e.contains("expected one of"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_rejected() {
+        let e = err("[kernel]\npath = \"k\"\n[gpu]\nx = 1\n");
+        assert!(e.contains("unknown field `gpu`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_with_line() {
+        let e = err("[machine]\nvcpus = \"two\"\n[kernel]\npath = \"k\"\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = err("[machine]\nvcpus = = 2\n");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn missing_kernel_section_is_explained() {
+        let e = err("[machine]\nvcpus = 2\n");
+        assert!(e.contains("no [kernel] section"), "{e}");
+    }
+
+    #[test]
+    fn missing_kernel_path_is_explained() {
+        let e = err("[kernel]\ninitrd = \"i\"\n");
+        assert!(e.contains("missing field `path`"), "{e}");
+    }
+
+    #[test]
+    fn empty_kernel_path_is_rejected() {
+        let e = err("[kernel]\npath = \"\"\n");
+        assert!(e.contains("kernel.path = \"\" at line 2"), "{e}");
+    }
+
+    #[test]
+    fn multiline_cmdline_is_rejected() {
+        let e = err("[kernel]\npath = \"k\"\ncmdline = \"a\\nb\"\n");
+        assert!(e.contains("kernel.cmdline"), "{e}");
+    }
+
+    #[test]
+    fn serial_output_values() {
+        assert_eq!(
+            parse("[kernel]\npath = \"k\"\n[serial]\noutput = \"off\"\n")
+                .unwrap()
+                .serial,
+            SerialOutput::Off
+        );
+        let e = err("[kernel]\npath = \"k\"\n[serial]\noutput = \"tcp\"\n");
+        assert!(
+            e.contains("serial.output = \"tcp\" at line 4: must be \"stdio\", \"file\" or \"off\""),
+            "{e}"
+        );
+        let e = err("[kernel]\npath = \"k\"\n[serial]\noutput = \"file\"\n");
+        assert!(e.contains("needs serial.file"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[serial]\nfile = \"x\"\n");
+        assert!(e.contains("serial.file = \"x\" at line 4"), "{e}");
+    }
+}

@@ -1,0 +1,324 @@
+//! Loading a Linux kernel the way the x86 boot protocol describes it
+//! (Documentation/arch/x86/boot.rst): the kernel image (bzImage or ELF
+//! vmlinux, told apart by content), the initrd, the command line and the
+//! boot_params "zero page" with its e820 map.
+
+use crate::arch::x86_64::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
+use crate::vmm::memory::{e820_map, low_ram_end};
+use linux_loader::loader::bootparam::boot_params;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+/// hvm's default kernel command line; the spec's `cmdline` is appended.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const KERNEL_LOADER_OTHER: u8 = 0xff;
+const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
+const LOADED_HIGH: u8 = 0x01;
+const CAN_USE_HEAP: u8 = 0x80;
+
+/// Errors while loading what the guest boots.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel {path} is neither a bzImage nor an ELF vmlinux (it starts with {magic})")]
+    UnknownKernelFormat { path: PathBuf, magic: String },
+    #[error("cannot load kernel {path} ({format}): {source}")]
+    LoadKernel {
+        path: PathBuf,
+        format: KernelFormat,
+        source: linux_loader::loader::Error,
+    },
+    #[error("kernel {path} is not a 64-bit kernel (boot protocol {version:#x}, no 64-bit entry)")]
+    NotLongMode { path: PathBuf, version: u16 },
+    #[error("cannot open initrd {path}: {source}")]
+    OpenInitrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "initrd {path} ({size} bytes) does not fit in guest RAM below {limit:#x} after the kernel"
+    )]
+    InitrdTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("cannot read initrd {path} into guest memory: {source}")]
+    ReadInitrd {
+        path: PathBuf,
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("kernel command line is {len} bytes; the limit is {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+    #[error("cannot write boot parameters to guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Which kind of kernel image a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    BzImage,
+    Elf,
+}
+
+impl std::fmt::Display for KernelFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelFormat::BzImage => "bzImage",
+            KernelFormat::Elf => "ELF vmlinux",
+        })
+    }
+}
+
+/// Tells a bzImage from an ELF by content: ELF magic at 0, "HdrS" at 0x202.
+pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
+    if head.len() >= 4 && head[..4] == *b"\x7fELF" {
+        Some(KernelFormat::Elf)
+    } else if head.len() >= 0x206 && head[0x202..0x206] == *b"HdrS" {
+        Some(KernelFormat::BzImage)
+    } else {
+        None
+    }
+}
+
+/// What the vCPU needs to start the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct BootInfo {
+    pub format: KernelFormat,
+    /// 64-bit entry point.
+    pub entry: u64,
+    pub kernel_end: u64,
+    pub initrd: Option<(u64, u64)>,
+}
+
+/// Everything [`load`] needs.
+pub struct BootRequest<'a> {
+    pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
+    pub cmdline: &'a str,
+    pub memory: u64,
+    pub rsdp: u64,
+}
+
+/// Builds the full command line: hvm's defaults, then the user's text.
+pub fn compose_cmdline(user: &str, replace: bool, extra: &[String]) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    if !replace {
+        parts.push(DEFAULT_CMDLINE);
+    }
+    parts.extend(extra.iter().map(String::as_str));
+    if !user.trim().is_empty() {
+        parts.push(user.trim());
+    }
+    parts.join(" ")
+}
+
+fn hex_head(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "nothing: the file is empty".into();
+    }
+    head.iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Loads kernel, initrd and command line into `mem` and writes boot_params.
+pub fn load(mem: &GuestMemoryMmap, req: &BootRequest) -> Result<BootInfo, BootError> {
+    let open_err = |source| BootError::OpenKernel {
+        path: req.kernel.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(req.kernel).map_err(open_err)?;
+    let mut head = vec![0u8; 0x400];
+    let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
+    head.truncate(n);
+    let format = detect_format(&head).ok_or_else(|| BootError::UnknownKernelFormat {
+        path: req.kernel.to_path_buf(),
+        magic: hex_head(&head),
+    })?;
+    file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+    let load_err = |source| BootError::LoadKernel {
+        path: req.kernel.to_path_buf(),
+        format,
+        source,
+    };
+    let himem = Some(GuestAddress(HIMEM_START));
+    let loaded = match format {
+        KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
+        KernelFormat::BzImage => {
+            BzImage::load(mem, Some(GuestAddress(HIMEM_START)), &mut file, himem)
+                .map_err(load_err)?
+        }
+    };
+
+    let mut params = boot_params::default();
+    let entry = match loaded.setup_header {
+        Some(hdr) => {
+            // The 64-bit entry (startup_64) sits 0x200 into the protected-mode code.
+            if hdr.version < 0x0206 {
+                return Err(BootError::NotLongMode {
+                    path: req.kernel.to_path_buf(),
+                    version: hdr.version,
+                });
+            }
+            params.hdr = hdr;
+            loaded.kernel_load.raw_value() + 0x200
+        }
+        None => {
+            params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+            params.hdr.header = KERNEL_HDR_MAGIC;
+            params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
+            loaded.kernel_load.raw_value()
+        }
+    };
+    params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
+    params.hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
+    params.hdr.heap_end_ptr = 0xfe00;
+
+    // Command line.
+    let max = match params.hdr.cmdline_size {
+        0 => CMDLINE_MAX,
+        n => (n as usize).min(CMDLINE_MAX),
+    };
+    if req.cmdline.len() >= max {
+        return Err(BootError::CmdlineTooLong {
+            len: req.cmdline.len(),
+            max: max - 1,
+        });
+    }
+    let mut bytes = req.cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE))?;
+    params.hdr.cmd_line_ptr = CMDLINE as u32;
+    params.hdr.cmdline_size = req.cmdline.len() as u32;
+
+    // Initrd: as high as allowed in low RAM, page aligned.
+    let initrd = match req.initrd {
+        Some(path) => {
+            let limit = match params.hdr.initrd_addr_max {
+                0 => 0x37ff_ffff,
+                n => u64::from(n),
+            };
+            let (addr, size) = load_initrd(
+                mem,
+                path,
+                low_ram_end(req.memory).min(limit + 1),
+                loaded.kernel_end,
+            )?;
+            params.hdr.ramdisk_image = addr as u32;
+            params.hdr.ramdisk_size = size as u32;
+            Some((addr, size))
+        }
+        None => None,
+    };
+
+    let map = e820_map(req.memory);
+    for (slot, e) in params.e820_table.iter_mut().zip(map.iter()) {
+        slot.addr = e.addr;
+        slot.size = e.size;
+        slot.r#type = e.kind as u32;
+    }
+    params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = req.rsdp;
+    mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
+
+    Ok(BootInfo {
+        format,
+        entry,
+        kernel_end: loaded.kernel_end,
+        initrd,
+    })
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut total = 0;
+    while total < buf.len() {
+        match file.read(&mut buf[total..])? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(total)
+}
+
+/// Places the initrd at the highest page-aligned address below `top`.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    top: u64,
+    kernel_end: u64,
+) -> Result<(u64, u64), BootError> {
+    let open_err = |source| BootError::OpenInitrd {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    let too_large = || BootError::InitrdTooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit: top,
+    };
+    let addr = top.checked_sub(size).ok_or_else(too_large)? & !0xfff;
+    if addr < kernel_end {
+        return Err(too_large());
+    }
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|source| BootError::ReadInitrd {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((addr, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats_by_content() {
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
+        assert_eq!(detect_format(b"\x7fELF\x02\x01"), Some(KernelFormat::Elf));
+        assert_eq!(detect_format(b"#!/bin/sh\n"), None);
+        assert_eq!(detect_format(&[]), None);
+    }
+
+    #[test]
+    fn cmdline_extends_or_replaces_the_default() {
+        assert_eq!(compose_cmdline("", false, &[]), DEFAULT_CMDLINE);
+        assert_eq!(
+            compose_cmdline(" quiet ", false, &[]),
+            format!("{DEFAULT_CMDLINE} quiet")
+        );
+        assert_eq!(compose_cmdline("console=hvc0", true, &[]), "console=hvc0");
+        assert_eq!(
+            compose_cmdline(
+                "init=/bin/sh",
+                true,
+                &["virtio_mmio.device=4K@0xd0000000:5".into()]
+            ),
+            "virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"
+        );
+    }
+
+    #[test]
+    fn hex_head_shows_first_bytes() {
+        assert_eq!(hex_head(b"MZ\x90\x00"), "4d 5a 90 00");
+        assert!(hex_head(b"").contains("empty"));
+    }
+}

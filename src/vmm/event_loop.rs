@@ -1,0 +1,184 @@
+//! The device event loop: one thread that waits (epoll) on stdin and on
+//! the termination signals, feeds keyboard input to the UART and turns a
+//! signal or the console escape into a reason to stop.
+
+use crate::devices::bus::lock;
+use crate::devices::serial::SerialDevice;
+use crate::vmm::exit::{ExitReason, ExitSender};
+use crate::vmm::terminal::{EscapeFilter, HELP};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// Signals that end the VM cleanly (exit code 128 + n).
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+const TOKEN_STDIN: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+
+/// Errors while starting the event loop.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    #[error("cannot set up signal handling: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot create the event loop's epoll: {0}")]
+    Epoll(std::io::Error),
+    #[error("cannot start the event loop thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Blocks the stop signals in this thread (and every thread started after)
+/// and returns a signalfd that receives them instead.
+pub fn take_stop_signals() -> Result<OwnedFd, EventLoopError> {
+    // SAFETY: sigset_t is plain data; the libc calls only fill and read it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(EventLoopError::Signals(std::io::Error::last_os_error()));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(EventLoopError::Signals(std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// How stdin feeds the guest console.
+pub enum Input {
+    /// Not read at all (console output to a file or off).
+    None,
+    /// A terminal in raw mode: escapes are interpreted.
+    Terminal,
+    /// A pipe, socket or file: bytes go to the guest as they are.
+    Stream,
+}
+
+pub struct EventLoop {
+    pub serial: Arc<Mutex<SerialDevice>>,
+    pub exit: ExitSender,
+    pub signals: OwnedFd,
+    pub input: Input,
+}
+
+impl EventLoop {
+    /// Starts the loop on its own thread; it lives until the process exits.
+    pub fn spawn(self) -> Result<(), EventLoopError> {
+        let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.signals.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_SIGNAL),
+            )
+            .map_err(EventLoopError::Epoll)?;
+        let mut reading_stdin = false;
+        if !matches!(self.input, Input::None) {
+            let add = epoll.ctl(
+                ControlOperation::Add,
+                libc::STDIN_FILENO,
+                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+            );
+            match add {
+                Ok(()) => reading_stdin = true,
+                // A regular file cannot be polled: it is always readable, so read it all now.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.read_stdin_file(),
+                Err(e) => log::warn!("not reading stdin: {e}"),
+            }
+        }
+        std::thread::Builder::new()
+            .name("hvm-events".into())
+            .spawn(move || self.run(epoll, reading_stdin))
+            .map(|_| ())
+            .map_err(EventLoopError::Spawn)
+    }
+
+    fn read_stdin_file(&self) {
+        let mut buf = Vec::new();
+        let mut stdin = std::io::stdin().lock();
+        if let Err(e) = std::io::Read::read_to_end(&mut stdin, &mut buf) {
+            log::warn!("cannot read stdin: {e}");
+        }
+        lock(&self.serial).queue_input(&buf);
+    }
+
+    fn run(self, epoll: Epoll, mut reading_stdin: bool) {
+        let mut events = vec![EpollEvent::default(); 4];
+        let mut filter = EscapeFilter::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("event loop: epoll failed: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_SIGNAL => {
+                        if let Some(signo) = read_signal(&self.signals) {
+                            self.exit.send(ExitReason::Signal(signo));
+                        }
+                    }
+                    TOKEN_STDIN if reading_stdin => {
+                        // SAFETY: reads into a live buffer of the given length.
+                        let got = unsafe {
+                            libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                        };
+                        if got <= 0 {
+                            let err = std::io::Error::last_os_error();
+                            if got < 0 && err.kind() == std::io::ErrorKind::WouldBlock {
+                                continue;
+                            }
+                            // End of input (or a hung-up terminal): the guest keeps running.
+                            log::debug!("stdin closed ({got}, {err}); no more console input");
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                            reading_stdin = false;
+                            continue;
+                        }
+                        let bytes = &buf[..got as usize];
+                        match self.input {
+                            Input::Terminal => {
+                                let f = filter.feed(bytes);
+                                if f.help {
+                                    let _ = std::io::stderr().write_all(HELP.as_bytes());
+                                }
+                                lock(&self.serial).queue_input(&f.to_guest);
+                                if f.quit {
+                                    self.exit.send(ExitReason::UserQuit);
+                                }
+                            }
+                            _ => lock(&self.serial).queue_input(bytes),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn read_signal(fd: &OwnedFd) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
+    unsafe {
+        let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        let n = libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        );
+        (n as usize == size).then_some(info.ssi_signo as i32)
+    }
+}
