@@ -1,7 +1,8 @@
 //! Why a VM stopped, and the exit code hvm reports for it. The codes are
 //! part of hvm's interface (README.md lists them): scripts depend on them.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 /// Exit codes hvm itself uses. A guest's debug-exit byte is passed through as is.
 pub mod code {
@@ -80,19 +81,29 @@ impl ExitReason {
     }
 }
 
-/// How devices and vCPU threads ask the VM to stop. The first reason wins.
+/// How devices and vCPU threads ask the VM to stop. The first reason wins;
+/// once one is sent, vCPUs stop running guest code at their next exit.
 #[derive(Clone)]
-pub struct ExitSender(mpsc::Sender<ExitReason>);
+pub struct ExitSender {
+    tx: mpsc::Sender<ExitReason>,
+    stopping: Arc<AtomicBool>,
+}
 
 impl ExitSender {
     pub fn channel() -> (ExitSender, mpsc::Receiver<ExitReason>) {
         let (tx, rx) = mpsc::channel();
-        (ExitSender(tx), rx)
+        (ExitSender { tx, stopping: Arc::new(AtomicBool::new(false)) }, rx)
     }
 
     pub fn send(&self, reason: ExitReason) {
+        self.stopping.store(true, Ordering::SeqCst);
         // The receiver is gone only while the process is exiting anyway.
-        let _ = self.0.send(reason);
+        let _ = self.tx.send(reason);
+    }
+
+    /// Whether the VM has been asked to stop.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 }
 
@@ -119,6 +130,16 @@ mod tests {
         );
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
         assert_eq!(ExitReason::Signal(2).exit_code(), 130);
+    }
+
+    #[test]
+    fn sending_a_reason_marks_the_vm_stopping() {
+        let (tx, rx) = ExitSender::channel();
+        let other = tx.clone();
+        assert!(!other.stopping());
+        tx.send(ExitReason::Reset);
+        assert!(other.stopping());
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::Reset);
     }
 
     #[test]

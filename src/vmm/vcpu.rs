@@ -82,6 +82,10 @@ impl Vcpu {
                 ctx.exit.send(reason);
                 return;
             }
+            if ctx.exit.stopping() {
+                // A device or another vCPU ended the VM: run no more guest code.
+                return;
+            }
         }
     }
 
