@@ -393,7 +393,7 @@ mod tests {
         let e = err("[machine]\nvcpus = 1\ncpus = 2\n[kernel]\npath = \"k\"\n");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `cpus`"), "{e}");
-        assert!(e.contains("expected one of"), "{e}");
+        assert!(e.contains("expected `vcpus` or `memory`"), "{e}");
     }
 
     #[test]

@@ -102,10 +102,65 @@ pub struct BootInfo {
     pub initrd: Option<(u64, u64)>,
 }
 
+/// A kernel file, opened and recognised before any VM exists, so a wrong
+/// path or a garbage file is reported without touching KVM.
+pub struct KernelImage {
+    path: PathBuf,
+    file: File,
+    format: KernelFormat,
+}
+
+impl KernelImage {
+    pub fn open(path: &Path) -> Result<KernelImage, BootError> {
+        let open_err = |source| BootError::OpenKernel {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::open(path).map_err(open_err)?;
+        let mut head = vec![0u8; 0x400];
+        let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
+        head.truncate(n);
+        let format = detect_format(&head).ok_or_else(|| BootError::UnknownKernelFormat {
+            path: path.to_path_buf(),
+            magic: hex_head(&head),
+        })?;
+        Ok(KernelImage {
+            path: path.to_path_buf(),
+            file,
+            format,
+        })
+    }
+
+    pub fn format(&self) -> KernelFormat {
+        self.format
+    }
+}
+
+/// An initrd file, opened up front for the same reason.
+pub struct Initrd {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl Initrd {
+    pub fn open(path: &Path) -> Result<Initrd, BootError> {
+        let open_err = |source| BootError::OpenInitrd {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        Ok(Initrd {
+            path: path.to_path_buf(),
+            file,
+            size,
+        })
+    }
+}
+
 /// Everything [`load`] needs.
 pub struct BootRequest<'a> {
-    pub kernel: &'a Path,
-    pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
     pub memory: u64,
     pub rsdp: u64,
@@ -136,22 +191,24 @@ fn hex_head(head: &[u8]) -> String {
 }
 
 /// Loads kernel, initrd and command line into `mem` and writes boot_params.
-pub fn load(mem: &GuestMemoryMmap, req: &BootRequest) -> Result<BootInfo, BootError> {
-    let open_err = |source| BootError::OpenKernel {
-        path: req.kernel.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(req.kernel).map_err(open_err)?;
-    let mut head = vec![0u8; 0x400];
-    let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
-    head.truncate(n);
-    let format = detect_format(&head).ok_or_else(|| BootError::UnknownKernelFormat {
-        path: req.kernel.to_path_buf(),
-        magic: hex_head(&head),
-    })?;
-    file.seek(SeekFrom::Start(0)).map_err(open_err)?;
+pub fn load(
+    mem: &GuestMemoryMmap,
+    kernel: KernelImage,
+    initrd: Option<Initrd>,
+    req: &BootRequest,
+) -> Result<BootInfo, BootError> {
+    let KernelImage {
+        path,
+        mut file,
+        format,
+    } = kernel;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|source| BootError::OpenKernel {
+            path: path.clone(),
+            source,
+        })?;
     let load_err = |source| BootError::LoadKernel {
-        path: req.kernel.to_path_buf(),
+        path: path.clone(),
         format,
         source,
     };
@@ -170,7 +227,7 @@ pub fn load(mem: &GuestMemoryMmap, req: &BootRequest) -> Result<BootInfo, BootEr
             // The 64-bit entry (startup_64) sits 0x200 into the protected-mode code.
             if hdr.version < 0x0206 {
                 return Err(BootError::NotLongMode {
-                    path: req.kernel.to_path_buf(),
+                    path,
                     version: hdr.version,
                 });
             }
@@ -206,18 +263,14 @@ pub fn load(mem: &GuestMemoryMmap, req: &BootRequest) -> Result<BootInfo, BootEr
     params.hdr.cmdline_size = req.cmdline.len() as u32;
 
     // Initrd: as high as allowed in low RAM, page aligned.
-    let initrd = match req.initrd {
-        Some(path) => {
+    let initrd = match initrd {
+        Some(initrd) => {
             let limit = match params.hdr.initrd_addr_max {
                 0 => 0x37ff_ffff,
                 n => u64::from(n),
             };
-            let (addr, size) = load_initrd(
-                mem,
-                path,
-                low_ram_end(req.memory).min(limit + 1),
-                loaded.kernel_end,
-            )?;
+            let top = low_ram_end(req.memory).min(limit + 1);
+            let (addr, size) = load_initrd(mem, initrd, top, loaded.kernel_end)?;
             params.hdr.ramdisk_image = addr as u32;
             params.hdr.ramdisk_size = size as u32;
             Some((addr, size))
@@ -257,30 +310,28 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Places the initrd at the highest page-aligned address below `top`.
 fn load_initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    initrd: Initrd,
     top: u64,
     kernel_end: u64,
 ) -> Result<(u64, u64), BootError> {
-    let open_err = |source| BootError::OpenInitrd {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
-    let size = file.metadata().map_err(open_err)?.len();
-    let too_large = || BootError::InitrdTooLarge {
-        path: path.to_path_buf(),
+    let Initrd {
+        path,
+        mut file,
+        size,
+    } = initrd;
+    let too_large = |path: PathBuf| BootError::InitrdTooLarge {
+        path,
         size,
         limit: top,
     };
-    let addr = top.checked_sub(size).ok_or_else(too_large)? & !0xfff;
+    let Some(addr) = top.checked_sub(size).map(|a| a & !0xfff) else {
+        return Err(too_large(path));
+    };
     if addr < kernel_end {
-        return Err(too_large());
+        return Err(too_large(path));
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|source| BootError::ReadInitrd {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| BootError::ReadInitrd { path, source })?;
     Ok((addr, size))
 }
 

@@ -92,7 +92,13 @@ pub struct ExitSender {
 impl ExitSender {
     pub fn channel() -> (ExitSender, mpsc::Receiver<ExitReason>) {
         let (tx, rx) = mpsc::channel();
-        (ExitSender { tx, stopping: Arc::new(AtomicBool::new(false)) }, rx)
+        (
+            ExitSender {
+                tx,
+                stopping: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+        )
     }
 
     pub fn send(&self, reason: ExitReason) {

@@ -153,6 +153,8 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
 impl Vm {
     /// Builds the machine the spec describes. Nothing runs yet.
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
+        let kernel = boot::KernelImage::open(&spec.kernel)?;
+        let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let max = kvm.get_max_vcpus() as u32;
@@ -183,16 +185,12 @@ impl Vm {
         acpi::write(&memory, &tables)?;
         let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, &[]);
         log::debug!("kernel command line: {cmdline}");
-        let boot = boot::load(
-            &memory,
-            &boot::BootRequest {
-                kernel: &spec.kernel,
-                initrd: spec.initrd.as_deref(),
-                cmdline: &cmdline,
-                memory: spec.memory,
-                rsdp: tables.rsdp_addr,
-            },
-        )?;
+        let request = boot::BootRequest {
+            cmdline: &cmdline,
+            memory: spec.memory,
+            rsdp: tables.rsdp_addr,
+        };
+        let boot = boot::load(&memory, kernel, initrd, &request)?;
         regs::write_boot_tables(&memory)?;
         log::debug!(
             "{} loaded: entry {:#x}, end {:#x}, initrd {:x?}",

@@ -182,8 +182,10 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     b.sleep_status_reg = io_reg(SLEEP_STATUS_PORT);
     b.reset_reg = io_reg(RESET_PORT);
     b.reset_value = RESET_VALUE;
-    // IA-PC boot architecture: an 8042 is present (bit 1), no VGA (bit 2).
-    b.iapc_boot_arch = ((1u16 << 1) | (1 << 2)).into();
+    // IA-PC boot architecture: no VGA (bit 2), no CMOS RTC to probe (bit 5).
+    // The 8042 bit (1) stays clear: hvm's i8042 only resets the machine, and
+    // Linux would otherwise stall probing a keyboard controller that is not there.
+    b.iapc_boot_arch = ((1u16 << 2) | (1 << 5)).into();
     b.hypervisor_vendor_identity = u64::from_le_bytes(*b"HVM\0\0\0\0\0").into();
     sdt_bytes(&b.finalize())
 }

@@ -1,0 +1,148 @@
+//! The command line and error paths that need no guest: bad specs, missing
+//! and garbage kernels, help and version. Each error is one clear line with
+//! a documented exit code and never a panic.
+
+mod common;
+
+use common::*;
+
+const BAD_SPEC: i32 = 3;
+const BAD_INPUT: i32 = 4;
+
+#[test]
+fn validate_accepts_the_shipped_examples() {
+    for name in ["hello.toml", "shell.toml", "smp.toml", "tiny.toml"] {
+        let path = root().join("examples").join(name);
+        hvm(&["validate", &path_str(&path)])
+            .assert_code(0)
+            .assert_stdout(": ok (");
+    }
+}
+
+#[test]
+fn validate_names_key_line_and_range_for_zero_vcpus() {
+    let spec = write_spec(
+        "zero",
+        "[machine]\nmemory = \"128M\"\nvcpus = 0\n[kernel]\npath = \"k\"\n",
+    );
+    let out = hvm(&["validate", &path_str(&spec)]);
+    out.assert_code(BAD_SPEC)
+        .assert_stderr("machine.vcpus = 0 at line 3: must be 1..=254")
+        .assert_no_panic();
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+}
+
+#[test]
+fn run_rejects_an_unknown_key_before_touching_kvm() {
+    let spec = write_spec("unknown", "[machine]\nvcpu = 2\n[kernel]\npath = \"k\"\n");
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_SPEC)
+        .assert_stderr("line 2")
+        .assert_stderr("unknown field `vcpu`")
+        .assert_no_panic();
+}
+
+#[test]
+fn run_rejects_bad_memory_with_the_allowed_forms() {
+    let spec = write_spec(
+        "mem",
+        "[machine]\nmemory = \"lots\"\n[kernel]\npath = \"k\"\n",
+    );
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_SPEC)
+        .assert_stderr("machine.memory = \"lots\" at line 2: must be a size");
+}
+
+#[test]
+fn missing_spec_file_is_a_clear_error() {
+    hvm(&["run", "/nonexistent/vm.toml"])
+        .assert_code(BAD_SPEC)
+        .assert_stderr("cannot read VM spec /nonexistent/vm.toml")
+        .assert_no_panic();
+}
+
+#[test]
+fn missing_kernel_is_a_clear_error() {
+    let spec = write_spec("nokernel", "[kernel]\npath = \"no-such-bzImage\"\n");
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_INPUT)
+        .assert_stderr("cannot open kernel")
+        .assert_stderr("no-such-bzImage")
+        .assert_no_panic();
+}
+
+#[test]
+fn garbage_kernel_is_recognised_as_neither_format() {
+    let spec = write_spec("garbage", "[kernel]\npath = \"garbage.bin\"\n");
+    std::fs::write(
+        spec.parent().unwrap().join("garbage.bin"),
+        b"MZ this is not a kernel at all",
+    )
+    .unwrap();
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_INPUT)
+        .assert_stderr("is neither a bzImage nor an ELF vmlinux (it starts with 4d 5a")
+        .assert_no_panic();
+}
+
+#[test]
+fn empty_kernel_file_is_reported_as_empty() {
+    let spec = write_spec("empty", "[kernel]\npath = \"empty\"\n");
+    std::fs::write(spec.parent().unwrap().join("empty"), b"").unwrap();
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_INPUT)
+        .assert_stderr("the file is empty");
+}
+
+#[test]
+fn truncated_elf_kernel_is_a_load_error_not_a_panic() {
+    let spec = write_spec("truncated", "[kernel]\npath = \"half.elf\"\n");
+    let elf = std::fs::read(tiny_elf()).unwrap();
+    std::fs::write(spec.parent().unwrap().join("half.elf"), &elf[..100]).unwrap();
+    // Loading happens after KVM is opened; without KVM the error names KVM instead.
+    let out = hvm(&["run", &path_str(&spec)]);
+    out.assert_no_panic();
+    assert!(
+        out.code == BAD_INPUT || out.code == 5,
+        "code {}: {}",
+        out.code,
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn missing_initrd_is_a_clear_error() {
+    let spec = write_spec(
+        "noinitrd",
+        &format!(
+            "[kernel]\npath = \"{}\"\ninitrd = \"nope.cpio\"\n",
+            tiny_elf()
+        ),
+    );
+    hvm(&["run", &path_str(&spec)])
+        .assert_code(BAD_INPUT)
+        .assert_stderr("cannot open initrd");
+}
+
+#[test]
+fn help_lists_the_commands_and_version_prints() {
+    hvm(&["--help"])
+        .assert_code(0)
+        .assert_stdout("run")
+        .assert_stdout("validate")
+        .assert_stdout("Ctrl-A x");
+    hvm(&["run", "--help"])
+        .assert_code(0)
+        .assert_stdout("--timeout")
+        .assert_stdout("--serial-log");
+    hvm(&["--version"]).assert_code(0).assert_stdout("hvm ");
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    hvm(&["frobnicate"]).assert_code(2);
+    hvm(&["run", "x.toml", "--timeout", "soon"])
+        .assert_code(2)
+        .assert_stderr("not a duration");
+}

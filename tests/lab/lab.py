@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""hvm's nested test lab: a real KVM for machines whose own /dev/kvm cannot
+run Linux.
+
+It boots a stock Debian 6.12 cloud kernel (L1) under QEMU's TCG with an
+emulated AMD CPU (SVM + nested paging), loads kvm and kvm_amd there, and runs
+tests/lab/cases.sh: hvm (the binary under test, with the libraries it links)
+boots the bundled guest images and the stock kernel as L2 guests. Results
+come back on L1's second serial port. Where the host has hardware KVM
+(vmx/svm in /proc/cpuinfo) the same cases run directly, without QEMU.
+
+    tests/lab/lab.py --hvm target/debug/hvm --out target/lab/results.txt
+
+Downloads (apt-get download) are cached in target/lab-cache.
+Needs: qemu-system-x86, busybox-static, cpio, xz-utils (Debian packages).
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+KERNEL_PACKAGE = r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"
+L1_MODULES = ["kvm-amd"]
+
+
+def log(msg):
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def hardware_kvm():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return os.path.exists("/dev/kvm") and re.search(r"\b(vmx|svm)\b", flags) is not None
+
+
+def fetch_kernel(cache):
+    """The newest Debian 6.12 cloud kernel package, unpacked (cached)."""
+    os.makedirs(cache, exist_ok=True)
+    debs = sorted(glob.glob(os.path.join(cache, "linux-image-6.12.*cloud-amd64-unsigned*.deb")))
+    if not debs:
+        out = subprocess.run(["apt-cache", "search", "--names-only", KERNEL_PACKAGE],
+                             capture_output=True, text=True, check=True).stdout
+        names = sorted((line.split()[0] for line in out.splitlines() if line.strip()),
+                       key=lambda n: [int(x) for x in re.findall(r"\d+", n)])
+        if not names:
+            raise SystemExit("lab: no linux-image-6.12.*-cloud-amd64-unsigned package; run apt-get update")
+        log(f"downloading {names[-1]}")
+        run(["apt-get", "download", "-q", names[-1]], cwd=cache, stdout=subprocess.DEVNULL)
+        debs = sorted(glob.glob(os.path.join(cache, "linux-image-6.12.*cloud-amd64-unsigned*.deb")))
+    deb = debs[-1]
+    tree = os.path.join(cache, os.path.basename(deb)[:-4])
+    if not os.path.isdir(tree):
+        tmp = tree + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        run(["dpkg-deb", "-x", deb, tmp])
+        os.rename(tmp, tree)
+    vmlinuz = glob.glob(os.path.join(tree, "boot", "vmlinuz-*"))[0]
+    moddir = glob.glob(os.path.join(tree, "lib", "modules", "*"))[0]
+    return vmlinuz, moddir
+
+
+def module_paths(moddir, names):
+    """Module files for `names` and their dependencies, dependencies first."""
+    version = os.path.basename(moddir)
+    dep = os.path.join(moddir, "modules.dep")
+    if not os.path.exists(dep):
+        run(["depmod", "-b", os.path.dirname(os.path.dirname(os.path.dirname(moddir))), version])
+    deps = {}
+    for line in open(dep):
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {os.path.basename(m).split(".ko")[0].replace("_", "-"): m for m in deps}
+    order = []
+
+    def visit(m):
+        for d in deps.get(m, []):
+            visit(d)
+        if m not in order:
+            order.append(m)
+
+    for n in names:
+        visit(by_name[n])
+    return [os.path.join(moddir, m) for m in order]
+
+
+def shared_libs(binary):
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    libs = []
+    for line in out.splitlines():
+        m = re.search(r"(/\S+)", line.split("=>")[-1])
+        if m and os.path.exists(m.group(1)):
+            libs.append(m.group(1))
+    return libs
+
+
+def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
+    root = os.path.join(work, "root")
+    for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/images"]:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    for applet in ["sh", "mount", "insmod", "cat", "echo", "mkdir", "rm", "poweroff", "sleep", "dmesg"]:
+        os.symlink("busybox", os.path.join(root, "bin", applet))
+    names = []
+    for path in module_paths(moddir, L1_MODULES):
+        name = os.path.basename(path).split(".ko")[0] + ".ko"
+        dst = os.path.join(root, "modules", name)
+        if path.endswith(".xz"):
+            with open(dst, "wb") as f:
+                run(["xz", "-dc", path], stdout=f)
+        else:
+            shutil.copy(path, dst)
+        names.append(name)
+    shutil.copy(hvm, os.path.join(root, "hvm/hvm"))
+    for lib in shared_libs(hvm):
+        dst = os.path.join(root, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy(lib, dst)
+    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz"]:
+        shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/images", img))
+    shutil.copy(vmlinuz, os.path.join(root, "hvm/images/stock-vmlinuz"))
+    shutil.copy(os.path.join(HERE, "cases.sh"), os.path.join(root, "hvm/cases.sh"))
+    insmods = "\n".join(f"insmod /modules/{n} || echo '@@LAB insmod {n} failed' >/dev/ttyS1" for n in names)
+    init = f"""#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+{insmods}
+if [ -e /dev/kvm ]; then
+    echo "@@LAB kvm ready" >/dev/ttyS1
+    sh /hvm/cases.sh /hvm/hvm /hvm/images /hvm/images/stock-vmlinuz >/dev/ttyS1 2>&1
+else
+    echo "@@LAB no /dev/kvm in L1" >/dev/ttyS1
+    dmesg | tail -20 >/dev/ttyS1
+fi
+poweroff -f
+"""
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write(init)
+    os.chmod(os.path.join(root, "init"), 0o755)
+    cpio = os.path.join(work, "l1.cpio")
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
+    with open(cpio, "wb") as f:
+        subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=root, input=files.encode(),
+                       stdout=f, check=True)
+    return cpio
+
+
+def run_l1(vmlinuz, cpio, results, console_log, timeout):
+    cmd = [
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", "2", "-m", "4096",
+        "-cpu", "EPYC,+svm,+npt", "-nographic", "-no-reboot", "-nodefaults",
+        "-kernel", vmlinuz, "-initrd", cpio,
+        "-append", "console=ttyS0 quiet panic=-1 oops=panic",
+        "-serial", f"file:{console_log}", "-serial", f"file:{results}",
+    ]
+    started = time.monotonic()
+    try:
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"L1 did not finish in {timeout} s")
+    log(f"L1 ran {time.monotonic() - started:.1f} s")
+    return os.path.exists(results) and "@@DONE" in open(results, errors="replace").read()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hvm", required=True, help="the hvm binary to test")
+    ap.add_argument("--images", default=os.path.join(ROOT, "guest-images"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, "target", "lab-cache"))
+    ap.add_argument("--out", required=True, help="where the results go")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds for one L1 run")
+    ap.add_argument("--nested", action="store_true", help="use the nested lab even with hardware KVM")
+    args = ap.parse_args()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    vmlinuz, moddir = fetch_kernel(args.cache)
+
+    if hardware_kvm() and not args.nested:
+        log("hardware KVM: running the cases directly")
+        with open(args.out, "w") as f:
+            subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm),
+                            os.path.abspath(args.images), vmlinuz], stdout=f, stderr=subprocess.STDOUT)
+        return 0
+
+    if shutil.which("qemu-system-x86_64") is None:
+        raise SystemExit("lab: qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
+        cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir)
+        console = os.path.splitext(args.out)[0] + "-l1-console.log"
+        # About 1 L1 boot in 28 oopses in KVM with -smp 2: one retry.
+        for attempt in (1, 2):
+            if os.path.exists(args.out):
+                os.remove(args.out)
+            log(f"booting L1 (attempt {attempt})")
+            if run_l1(vmlinuz, cpio, args.out, console, args.timeout):
+                return 0
+        log(f"L1 never reported; see {console}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

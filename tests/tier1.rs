@@ -1,0 +1,302 @@
+//! Tier 1: boot hvm's own test guest (guest-images/tiny) on the local
+//! /dev/kvm through the same loader paths a Linux kernel takes, and let it
+//! check hvm's promises from inside the guest.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn check(kernel: &str, vcpus: u32, mib: u64, extra: &str) -> Outcome {
+    let cmdline = format!("mode=check mem={mib} cpus={vcpus} {extra}");
+    let out = run_spec("check", &tiny_spec(kernel, vcpus, mib, &cmdline), &[]);
+    out.assert_no_panic();
+    out
+}
+
+#[test]
+fn elf_guest_when_booted_passes_every_boot_contract_check() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_elf(), 2, 256, "")
+        .assert_code(0)
+        .assert_stdout("hvmtest: ok e820-total")
+        .assert_stdout("hvmtest: ok acpi-checksums")
+        .assert_stdout("hvmtest: ok acpi-madt-cpus")
+        .assert_stdout("hvmtest: ok cmdline-ptr")
+        .assert_stdout("hvmtest: 0 failures");
+}
+
+#[test]
+fn bzimage_guest_when_booted_passes_every_boot_contract_check() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_bzimage(), 1, 128, "")
+        .assert_code(0)
+        .assert_stdout("hvmtest: 0 failures");
+}
+
+#[test]
+fn command_line_when_given_reaches_the_guest_after_the_defaults() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_elf(), 1, 128, "marker=xyzzy")
+        .assert_code(0)
+        .assert_stdout("hvmtest: cmdline console=ttyS0 reboot=k")
+        .assert_stdout("marker=xyzzy");
+}
+
+#[test]
+fn memory_above_the_gap_is_ram_on_both_sides_when_larger_than_3_gib() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_elf(), 1, 6144, "")
+        .assert_code(0)
+        .assert_stdout("hvmtest: ok ram-first-high-page")
+        .assert_stdout("hvmtest: ok ram-last-high-page")
+        .assert_stdout("hvmtest: ok e820-high");
+}
+
+#[test]
+fn memory_of_64_gib_boots_without_costing_the_host() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_elf(), 1, 65536, "")
+        .assert_code(0)
+        .assert_stdout("hvmtest: ok ram-last-high-page");
+}
+
+#[test]
+fn memory_just_below_the_gap_has_no_high_region() {
+    if !require_kvm() {
+        return;
+    }
+    check(&tiny_elf(), 1, 3072, "")
+        .assert_code(0)
+        .assert_stdout("hvmtest: ok e820-high high_end=0x0");
+}
+
+#[test]
+fn madt_lists_every_vcpu_for_1_4_and_16() {
+    if !require_kvm() {
+        return;
+    }
+    for n in [1, 4, 16] {
+        check(&tiny_elf(), n, 128, "")
+            .assert_code(0)
+            .assert_stdout(&format!("hvmtest: ok acpi-madt-cpus lapics={n:#x}"));
+    }
+}
+
+#[test]
+fn initrd_when_given_is_page_aligned_and_intact() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("initrd");
+    let data: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let initrd = dir.join("initrd.bin");
+    std::fs::write(&initrd, &data).unwrap();
+    let spec = format!(
+        "[machine]\nmemory = \"128M\"\n[kernel]\npath = \"{}\"\ninitrd = \"{}\"\ncmdline = \"mem=128 initrd_fnv={:#x}\"\n",
+        tiny_elf(),
+        path_str(&initrd),
+        fnv1a(&data)
+    );
+    run_spec("initrd", &spec, &[])
+        .assert_code(0)
+        .assert_stdout("hvmtest: ok initrd-aligned")
+        .assert_stdout("hvmtest: ok initrd-checksum")
+        .assert_stdout("size 5000");
+}
+
+#[test]
+fn debug_exit_byte_becomes_hvms_exit_code() {
+    if !require_kvm() {
+        return;
+    }
+    run_spec(
+        "exit",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=exit code=42"),
+        &[],
+    )
+    .assert_code(42)
+    .assert_stdout("hvmtest: exit 42")
+    .assert_no_panic();
+}
+
+#[test]
+fn boot_marker_write_is_logged_with_time_since_start() {
+    if !require_kvm() {
+        return;
+    }
+    run_spec(
+        "marker",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=exit code=0"),
+        &["-v"],
+    )
+    .assert_code(0)
+    .assert_stderr("guest boot marker 1 after")
+    .assert_stderr("first KVM_RUN:");
+}
+
+#[test]
+fn i8042_reset_ends_hvm_with_0_and_no_more_guest_code_runs() {
+    if !require_kvm() {
+        return;
+    }
+    let out = run_spec("reset", &tiny_spec(&tiny_elf(), 1, 64, "mode=reset"), &[]);
+    out.assert_code(0).assert_stdout("hvmtest: i8042 reset");
+    assert!(!out.stdout.contains("still running"), "{}", out.stdout);
+}
+
+#[test]
+fn acpi_power_off_ends_hvm_with_0() {
+    if !require_kvm() {
+        return;
+    }
+    let out = run_spec(
+        "acpioff",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=acpi-off"),
+        &[],
+    );
+    out.assert_code(0).assert_stdout("hvmtest: ACPI power-off");
+    assert!(!out.stdout.contains("still running"), "{}", out.stdout);
+}
+
+#[test]
+fn triple_fault_exits_125_with_a_clear_message() {
+    if !require_kvm() {
+        return;
+    }
+    run_spec("triple", &tiny_spec(&tiny_elf(), 1, 64, "mode=triple"), &[])
+        .assert_code(125)
+        .assert_stderr("guest crashed")
+        .assert_no_panic();
+}
+
+#[test]
+fn timeout_stops_a_guest_that_never_ends_with_124() {
+    if !require_kvm() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    run_spec(
+        "timeout",
+        &tiny_spec(&tiny_elf(), 2, 64, "mode=spin"),
+        &["--timeout", "500ms"],
+    )
+    .assert_code(124)
+    .assert_stdout("hvmtest: spinning")
+    .assert_stderr("timeout");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn garbage_port_and_mmio_accesses_do_not_hurt_hvm() {
+    if !require_kvm() {
+        return;
+    }
+    run_spec(
+        "garbage",
+        &tiny_spec(&tiny_elf(), 1, 128, "mode=garbage mem=128"),
+        &[],
+    )
+    .assert_code(0)
+    .assert_stdout("hvmtest: ok read-past-ram value=0xffffffff")
+    .assert_stdout("hvmtest: survived garbage")
+    .assert_no_panic();
+}
+
+#[test]
+fn piped_stdin_reaches_the_guest_serial_port() {
+    if !require_kvm() {
+        return;
+    }
+    let spec = write_spec("echo", &tiny_spec(&tiny_elf(), 1, 64, "mode=echo"));
+    let child = spawn(&["run", &path_str(&spec)], Some(b"over the wire\n"));
+    finish(child, Duration::from_secs(60))
+        .assert_code(0)
+        .assert_stdout("hvmtest: echo [over the wire]");
+}
+
+#[test]
+fn serial_log_gets_the_same_output_as_the_console() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("serial-log");
+    let log = dir.join("console.log");
+    let out = run_spec(
+        "serial-log",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=exit code=3"),
+        &["--serial-log", &path_str(&log)],
+    );
+    out.assert_code(3);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged, out.stdout);
+    assert!(logged.contains("hvmtest: exit 3"));
+}
+
+#[test]
+fn serial_output_to_a_file_keeps_stdout_clean() {
+    if !require_kvm() {
+        return;
+    }
+    let spec = format!(
+        "{}[serial]\noutput = \"file\"\nfile = \"guest.log\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=exit code=0")
+    );
+    let path = write_spec("serial-file", &spec);
+    let out = hvm(&["run", &path_str(&path)]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, "");
+    let logged = std::fs::read_to_string(path.parent().unwrap().join("guest.log")).unwrap();
+    assert!(logged.contains("hvmtest: exit 0"), "{logged}");
+}
+
+fn signal_ends_vm(signal: i32, code: i32) {
+    let spec = write_spec("signal", &tiny_spec(&tiny_elf(), 1, 64, "mode=spin"));
+    let child = spawn(&["run", &path_str(&spec)], None);
+    // Let it boot; the guest then sleeps in HLT forever.
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: sends a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    finish(child, Duration::from_secs(30))
+        .assert_code(code)
+        .assert_stderr("stopped by signal")
+        .assert_no_panic();
+}
+
+#[test]
+fn sigterm_ends_the_vm_cleanly_with_143() {
+    if !require_kvm() {
+        return;
+    }
+    signal_ends_vm(libc::SIGTERM, 143);
+}
+
+#[test]
+fn sigint_ends_the_vm_cleanly_with_130() {
+    if !require_kvm() {
+        return;
+    }
+    signal_ends_vm(libc::SIGINT, 130);
+}
+
+#[test]
+fn example_tiny_spec_runs_as_shipped() {
+    if !require_kvm() {
+        return;
+    }
+    hvm(&["run", &path_str(&root().join("examples/tiny.toml"))])
+        .assert_code(0)
+        .assert_stdout("hvmtest: 0 failures");
+}
