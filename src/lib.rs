@@ -4,6 +4,8 @@
 //! (KVM VM, guest memory, ACPI, kernel, devices, vCPUs) → [`vmm::Vm::run`]
 //! (vCPU threads + one event loop) → [`vmm::exit::ExitReason`] → exit code.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod arch;
 pub mod devices;
 pub mod spec;

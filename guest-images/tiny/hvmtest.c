@@ -221,6 +221,14 @@ static void check_cpuid(void) {
     result("cpuid-bsp-apic-id", (b >> 24) == 0, "apic_id=", b >> 24);
 }
 
+static void check_pci(void) {
+    outl(0xcf8, 0x80000000);
+    u32 id = inl(0xcfc);
+    result("pci-host-bridge", id == 0x00081b36, "id=", id);
+    outl(0xcf8, 0x80000800);
+    result("pci-empty-slot", inl(0xcfc) == 0xffffffff, 0, 0);
+}
+
 static void check_unused_port(void) {
     u8 v = inb(0x2f8 + 5);
     result("unused-port-reads-ff", v == 0xff, "value=", v);
@@ -251,7 +259,7 @@ static void garbage(void) {
     /* Every port hvm does not use to stop the VM, with all widths. */
     for (u32 p = 0; p < 0x10000; p += (p < 0x1000 ? 1 : 7)) {
         if ((p >= 0x60 && p <= 0x64) || p == DEBUG_EXIT || p == BOOT_MARKER || p == 0x505 ||
-            (p >= 0x600 && p <= 0x602) || p == 0xcf9 || (p >= 0x3f8 && p <= 0x3ff))
+            (p >= 0x600 && p <= 0x602) || (p >= 0xcf8 && p <= 0xcff) || (p >= 0x3f8 && p <= 0x3ff))
             continue;
         outb((u16)p, 0xa5);
         outl((u16)p, 0xdeadbeef);
@@ -313,6 +321,7 @@ void hvmtest_main(u64 boot_params) {
     check_acpi(cpus);
     check_cpuid();
     check_unused_port();
+    check_pci();
     if (streq(mode, "garbage")) garbage();
     puts_("hvmtest: "); putu((u64)failures); puts_(" failures\n");
     exit_with((u8)failures);

@@ -2,5 +2,6 @@
 pub mod bus;
 pub mod cmos;
 pub mod i8042;
+pub mod pci_root;
 pub mod serial;
 pub mod system_ports;

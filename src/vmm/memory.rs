@@ -74,7 +74,7 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             kind: E820Kind::Ram,
         });
     }
-    debug_assert!(ACPI_START >= EBDA_START && ACPI_END <= HIMEM_START);
+    const { assert!(ACPI_START >= EBDA_START && ACPI_END <= HIMEM_START) };
     map
 }
 

@@ -14,6 +14,7 @@ use crate::arch::x86_64::regs;
 use crate::devices::bus::{lock, Bus, BusError};
 use crate::devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT};
+use crate::devices::pci_root::{PciRoot, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::serial::{ConsoleOutput, SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
@@ -269,7 +270,7 @@ impl Vm {
         Ok((Arc::new(Mutex::new(SerialDevice::new(irq, out))), input))
     }
 
-    /// The port-I/O bus: COM1, i8042, CMOS and hvm's system ports.
+    /// The port-I/O bus: COM1, i8042, CMOS, PCI config and hvm's system ports.
     fn port_devices(serial: &Arc<Mutex<SerialDevice>>, exit: &ExitSender) -> Result<Bus, VmError> {
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_PORT.into(), COM1_LEN)?;
@@ -282,6 +283,11 @@ impl Vm {
             Arc::new(Mutex::new(Cmos::default())),
             CMOS_PORT.into(),
             CMOS_LEN,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(PciRoot::default())),
+            PCI_CONFIG_PORT.into(),
+            PCI_CONFIG_LEN,
         )?;
         pio.insert(
             Arc::new(Mutex::new(DebugExit(exit.clone()))),

@@ -102,7 +102,7 @@ impl Outcome {
     /// No Rust panic text, ever.
     pub fn assert_no_panic(&self) -> &Self {
         assert!(
-            !self.stderr.contains("panicked"),
+            !self.stderr.contains("panicked at"),
             "hvm panicked:\n{}",
             self.stderr
         );

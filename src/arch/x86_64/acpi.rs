@@ -369,7 +369,7 @@ mod tests {
     #[test]
     fn eisa_ids_are_recognised() {
         assert!(is_eisa_id("PNP0501"));
-        assert!(is_eisa_id("QEMU0001") == false);
+        assert!(!is_eisa_id("QEMU0001"));
         assert!(!is_eisa_id("LNRO0005"));
     }
 }

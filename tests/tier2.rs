@@ -1,0 +1,226 @@
+//! Tier 2: real Linux boots under a real KVM. On hosts without hardware
+//! virtualization the cases run in the nested lab (tests/lab/lab.py: QEMU
+//! TCG with an emulated AMD SVM CPU running Debian's kernel and kvm_amd);
+//! with hardware KVM they run directly. One lab run serves every test here.
+//!
+//! HVM_SKIP_LAB=1 (or HVM_SKIP_KVM_TESTS=1) skips these tests explicitly;
+//! CI never sets either.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// One case's result, as cases.sh reported it.
+#[derive(Debug, Default)]
+struct Case {
+    console: String,
+    stderr: String,
+    code: i32,
+}
+
+fn parse(results: &str) -> HashMap<String, Case> {
+    let mut cases = HashMap::new();
+    let mut current: Option<(String, Case, bool)> = None;
+    for line in results.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(name) = line.strip_prefix("@@CASE ") {
+            current = Some((name.to_string(), Case::default(), false));
+        } else if line == "@@STDERR" {
+            if let Some(c) = current.as_mut() {
+                c.2 = true;
+            }
+        } else if let Some(rest) = line.strip_prefix("@@EXIT ") {
+            if let Some((name, mut case, _)) = current.take() {
+                case.code = rest
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(-1);
+                cases.insert(name, case);
+            }
+        } else if let Some((_, case, in_stderr)) = current.as_mut() {
+            let buf = if *in_stderr {
+                &mut case.stderr
+            } else {
+                &mut case.console
+            };
+            buf.push_str(line);
+            buf.push('\n');
+        }
+    }
+    cases
+}
+
+fn skipped() -> bool {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| x == "1");
+    if set("HVM_SKIP_LAB") || set("HVM_SKIP_KVM_TESTS") {
+        eprintln!("skipped: HVM_SKIP_LAB=1 or HVM_SKIP_KVM_TESTS=1");
+        return true;
+    }
+    false
+}
+
+fn lab() -> &'static Result<HashMap<String, Case>, String> {
+    static LAB: OnceLock<Result<HashMap<String, Case>, String>> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let out = root().join("target/lab/results.txt");
+        let status = Command::new("python3")
+            .arg(root().join("tests/lab/lab.py"))
+            .args(["--hvm", HVM, "--out"])
+            .arg(&out)
+            .status()
+            .map_err(|e| format!("cannot run tests/lab/lab.py with python3: {e}"))?;
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if !status.success() || !text.contains("@@DONE") {
+            return Err(format!(
+                "the KVM lab did not complete (status {status}); no real KVM could be reached. \
+                 Results so far:\n{text}\nSee target/lab/results-l1-console.log"
+            ));
+        }
+        Ok(parse(&text))
+    })
+}
+
+fn case(name: &str) -> Option<&'static Case> {
+    if skipped() {
+        return None;
+    }
+    match lab() {
+        Ok(cases) => Some(
+            cases
+                .get(name)
+                .unwrap_or_else(|| panic!("the lab did not run case {name}")),
+        ),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn assert_case(c: &Case, code: i32, needles: &[&str]) {
+    let show = || format!("--- console\n{}\n--- hvm stderr\n{}", c.console, c.stderr);
+    assert_eq!(c.code, code, "hvm exit code\n{}", show());
+    for n in needles {
+        assert!(c.console.contains(n), "console lacks {n:?}\n{}", show());
+    }
+    assert!(!c.stderr.contains("panicked at"), "{}", show());
+}
+
+/// RAM the guest's e820 map reports for `mib`: all of it but the legacy hole.
+fn e820_ram(mib: u64) -> String {
+    format!("e820_ram_bytes={}", (mib << 20) - (0x10_0000 - 0x9_fc00))
+}
+
+#[test]
+fn bundled_bzimage_boots_to_ready_marker_and_powers_off_with_0() {
+    let Some(c) = case("bzimage-1cpu-128M") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "HVM-GUEST-READY cpus=1",
+            &e820_ram(128),
+            "reboot: Power down",
+        ],
+    );
+    assert!(
+        c.stderr.contains("guest boot marker 1 after"),
+        "{}",
+        c.stderr
+    );
+}
+
+#[test]
+fn bundled_vmlinux_boots_with_two_vcpus() {
+    let Some(c) = case("vmlinux-2cpu-512M") else {
+        return;
+    };
+    assert_case(c, 0, &["HVM-GUEST-READY cpus=2", &e820_ram(512)]);
+}
+
+#[test]
+fn four_vcpus_and_1536_mib_are_what_the_guest_sees() {
+    let Some(c) = case("smp4-1536M") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY cpus=4", &e820_ram(1536)]);
+}
+
+#[test]
+fn memory_of_3584_mib_is_what_the_guest_sees() {
+    let Some(c) = case("mem-3584M") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY cpus=1", &e820_ram(3584)]);
+}
+
+#[test]
+fn memory_above_4_gib_is_what_the_guest_sees() {
+    let Some(c) = case("mem-6G") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY cpus=2", &e820_ram(6144)]);
+}
+
+#[test]
+fn guest_debug_exit_code_is_hvms_exit_code() {
+    let Some(c) = case("debug-exit-7") else {
+        return;
+    };
+    assert_case(c, 7, &["HVM-GUEST-READY"]);
+}
+
+#[test]
+fn guest_reboot_ends_hvm_with_0() {
+    let Some(c) = case("reboot") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY"]);
+    assert!(c.stderr.contains("Reset"), "{}", c.stderr);
+}
+
+#[test]
+fn guest_kernel_panic_ends_hvm_with_125() {
+    let Some(c) = case("panic") else { return };
+    assert_case(c, 125, &["Kernel panic"]);
+    assert!(c.stderr.contains("guest kernel panicked"), "{}", c.stderr);
+}
+
+#[test]
+fn stock_debian_cloud_kernel_boots_to_init_and_sees_every_vcpu() {
+    let Some(c) = case("debian-cloud-2cpu") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "HVM-GUEST-READY cpus=2",
+            "deb12-cloud-amd64",
+            &e820_ram(512),
+        ],
+    );
+}
+
+#[test]
+fn linux_boot_neither_stalls_nor_complains_about_legacy_devices() {
+    let Some(c) = case("vmlinux-2cpu-512M") else {
+        return;
+    };
+    for stall in [
+        "i8042: Can't read CTR",
+        "rtc_cmos rtc_cmos: probe",
+        "PCI: Fatal",
+    ] {
+        assert!(
+            !c.console.contains(stall),
+            "guest logged {stall:?}:\n{}",
+            c.console
+        );
+    }
+}
+
+#[test]
+fn results_parser_reads_cases() {
+    let cases = parse("junk\n@@CASE a\nhello\n@@STDERR\nwarn\n@@EXIT a 7\n@@DONE\n");
+    let a = &cases["a"];
+    assert_eq!(
+        (a.code, a.console.as_str(), a.stderr.as_str()),
+        (7, "hello\n", "warn\n")
+    );
+}
