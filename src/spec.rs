@@ -53,6 +53,15 @@ pub enum SerialOutput {
     Off,
 }
 
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (at most 20 bytes).
+    pub id: String,
+}
+
 /// A validated VM spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -67,6 +76,10 @@ pub struct Spec {
     pub cmdline: String,
     pub replace_cmdline: bool,
     pub serial: SerialOutput,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub drives: Vec<Drive>,
+    /// A virtio-rng entropy device.
+    pub rng: bool,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +90,24 @@ struct RawSpec {
     kernel: Option<RawKernel>,
     #[serde(default)]
     serial: RawSerial,
+    #[serde(default)]
+    drive: Vec<RawDrive>,
+    rng: Option<RawRng>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrive {
+    path: Spanned<String>,
+    #[serde(default)]
+    read_only: bool,
+    id: Option<Spanned<String>>,
+}
+
+/// `[rng]`: present means "give the guest an entropy device".
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRng {}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +311,44 @@ impl Spec {
             ));
         }
 
+        let mut drives = Vec::new();
+        for d in &raw.drive {
+            if d.path.get_ref().trim().is_empty() {
+                return Err(invalid(
+                    "drive.path",
+                    "\"\"".into(),
+                    d.path.span(),
+                    "must name a raw disk image file".into(),
+                ));
+            }
+            let id = match &d.id {
+                Some(id) if id.get_ref().len() > 20 || !id.get_ref().is_ascii() => {
+                    return Err(invalid(
+                        "drive.id",
+                        format!("\"{}\"", id.get_ref()),
+                        id.span(),
+                        "must be at most 20 ASCII characters".into(),
+                    ))
+                }
+                Some(id) => id.get_ref().clone(),
+                None => Path::new(d.path.get_ref())
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .chars()
+                            .filter(char::is_ascii)
+                            .take(20)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            drives.push(Drive {
+                path: resolve(d.path.get_ref()),
+                read_only: d.read_only,
+                id,
+            });
+        }
+
         Ok(Spec {
             source: path.to_path_buf(),
             vcpus,
@@ -290,6 +358,8 @@ impl Spec {
             cmdline,
             replace_cmdline: kernel.replace_cmdline,
             serial,
+            drives,
+            rng: raw.rng.is_some(),
         })
     }
 }
@@ -436,6 +506,48 @@ mod tests {
     fn multiline_cmdline_is_rejected() {
         let e = err("[kernel]\npath = \"k\"\ncmdline = \"a\\nb\"\n");
         assert!(e.contains("kernel.cmdline"), "{e}");
+    }
+
+    #[test]
+    fn drives_and_rng_parse_with_defaults() {
+        let s = parse(
+            "[kernel]\npath = \"k\"\n[[drive]]\npath = \"disks/root.img\"\n[[drive]]\npath = \"/abs/data.img\"\nread_only = true\nid = \"data\"\n[rng]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.drives,
+            vec![
+                Drive {
+                    path: PathBuf::from("/vms/disks/root.img"),
+                    read_only: false,
+                    id: "root.img".into()
+                },
+                Drive {
+                    path: PathBuf::from("/abs/data.img"),
+                    read_only: true,
+                    id: "data".into()
+                },
+            ]
+        );
+        assert!(s.rng);
+        assert!(!parse("[kernel]\npath = \"k\"\n").unwrap().rng);
+    }
+
+    #[test]
+    fn bad_drives_are_rejected() {
+        let e = err("[kernel]\npath = \"k\"\n[[drive]]\npath = \"d\"\nid = \"this-id-is-far-too-long-for-virtio\"\n");
+        assert!(
+            e.contains(
+                "drive.id = \"this-id-is-far-too-long-for-virtio\" at line 5: must be at most 20"
+            ),
+            "{e}"
+        );
+        let e = err("[kernel]\npath = \"k\"\n[[drive]]\nread_only = true\n");
+        assert!(e.contains("missing field `path`"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[[drive]]\npath = \"d\"\nreadonly = true\n");
+        assert!(e.contains("unknown field `readonly`"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[rng]\nsource = \"/dev/random\"\n");
+        assert!(e.contains("unknown field `source`"), "{e}");
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod i8042;
 pub mod pci_root;
 pub mod serial;
 pub mod system_ports;
+pub mod virtio;

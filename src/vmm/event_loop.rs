@@ -6,6 +6,7 @@ use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
 use crate::vmm::exit::{ExitReason, ExitSender};
 use crate::vmm::terminal::{EscapeFilter, HELP};
+use crate::vmm::virtio::QueueNotifier;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,8 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 const TOKEN_STDIN: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
+/// Virtio queue notifier `i` has token `TOKEN_QUEUE_BASE + i`.
+const TOKEN_QUEUE_BASE: u64 = 16;
 
 /// Errors while starting the event loop.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,7 @@ pub struct EventLoop {
     pub exit: ExitSender,
     pub signals: OwnedFd,
     pub input: Input,
+    pub notifiers: Vec<QueueNotifier>,
 }
 
 impl EventLoop {
@@ -77,6 +81,15 @@ impl EventLoop {
                 EpollEvent::new(EventSet::IN, TOKEN_SIGNAL),
             )
             .map_err(EventLoopError::Epoll)?;
+        for (i, n) in self.notifiers.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    n.evt.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
+                )
+                .map_err(EventLoopError::Epoll)?;
+        }
         let mut reading_stdin = false;
         if !matches!(self.input, Input::None) {
             let add = epoll.ctl(
@@ -108,7 +121,7 @@ impl EventLoop {
     }
 
     fn run(self, epoll: Epoll, mut reading_stdin: bool) {
-        let mut events = vec![EpollEvent::default(); 4];
+        let mut events = vec![EpollEvent::default(); 8 + self.notifiers.len()];
         let mut filter = EscapeFilter::default();
         let mut buf = [0u8; 4096];
         loop {
@@ -160,6 +173,13 @@ impl EventLoop {
                                 }
                             }
                             _ => lock(&self.serial).queue_input(bytes),
+                        }
+                    }
+                    token if token >= TOKEN_QUEUE_BASE => {
+                        if let Some(n) = self.notifiers.get((token - TOKEN_QUEUE_BASE) as usize) {
+                            // Reading resets the counter; several kicks are served by one pass.
+                            let _ = n.evt.read();
+                            lock(&n.transport).notify(n.queue);
                         }
                     }
                     _ => {}

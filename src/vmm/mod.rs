@@ -7,6 +7,7 @@ pub mod exit;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
+pub mod virtio;
 
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
@@ -71,6 +72,8 @@ pub enum VmError {
     },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -94,6 +97,7 @@ pub struct Vm {
     exits: Receiver<ExitReason>,
     serial: Arc<Mutex<SerialDevice>>,
     input: Input,
+    notifiers: Vec<virtio::QueueNotifier>,
 }
 
 /// Opens /dev/kvm, saying what to do when that fails.
@@ -156,6 +160,7 @@ impl Vm {
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
+        let backends = virtio::open_backends(spec)?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let max = kvm.get_max_vcpus() as u32;
@@ -182,9 +187,13 @@ impl Vm {
         register_memory(&vm, &memory)?;
         timeline::mark("memory mapped");
 
-        let tables = acpi::build(spec.vcpus, &dsdt_devices())?;
+        let mut mmio = Bus::new();
+        let attached = virtio::attach(&vm, &memory, backends, &mut mmio)?;
+        let mut dsdt = dsdt_devices();
+        dsdt.extend(attached.dsdt.iter().cloned());
+        let tables = acpi::build(spec.vcpus, &dsdt)?;
         acpi::write(&memory, &tables)?;
-        let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, &[]);
+        let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, &attached.cmdline);
         log::debug!("kernel command line: {cmdline}");
         let request = boot::BootRequest {
             cmdline: &cmdline,
@@ -207,7 +216,7 @@ impl Vm {
         let pio = Self::port_devices(&serial, &exit)?;
         let ctx = VcpuContext {
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio),
             exit,
         };
 
@@ -228,6 +237,7 @@ impl Vm {
             exits,
             serial,
             input,
+            notifiers: attached.notifiers,
         })
     }
 
@@ -335,6 +345,7 @@ impl Vm {
             exit: self.ctx.exit.clone(),
             signals,
             input: self.input,
+            notifiers: self.notifiers,
         }
         .spawn()?;
         let deadline = opts.timeout.map(|t| Instant::now() + t);

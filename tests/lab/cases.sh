@@ -11,6 +11,8 @@ TMP=${TMPDIR:-/tmp}/hvm-cases.$$
 mkdir -p "$TMP"
 
 # case NAME KERNEL INITRD VCPUS MEMORY CMDLINE [hvm options...]
+# $EXTRA (if set) is appended to the spec: drives, rng, ...
+# $AFTER (if set) is a command run after hvm exits; its output joins the console part.
 case_() {
     name=$1 kernel=$2 initrd=$3 vcpus=$4 memory=$5 cmdline=$6
     shift 6
@@ -23,15 +25,18 @@ case_() {
         echo "path = \"$kernel\""
         [ -n "$initrd" ] && echo "initrd = \"$initrd\""
         echo "cmdline = \"$cmdline\""
+        [ -n "$EXTRA" ] && printf '%b\n' "$EXTRA"
     } >"$spec"
-    "$HVM" -v run --timeout 180s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
     code=$?
     echo "@@CASE $name"
     cat "$TMP/$name.out"
     echo
+    [ -n "$AFTER" ] && sh -c "$AFTER"
     echo "@@STDERR"
     cat "$TMP/$name.err"
     echo "@@EXIT $name $code"
+    EXTRA= AFTER=
 }
 
 Q="quiet"
@@ -43,6 +48,27 @@ case_ mem-6G "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 6G "$Q"
 case_ debug-exit-7 "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=exit hvm.exit=7"
 case_ reboot "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=reboot"
 case_ panic "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q rdinit=/does-not-exist"
+# virtio-blk: the guest reads a host-made image; writes a pattern the host then checks.
+D=$TMP/disks
+mkdir -p "$D"
+yes hvm-block-read | head -c 8388608 >"$D/read.img"
+echo "HOST-SHA256-READ $(sha256sum "$D/read.img" | cut -d' ' -f1)"
+EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"ro-disk\""
+case_ blk-read "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,GUEST-SHA256-READ,\$(sha256sum</dev/vda|cut,-d',',-f1);echo,SERIAL,\$(cat</sys/block/vda/serial)"
+dd if=/dev/zero of="$D/write.img" bs=1M count=8 2>/dev/null
+EXTRA="[[drive]]\npath = \"$D/write.img\""
+AFTER="echo HOST-SHA256-WRITTEN \$(head -c 4194304 $D/write.img | sha256sum | cut -d' ' -f1); echo HOST-SHA256-EXPECTED \$(yes hvm-block-written | head -c 4194304 | sha256sum | cut -d' ' -f1)"
+case_ blk-write "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=yes,hvm-block-written|head,-c,4194304>/dev/vda;sync"
+cp "$D/read.img" "$D/ro.img"
+EXTRA="[[drive]]\npath = \"$D/ro.img\"\nread_only = true"
+AFTER="cmp -s $D/read.img $D/ro.img && echo HOST-RO-UNCHANGED"
+case_ blk-read-only "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,x|dd,of=/dev/vda,bs=512,count=1,conv=fsync||echo,GUEST-WRITE-REFUSED"
+EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"first\"\n[[drive]]\npath = \"$D/write.img\"\nid = \"second\""
+case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,DRIVES,\$(cat</sys/block/vda/serial),\$(cat</sys/block/vdb/serial),\$(cat</sys/block/vdb/size)"
+# virtio-rng: the guest reads from /dev/hwrng.
+EXTRA="[rng]"
+case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096</dev/hwrng|wc,-c)"
+
 if [ -n "$STOCK" ]; then
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
 fi

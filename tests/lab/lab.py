@@ -111,8 +111,10 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
     for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/images"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
-    for applet in ["sh", "mount", "insmod", "cat", "echo", "mkdir", "rm", "poweroff", "sleep", "dmesg"]:
-        os.symlink("busybox", os.path.join(root, "bin", applet))
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            os.symlink("busybox", os.path.join(root, "bin", applet))
     names = []
     for path in module_paths(moddir, L1_MODULES):
         name = os.path.basename(path).split(".ko")[0] + ".ko"
@@ -137,6 +139,7 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
 {insmods}
 if [ -e /dev/kvm ]; then
     echo "@@LAB kvm ready" >/dev/ttyS1

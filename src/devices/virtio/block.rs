@@ -1,0 +1,579 @@
+//! virtio-blk backed by a raw image file: read, write, flush (fdatasync),
+//! get-id. The image is locked (POSIX record lock) so that two VMs cannot
+//! write one disk; the error names the process that holds it.
+
+use super::{
+    drain_queue, read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::GuestMemoryMmap;
+
+pub const SECTOR_SIZE: u64 = 512;
+/// Largest data transfer hvm does in one piece (bounce buffer size).
+const CHUNK: usize = 256 * 1024;
+/// Segments per request the driver may use (VIRTIO_BLK_F_SEG_MAX).
+const SEG_MAX: u32 = 126;
+
+/// Errors while opening a disk image.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("disk image {path} is {size} bytes, not a multiple of 512: resize it (truncate -s) to whole sectors")]
+    NotSectorAligned { path: PathBuf, size: u64 },
+    #[error("disk image {path} is in use by another VM ({holder}); hvm locks images so two VMs cannot corrupt one disk")]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot lock disk image {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Who holds a conflicting lock on `file`, as "pid N: command line".
+fn lock_holder(file: &File, kind: libc::c_short) -> String {
+    // SAFETY: flock is plain data; F_GETLK fills it in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: valid descriptor and a live flock struct.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0
+        || fl.l_type == libc::F_UNLCK as libc::c_short
+    {
+        return "another process".into();
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", fl.l_pid))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "pid {}: {}",
+        fl.l_pid,
+        if cmdline.is_empty() { "?" } else { &cmdline }
+    )
+}
+
+/// Takes a whole-file lock: shared for read-only drives, exclusive otherwise.
+fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+    let kind = if read_only {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    // SAFETY: flock is plain data.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: valid descriptor and a live flock struct; F_SETLK does not block.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(BlockError::Locked {
+            path: path.to_path_buf(),
+            holder: lock_holder(file, kind),
+        }),
+        _ => Err(BlockError::Lock {
+            path: path.to_path_buf(),
+            source: err,
+        }),
+    }
+}
+
+/// The 20-byte device ID the guest reads (VIRTIO_BLK_T_GET_ID), e.g. /sys/block/vda/serial.
+fn device_id(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
+    let mut out = [0u8; VIRTIO_BLK_ID_BYTES as usize];
+    let bytes = id.as_bytes();
+    let n = bytes.len().min(out.len());
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
+pub struct Block {
+    file: File,
+    read_only: bool,
+    size: u64,
+    id: [u8; VIRTIO_BLK_ID_BYTES as usize],
+    config: [u8; 24],
+    buf: Vec<u8>,
+}
+
+impl Block {
+    /// Opens and locks `path`. `id` is what the guest sees as the disk's serial.
+    pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Block, BlockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| BlockError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(BlockError::NotSectorAligned {
+                path: path.to_path_buf(),
+                size,
+            });
+        }
+        lock(&file, path, read_only)?;
+        let mut config = [0u8; 24];
+        config[0..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes()); // capacity
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes()); // seg_max
+        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
+        Ok(Block {
+            file,
+            read_only,
+            size,
+            id: device_id(id),
+            config,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Serves one request; returns the bytes written into guest buffers.
+    fn request(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
+        else {
+            return 0;
+        };
+        // The last writable byte is the status; no room for it, no answer.
+        let Some(data_len) = writer.available_bytes().checked_sub(1) else {
+            return 0;
+        };
+        let Ok(mut status) = writer.split_at(data_len) else {
+            return 0;
+        };
+        let mut header = [0u8; 16];
+        let code = match reader.read_exact(&mut header) {
+            Err(_) => VIRTIO_BLK_S_IOERR,
+            Ok(()) => {
+                let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+                let mut sector = [0u8; 8];
+                sector.copy_from_slice(&header[8..16]);
+                let sector = u64::from_le_bytes(sector);
+                match kind {
+                    VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
+                    VIRTIO_BLK_T_OUT => self.write(sector, &mut reader),
+                    VIRTIO_BLK_T_FLUSH => match self.read_only || self.file.sync_data().is_ok() {
+                        true => VIRTIO_BLK_S_OK,
+                        false => VIRTIO_BLK_S_IOERR,
+                    },
+                    VIRTIO_BLK_T_GET_ID => {
+                        let n = writer.available_bytes().min(self.id.len());
+                        match writer.write_all(&self.id[..n]) {
+                            Ok(()) => VIRTIO_BLK_S_OK,
+                            Err(_) => VIRTIO_BLK_S_IOERR,
+                        }
+                    }
+                    _ => VIRTIO_BLK_S_UNSUPP,
+                }
+            }
+        };
+        if status.write_all(&[code as u8]).is_err() {
+            return 0;
+        }
+        (writer.bytes_written() + 1) as u32
+    }
+
+    /// Byte offset of `sector` if `len` bytes from there are inside the disk.
+    fn range(&self, sector: u64, len: usize) -> Option<u64> {
+        let offset = sector.checked_mul(SECTOR_SIZE)?;
+        (offset.checked_add(len as u64)? <= self.size).then_some(offset)
+    }
+
+    fn read(&mut self, sector: u64, writer: &mut virtio_queue::Writer<'_>) -> u32 {
+        let len = writer.available_bytes();
+        let Some(mut offset) = self.range(sector, len) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            self.buf.resize(n, 0);
+            if self.file.read_exact_at(&mut self.buf, offset).is_err()
+                || writer.write_all(&self.buf).is_err()
+            {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            offset += n as u64;
+            left -= n;
+        }
+        VIRTIO_BLK_S_OK
+    }
+
+    fn write(&mut self, sector: u64, reader: &mut virtio_queue::Reader<'_>) -> u32 {
+        if self.read_only {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        let len = reader.available_bytes();
+        let Some(mut offset) = self.range(sector, len) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK);
+            self.buf.resize(n, 0);
+            if reader.read_exact(&mut self.buf).is_err()
+                || self.file.write_all_at(&self.buf, offset).is_err()
+            {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            offset += n as u64;
+            left -= n;
+        }
+        VIRTIO_BLK_S_OK
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_id(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | (1 << VIRTIO_BLK_F_FLUSH)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE);
+        if self.read_only {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &[256]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(
+        &mut self,
+        _index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        drain_queue(queue, mem, |chain| self.request(chain, mem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{QueueOwnedT, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+
+    fn image(name: &str, sectors: u64) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("hvm-blk-{}-{name}", std::process::id()));
+        let data: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    /// Builds one request chain (header, data, status) and serves it.
+    fn serve(
+        blk: &mut Block,
+        m: &GuestMemoryMmap,
+        descs: &[(u64, u32, u16)],
+        header: Option<(u32, u64)>,
+    ) -> (u32, u8) {
+        let q = MockSplitQueue::new(m, 16);
+        if let Some((kind, sector)) = header {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&kind.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            m.write_slice(&h, GuestAddress(descs[0].0)).unwrap();
+        }
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, flags))| {
+                let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
+                RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    len,
+                    flags | next,
+                    (i + 1) as u16,
+                ))
+            })
+            .collect();
+        q.build_desc_chain(&raw).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m).unwrap().next().unwrap();
+        let len = blk.request(chain, m);
+        let status_addr = descs.last().unwrap().0 + u64::from(descs.last().unwrap().1) - 1;
+        (len, m.read_obj(GuestAddress(status_addr)).unwrap())
+    }
+
+    #[test]
+    fn read_returns_the_image_bytes() {
+        let path = image("read", 8);
+        let mut blk = Block::open(&path, false, "disk0").unwrap();
+        let m = mem();
+        let (len, status) = serve(
+            &mut blk,
+            &m,
+            &[
+                (0x10000, 16, 0),
+                (0x20000, 1024, F_WRITE),
+                (0x30000, 1, F_WRITE),
+            ],
+            Some((VIRTIO_BLK_T_IN, 2)),
+        );
+        assert_eq!((len, status as u32), (1025, VIRTIO_BLK_S_OK));
+        let mut got = vec![0u8; 1024];
+        m.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
+        let want: Vec<u8> = (1024..2048u64).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, want);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn write_then_flush_reaches_the_file() {
+        let path = image("write", 8);
+        let mut blk = Block::open(&path, false, "disk0").unwrap();
+        let m = mem();
+        m.write_slice(&[0xab; 512], GuestAddress(0x20000)).unwrap();
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
+            Some((VIRTIO_BLK_T_OUT, 7)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_OK);
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0), (0x30000, 1, F_WRITE)],
+            Some((VIRTIO_BLK_T_FLUSH, 0)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_OK);
+        let data = std::fs::read(&path).unwrap();
+        assert!(data[7 * 512..].iter().all(|&b| b == 0xab));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn read_only_drive_refuses_writes() {
+        let path = image("ro", 4);
+        let mut blk = Block::open(&path, true, "ro").unwrap();
+        assert_ne!(blk.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        let m = mem();
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
+            Some((VIRTIO_BLK_T_OUT, 0)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_IOERR);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn out_of_range_sector_is_an_io_error() {
+        let path = image("range", 4);
+        let mut blk = Block::open(&path, false, "x").unwrap();
+        let m = mem();
+        for sector in [4u64, 3, u64::MAX / 512, u64::MAX] {
+            let (_, status) = serve(
+                &mut blk,
+                &m,
+                &[
+                    (0x10000, 16, 0),
+                    (0x20000, 1024, F_WRITE),
+                    (0x30000, 1, F_WRITE),
+                ],
+                Some((VIRTIO_BLK_T_IN, sector)),
+            );
+            assert_eq!(status as u32, VIRTIO_BLK_S_IOERR, "sector {sector}");
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn get_id_and_unknown_requests() {
+        let path = image("id", 1);
+        let mut blk = Block::open(&path, false, "my-serial").unwrap();
+        let m = mem();
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[
+                (0x10000, 16, 0),
+                (0x20000, 20, F_WRITE),
+                (0x30000, 1, F_WRITE),
+            ],
+            Some((VIRTIO_BLK_T_GET_ID, 0)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_OK);
+        let mut id = [0u8; 9];
+        m.read_slice(&mut id, GuestAddress(0x20000)).unwrap();
+        assert_eq!(&id, b"my-serial");
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0), (0x30000, 1, F_WRITE)],
+            Some((99, 0)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_UNSUPP);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn malformed_chains_fail_without_touching_outside_memory() {
+        let path = image("bad", 4);
+        let mut blk = Block::open(&path, false, "x").unwrap();
+        let m = mem();
+        // Header shorter than 16 bytes: IOERR.
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 8, 0), (0x30000, 1, F_WRITE)],
+            None,
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_IOERR);
+        // No writable status byte at all: no answer, no panic.
+        let (len, _) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0)],
+            Some((VIRTIO_BLK_T_IN, 0)),
+        );
+        assert_eq!(len, 0);
+        // Data buffer beyond the end of guest memory: the chain is refused.
+        let q = MockSplitQueue::new(&m, 16);
+        let raw = [
+            RawDescriptor::from(SplitDescriptor::new(0x10000, 16, F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0xff000, 0x10000, F_WRITE | F_NEXT, 2)),
+            RawDescriptor::from(SplitDescriptor::new(0x30000, 1, F_WRITE, 0)),
+        ];
+        q.build_desc_chain(&raw).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        let chain = queue.iter(&m).unwrap().next().unwrap();
+        assert_eq!(blk.request(chain, &m), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn looping_chain_ends_instead_of_spinning() {
+        let path = image("loop", 4);
+        let mut blk = Block::open(&path, false, "x").unwrap();
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 16);
+        let raw = [
+            RawDescriptor::from(SplitDescriptor::new(0x10000, 16, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(0x20000, 512, F_WRITE, 0)),
+        ];
+        q.build_desc_chain(&raw).unwrap();
+        // Point the last descriptor back at the first: a cycle.
+        q.desc_table()
+            .store(
+                1,
+                RawDescriptor::from(SplitDescriptor::new(0x20000, 512, F_WRITE | F_NEXT, 0)),
+            )
+            .unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        let chain = queue.iter(&m).unwrap().next().unwrap();
+        // Whatever it answers, it returns (the chain's length is bounded by the queue size).
+        let _ = blk.request(chain, &m);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn zero_length_and_wrong_direction_buffers_fail_cleanly() {
+        let path = image("dir", 4);
+        let mut blk = Block::open(&path, false, "x").unwrap();
+        let m = mem();
+        // A read whose data buffer is device-readable (wrong direction): no room to
+        // put data, so the read covers zero bytes and only the status is written.
+        let (len, status) = serve(
+            &mut blk,
+            &m,
+            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
+            Some((VIRTIO_BLK_T_IN, 0)),
+        );
+        assert_eq!((len, status as u32), (1, VIRTIO_BLK_S_OK));
+        // Zero-length data descriptor: nothing moves, status OK, no panic.
+        let (len, status) = serve(
+            &mut blk,
+            &m,
+            &[
+                (0x10000, 16, 0),
+                (0x20000, 0, F_WRITE),
+                (0x30000, 1, F_WRITE),
+            ],
+            Some((VIRTIO_BLK_T_IN, 0)),
+        );
+        assert_eq!((len, status as u32), (1, VIRTIO_BLK_S_OK));
+        // A write whose payload is device-writable (wrong direction) writes nothing.
+        let before = std::fs::read(&path).unwrap();
+        let (_, status) = serve(
+            &mut blk,
+            &m,
+            &[
+                (0x10000, 16, 0),
+                (0x20000, 512, F_WRITE),
+                (0x30000, 1, F_WRITE),
+            ],
+            Some((VIRTIO_BLK_T_OUT, 0)),
+        );
+        assert_eq!(status as u32, VIRTIO_BLK_S_OK);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn unaligned_image_is_refused() {
+        let path = std::env::temp_dir().join(format!("hvm-blk-{}-odd", std::process::id()));
+        std::fs::write(&path, [0u8; 1000]).unwrap();
+        let e = Block::open(&path, false, "x").err().unwrap().to_string();
+        assert!(e.contains("not a multiple of 512"), "{e}");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn config_reports_capacity_in_sectors() {
+        let path = image("cfg", 10);
+        let blk = Block::open(&path, false, "x").unwrap();
+        let mut cap = [0u8; 8];
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 10);
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,510 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x spec, section 4.2.2):
+//! registers, feature negotiation, the device status state machine, queue
+//! setup, and the interrupt the guest sees.
+
+use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::bus::BusDevice;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x0048_564d; // "HVM"
+
+// Register offsets.
+const MAGIC_VALUE: u64 = 0x000;
+const VERSION_REG: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const VENDOR: u64 = 0x00c;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+/// Where the driver writes a queue index to notify; KVM turns these writes into an ioeventfd.
+pub const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC_LOW: u64 = 0x080;
+const QUEUE_DESC_HIGH: u64 = 0x084;
+const QUEUE_DRIVER_LOW: u64 = 0x090;
+const QUEUE_DRIVER_HIGH: u64 = 0x094;
+const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG: u64 = 0x100;
+
+// Device status bits.
+#[cfg(test)]
+const ACKNOWLEDGE: u32 = 1;
+const DRIVER: u32 = 2;
+const DRIVER_OK: u32 = 4;
+const FEATURES_OK: u32 = 8;
+const NEEDS_RESET: u32 = 64;
+const FAILED: u32 = 128;
+
+// Interrupt status bits.
+const INT_USED_BUFFER: u32 = 1;
+const INT_CONFIG_CHANGE: u32 = 2;
+
+/// One virtio device as the guest sees it through its MMIO window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    irq: EventFd,
+    /// Set when no ioeventfd carries notifications: then a QueueNotify
+    /// write kicks this eventfd, so the event loop (never the vCPU) does the I/O.
+    notify_fallback: Vec<EventFd>,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: EventFd) -> Self {
+        let queues = device
+            .queue_sizes()
+            .iter()
+            .map(|&max| {
+                Queue::new(max)
+                    .unwrap_or_else(|_| Queue::new(256).expect("256 is a valid queue size"))
+            })
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: 0,
+            irq,
+            notify_fallback: Vec::new(),
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn device_id(&self) -> u32 {
+        self.device.device_id()
+    }
+
+    /// Eventfds to kick on QueueNotify writes when KVM has no ioeventfd for them.
+    pub fn set_notify_fallback(&mut self, evts: Vec<EventFd>) {
+        self.notify_fallback = evts;
+    }
+
+    fn raise(&mut self, bits: u32) {
+        self.interrupt_status |= bits;
+        if let Err(e) = self.irq.write(1) {
+            log::warn!("virtio: cannot raise the interrupt: {e}");
+        }
+    }
+
+    /// The driver did something the spec forbids: tell it to reset the device.
+    fn needs_reset(&mut self, why: &str) {
+        if self.status & NEEDS_RESET == 0 {
+            log::warn!(
+                "virtio device {}: {why}; device needs reset",
+                self.device.device_id()
+            );
+            self.status |= NEEDS_RESET;
+            self.raise(INT_CONFIG_CHANGE);
+        }
+    }
+
+    /// Serves queue `index` after the guest notified it (event loop thread).
+    pub fn notify(&mut self, index: usize) {
+        if self.status & DRIVER_OK == 0 || self.status & NEEDS_RESET != 0 {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        match self.device.process_queue(index, queue, &self.mem) {
+            Ok(true) => match queue.needs_notification(&self.mem) {
+                Ok(true) => self.raise(INT_USED_BUFFER),
+                Ok(false) => {}
+                Err(e) => self.needs_reset(&e.to_string()),
+            },
+            Ok(false) => {}
+            Err(e) => self.needs_reset(&e.to_string()),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let added = value & !self.status;
+        if added & FEATURES_OK != 0 {
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                // Refuse: the driver sees FEATURES_OK unset and gives up.
+                log::warn!(
+                    "virtio device {}: driver features {:#x} not acceptable (offered {offered:#x})",
+                    self.device.device_id(),
+                    self.driver_features
+                );
+                self.status = value & !FEATURES_OK;
+                return;
+            }
+        }
+        if added & DRIVER_OK != 0 {
+            if self.status & FEATURES_OK == 0 {
+                self.needs_reset("DRIVER_OK without FEATURES_OK");
+                return;
+            }
+            for (i, q) in self.queues.iter().enumerate() {
+                if q.ready() && !q.is_valid(&self.mem) {
+                    self.status = value;
+                    self.needs_reset(&format!(
+                        "queue {i} lies outside guest memory or is malformed"
+                    ));
+                    return;
+                }
+            }
+            self.device.activate(self.driver_features);
+        }
+        self.status = value | (self.status & NEEDS_RESET);
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        // Queues are configured only between FEATURES_OK and DRIVER_OK.
+        if self.status & DRIVER_OK != 0 {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_register(&self, offset: u64) -> u32 {
+        let queue = self.queues.get(self.queue_sel as usize);
+        match offset {
+            MAGIC_VALUE => MAGIC,
+            VERSION_REG => VERSION,
+            DEVICE_ID => self.device.device_id(),
+            VENDOR => VENDOR_ID,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => queue.map(|q| u32::from(q.max_size())).unwrap_or(0),
+            QUEUE_READY => queue.map(|q| u32::from(q.ready())).unwrap_or(0),
+            INTERRUPT_STATUS => self.interrupt_status,
+            STATUS => self.status,
+            CONFIG_GENERATION => 0,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            DRIVER_FEATURES => {
+                if self.status & (FEATURES_OK | DRIVER_OK | FAILED) != 0
+                    || self.status & DRIVER == 0
+                {
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            QUEUE_SEL => self.queue_sel = value,
+            QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_size(value as u16);
+                }
+            }
+            QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),
+            QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
+            QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(value), None)),
+            QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
+            QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
+            QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
+            QUEUE_NOTIFY => {
+                if let Some(evt) = self.notify_fallback.get(value as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            INTERRUPT_ACK => self.interrupt_status &= !value,
+            STATUS => self.set_status(value),
+            _ => log::debug!(
+                "virtio-mmio: write {value:#x} to read-only or unknown register {offset:#x}"
+            ),
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            if !q.ready() {
+                f(q);
+            }
+        }
+    }
+
+    /// Tells the event loop that the driver accepted EVENT_IDX, so queues use it.
+    fn sync_event_idx(&mut self) {
+        let on = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut self.queues {
+            q.set_event_idx(on);
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG {
+            self.device.read_config(offset - CONFIG, data);
+            return;
+        }
+        match <&mut [u8; 4]>::try_from(&mut *data) {
+            Ok(word) if offset % 4 == 0 => *word = self.read_register(offset).to_le_bytes(),
+            // Registers are 32-bit, aligned; anything else reads as zero.
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG {
+            // No hvm device has writable config.
+            return;
+        }
+        if let (Ok(word), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+            self.write_register(offset, u32::from_le_bytes(word));
+            if offset == STATUS {
+                self.sync_event_idx();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::QueueError;
+    use vm_memory::GuestAddress;
+
+    struct Dummy {
+        processed: usize,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_id(&self) -> u32 {
+            4
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn queue_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+        fn process_queue(
+            &mut self,
+            _i: usize,
+            _q: &mut Queue,
+            _m: &GuestMemoryMmap,
+        ) -> Result<bool, QueueError> {
+            self.processed += 1;
+            Ok(false)
+        }
+    }
+
+    fn transport() -> (MmioTransport, EventFd) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let t = MmioTransport::new(
+            Box::new(Dummy { processed: 0 }),
+            mem,
+            irq.try_clone().unwrap(),
+        );
+        (t, irq)
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, features_hi: u32) {
+        w(t, STATUS, ACKNOWLEDGE);
+        w(t, STATUS, ACKNOWLEDGE | DRIVER);
+        w(t, DRIVER_FEATURES_SEL, 1);
+        w(t, DRIVER_FEATURES, features_hi);
+        w(t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    }
+
+    fn setup_queue(t: &mut MmioTransport, desc: u32, avail: u32, used: u32) {
+        w(t, QUEUE_SEL, 0);
+        w(t, QUEUE_NUM, 16);
+        w(t, QUEUE_DESC_LOW, desc);
+        w(t, QUEUE_DRIVER_LOW, avail);
+        w(t, QUEUE_DEVICE_LOW, used);
+        w(t, QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, MAGIC_VALUE), MAGIC);
+        assert_eq!(r(&mut t, VERSION_REG), 2);
+        assert_eq!(r(&mut t, DEVICE_ID), 4);
+        assert_eq!(r(&mut t, QUEUE_NUM_MAX), 16);
+        w(&mut t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, DEVICE_FEATURES), 1); // VERSION_1 is bit 32
+    }
+
+    #[test]
+    fn features_ok_is_refused_without_version_1() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 0);
+        assert_eq!(r(&mut t, STATUS) & FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn features_ok_is_refused_for_unoffered_features() {
+        let (mut t, _) = transport();
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, DRIVER_FEATURES_SEL, 0);
+        w(&mut t, DRIVER_FEATURES, 1 << 5);
+        w(&mut t, DRIVER_FEATURES_SEL, 1);
+        w(&mut t, DRIVER_FEATURES, 1);
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(r(&mut t, STATUS) & FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn full_negotiation_reaches_driver_ok() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, 0x1000, 0x2000, 0x3000);
+        w(
+            &mut t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_eq!(
+            r(&mut t, STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        );
+        t.notify(0);
+        t.notify(7);
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_needs_reset_and_interrupts() {
+        let (mut t, irq) = transport();
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, 0xfff0_0000, 0x2000, 0x3000);
+        w(
+            &mut t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_ne!(r(&mut t, STATUS) & NEEDS_RESET, 0);
+        assert_eq!(
+            r(&mut t, INTERRUPT_STATUS) & INT_CONFIG_CHANGE,
+            INT_CONFIG_CHANGE
+        );
+        assert!(irq.read().is_ok());
+        // A reset clears it all.
+        w(&mut t, STATUS, 0);
+        assert_eq!(r(&mut t, STATUS), 0);
+        assert_eq!(r(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_needs_reset() {
+        let (mut t, _) = transport();
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_ne!(r(&mut t, STATUS) & NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn queue_cannot_be_changed_after_driver_ok() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1);
+        setup_queue(&mut t, 0x1000, 0x2000, 0x3000);
+        w(
+            &mut t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        w(&mut t, QUEUE_DESC_LOW, 0x9000);
+        assert_eq!(t.queues[0].desc_table(), 0x1000);
+    }
+
+    #[test]
+    fn odd_widths_and_offsets_are_harmless() {
+        let (mut t, _) = transport();
+        let mut b = [0xffu8; 2];
+        t.read(MAGIC_VALUE, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(STATUS + 1, &[1, 2, 3, 4]);
+        t.write(STATUS, &[1]);
+        assert_eq!(r(&mut t, STATUS), 0);
+        let mut c = [0u8; 8];
+        t.read(CONFIG + 4, &mut c);
+        assert_eq!(c, [0x5a; 8]);
+        w(&mut t, QUEUE_SEL, 99);
+        assert_eq!(r(&mut t, QUEUE_NUM_MAX), 0);
+        w(&mut t, QUEUE_NUM, 8);
+        w(&mut t, QUEUE_NOTIFY, 99);
+        w(&mut t, 0xf00, 1);
+    }
+}

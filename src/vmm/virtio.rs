@@ -1,0 +1,129 @@
+//! Puts the spec's virtio devices on the MMIO bus: one 4 KiB window and one
+//! interrupt line each, queue notifications through ioeventfds, interrupts
+//! through irqfds, and the two ways the guest finds them (the kernel command
+//! line and the DSDT).
+
+use crate::arch::x86_64::acpi::DsdtDevice;
+use crate::arch::x86_64::layout::VIRTIO_MMIO_START;
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
+use crate::spec::Spec;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// ISA/IOAPIC lines free for virtio devices (0-2 timer/keyboard/cascade, 4 COM1, 8 RTC).
+const IRQS: [u32; 18] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+];
+
+/// Errors while attaching virtio devices.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
+    TooMany { count: usize, max: usize },
+    #[error("cannot create an eventfd for a virtio device: {0}")]
+    EventFd(std::io::Error),
+    #[error("KVM refused the {what} of virtio device {index}: {source}")]
+    Kvm {
+        what: &'static str,
+        index: usize,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// One queue's notification: the event loop waits on `evt` and serves `queue`.
+pub struct QueueNotifier {
+    pub evt: EventFd,
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub queue: usize,
+}
+
+/// The attached devices, as the rest of the build needs them.
+#[derive(Default)]
+pub struct Attached {
+    pub dsdt: Vec<DsdtDevice>,
+    pub cmdline: Vec<String>,
+    pub notifiers: Vec<QueueNotifier>,
+}
+
+/// Opens every backend the spec names (disk images are opened and locked
+/// here, before any VM exists, so a wrong path fails fast).
+pub fn open_backends(spec: &Spec) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for d in &spec.drives {
+        devices.push(Box::new(Block::open(&d.path, d.read_only, &d.id)?));
+    }
+    if spec.rng {
+        devices.push(Box::new(Rng::default()));
+    }
+    if devices.len() > IRQS.len() {
+        return Err(VirtioError::TooMany {
+            count: devices.len(),
+            max: IRQS.len(),
+        });
+    }
+    Ok(devices)
+}
+
+/// Gives each device a window, an interrupt and its queue notifications.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: Vec<Box<dyn VirtioDevice>>,
+    mmio: &mut Bus,
+) -> Result<Attached, VirtioError> {
+    let mut out = Attached::default();
+    for (index, device) in devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW;
+        let irq_line = IRQS[index];
+        let kvm = |what| {
+            move |source| VirtioError::Kvm {
+                what,
+                index,
+                source,
+            }
+        };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+        vm.register_irqfd(&irq, irq_line).map_err(kvm("irqfd"))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq)));
+        let queues = crate::devices::bus::lock(&transport).queue_count();
+        for queue in 0..queues {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
+            vm.register_ioevent(
+                &evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
+                queue as u32,
+            )
+            .map_err(kvm("ioeventfd"))?;
+            out.notifiers.push(QueueNotifier {
+                evt,
+                transport: transport.clone(),
+                queue,
+            });
+        }
+        log::debug!(
+            "virtio device {} (type {}) at {base:#x}, IRQ {irq_line}, {queues} queue(s)",
+            index,
+            crate::devices::bus::lock(&transport).device_id()
+        );
+        mmio.insert(transport, base, MMIO_WINDOW)?;
+        out.dsdt.push(DsdtDevice::VirtioMmio {
+            index: index as u32,
+            base,
+            size: MMIO_WINDOW,
+            irq: irq_line,
+        });
+        out.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq_line}"));
+    }
+    Ok(out)
+}
