@@ -62,6 +62,20 @@ pub struct Drive {
     pub id: String,
 }
 
+/// How the guest learns where the virtio-mmio devices are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioDiscovery {
+    /// ACPI (DSDT devices, _HID LNRO0005), or the command line when it says `acpi=off`.
+    Auto,
+    /// Only the DSDT.
+    Acpi,
+    /// Only `virtio_mmio.device=` on the kernel command line.
+    Cmdline,
+    /// Both: for kernels that understand only one of them, whichever it is.
+    /// A kernel that understands both then logs a failed probe per device.
+    Both,
+}
+
 /// A validated VM spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -80,6 +94,7 @@ pub struct Spec {
     pub drives: Vec<Drive>,
     /// A virtio-rng entropy device.
     pub rng: bool,
+    pub virtio_discovery: VirtioDiscovery,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +129,7 @@ struct RawRng {}
 struct RawMachine {
     vcpus: Option<Spanned<i64>>,
     memory: Option<Spanned<RawSize>>,
+    virtio_discovery: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +327,26 @@ impl Spec {
             ));
         }
 
+        let virtio_discovery = match raw
+            .machine
+            .virtio_discovery
+            .as_ref()
+            .map(|v| (v.get_ref().as_str(), v.span()))
+        {
+            None | Some(("auto", _)) => VirtioDiscovery::Auto,
+            Some(("acpi", _)) => VirtioDiscovery::Acpi,
+            Some(("cmdline", _)) => VirtioDiscovery::Cmdline,
+            Some(("both", _)) => VirtioDiscovery::Both,
+            Some((other, span)) => {
+                return Err(invalid(
+                    "machine.virtio_discovery",
+                    format!("\"{other}\""),
+                    span,
+                    "must be \"auto\", \"acpi\", \"cmdline\" or \"both\"".into(),
+                ))
+            }
+        };
+
         let mut drives = Vec::new();
         for d in &raw.drive {
             if d.path.get_ref().trim().is_empty() {
@@ -360,6 +396,7 @@ impl Spec {
             serial,
             drives,
             rng: raw.rng.is_some(),
+            virtio_discovery,
         })
     }
 }
@@ -463,7 +500,7 @@ mod tests {
         let e = err("[machine]\nvcpus = 1\ncpus = 2\n[kernel]\npath = \"k\"\n");
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("unknown field `cpus`"), "{e}");
-        assert!(e.contains("expected `vcpus` or `memory`"), "{e}");
+        assert!(e.contains("expected one of `vcpus`, `memory`"), "{e}");
     }
 
     #[test]
@@ -531,6 +568,29 @@ mod tests {
         );
         assert!(s.rng);
         assert!(!parse("[kernel]\npath = \"k\"\n").unwrap().rng);
+    }
+
+    #[test]
+    fn virtio_discovery_values() {
+        let d = |v: &str| {
+            parse(&format!(
+                "[machine]\nvirtio_discovery = \"{v}\"\n[kernel]\npath = \"k\"\n"
+            ))
+        };
+        assert_eq!(
+            parse("[kernel]\npath = \"k\"\n").unwrap().virtio_discovery,
+            VirtioDiscovery::Auto
+        );
+        assert_eq!(d("both").unwrap().virtio_discovery, VirtioDiscovery::Both);
+        assert_eq!(
+            d("cmdline").unwrap().virtio_discovery,
+            VirtioDiscovery::Cmdline
+        );
+        let e = d("pci").unwrap_err().to_string();
+        assert!(
+            e.contains("machine.virtio_discovery = \"pci\" at line 2: must be \"auto\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -224,3 +224,60 @@ fn results_parser_reads_cases() {
         (7, "hello\n", "warn\n")
     );
 }
+
+/// The value after `key` on the line that starts with it.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .map(str::trim)
+}
+
+#[test]
+fn virtio_blk_guest_reads_exactly_the_host_image() {
+    let Some(c) = case("blk-read") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY", "SERIAL ro-disk"]);
+    let guest = field(&c.console, "GUEST-SHA256-READ").expect("guest hash");
+    let host = HOST_READ_HASH.get_or_init(|| {
+        let text =
+            std::fs::read_to_string(root().join("target/lab/results.txt")).unwrap_or_default();
+        field(&text, "HOST-SHA256-READ")
+            .unwrap_or("missing")
+            .to_string()
+    });
+    assert_eq!(guest, host, "{}", c.console);
+    assert_eq!(guest.len(), 64);
+}
+
+static HOST_READ_HASH: OnceLock<String> = OnceLock::new();
+
+#[test]
+fn virtio_blk_data_the_guest_wrote_and_synced_is_on_the_host_disk() {
+    let Some(c) = case("blk-write") else { return };
+    assert_case(c, 0, &["HVM-GUEST-READY"]);
+    let written = field(&c.console, "HOST-SHA256-WRITTEN").expect("host hash of the image");
+    let expected = field(&c.console, "HOST-SHA256-EXPECTED").expect("hash of the pattern");
+    assert_eq!(written, expected, "{}", c.console);
+}
+
+#[test]
+fn virtio_blk_read_only_drive_refuses_writes() {
+    let Some(c) = case("blk-read-only") else {
+        return;
+    };
+    assert_case(c, 0, &["GUEST-WRITE-REFUSED", "HOST-RO-UNCHANGED"]);
+}
+
+#[test]
+fn virtio_blk_two_drives_are_both_there() {
+    let Some(c) = case("blk-two-drives") else {
+        return;
+    };
+    // vdb: 8 MiB = 16384 sectors.
+    assert_case(c, 0, &["DRIVES first second 16384"]);
+}
+
+#[test]
+fn virtio_rng_feeds_dev_hwrng() {
+    let Some(c) = case("rng") else { return };
+    assert_case(c, 0, &["RNG virtio_rng.0", "RNG-BYTES 4096"]);
+}

@@ -189,11 +189,19 @@ impl Vm {
 
         let mut mmio = Bus::new();
         let attached = virtio::attach(&vm, &memory, backends, &mut mmio)?;
+        let (in_acpi, in_cmdline) = virtio::discovery(spec);
         let mut dsdt = dsdt_devices();
-        dsdt.extend(attached.dsdt.iter().cloned());
+        if in_acpi {
+            dsdt.extend(attached.dsdt.iter().cloned());
+        }
         let tables = acpi::build(spec.vcpus, &dsdt)?;
         acpi::write(&memory, &tables)?;
-        let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, &attached.cmdline);
+        let extra = if in_cmdline {
+            attached.cmdline.as_slice()
+        } else {
+            &[]
+        };
+        let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, extra);
         log::debug!("kernel command line: {cmdline}");
         let request = boot::BootRequest {
             cmdline: &cmdline,

@@ -10,7 +10,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
-use crate::spec::Spec;
+use crate::spec::{Spec, VirtioDiscovery};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -53,6 +53,22 @@ pub struct Attached {
     pub dsdt: Vec<DsdtDevice>,
     pub cmdline: Vec<String>,
     pub notifiers: Vec<QueueNotifier>,
+}
+
+/// Where the guest is told about the devices: (in the DSDT, on the command line).
+/// `auto` uses ACPI, which every ACPI kernel's virtio-mmio driver reads;
+/// a kernel that understands both would otherwise probe each device twice
+/// and log an error for the second. With `acpi=off` only the command line works.
+pub fn discovery(spec: &Spec) -> (bool, bool) {
+    match spec.virtio_discovery {
+        VirtioDiscovery::Auto => {
+            let acpi_off = spec.cmdline.split_whitespace().any(|w| w == "acpi=off");
+            (!acpi_off, acpi_off)
+        }
+        VirtioDiscovery::Acpi => (true, false),
+        VirtioDiscovery::Cmdline => (false, true),
+        VirtioDiscovery::Both => (true, true),
+    }
 }
 
 /// Opens every backend the spec names (disk images are opened and locked

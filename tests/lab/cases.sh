@@ -58,7 +58,7 @@ case_ blk-read "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,G
 dd if=/dev/zero of="$D/write.img" bs=1M count=8 2>/dev/null
 EXTRA="[[drive]]\npath = \"$D/write.img\""
 AFTER="echo HOST-SHA256-WRITTEN \$(head -c 4194304 $D/write.img | sha256sum | cut -d' ' -f1); echo HOST-SHA256-EXPECTED \$(yes hvm-block-written | head -c 4194304 | sha256sum | cut -d' ' -f1)"
-case_ blk-write "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=yes,hvm-block-written|head,-c,4194304>/dev/vda;sync"
+case_ blk-write "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=yes,hvm-block-written|head,-c,4194304,>/dev/vda;sync"
 cp "$D/read.img" "$D/ro.img"
 EXTRA="[[drive]]\npath = \"$D/ro.img\"\nread_only = true"
 AFTER="cmp -s $D/read.img $D/ro.img && echo HOST-RO-UNCHANGED"
@@ -67,7 +67,7 @@ EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"first\"\n[[dr
 case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,DRIVES,\$(cat</sys/block/vda/serial),\$(cat</sys/block/vdb/serial),\$(cat</sys/block/vdb/size)"
 # virtio-rng: the guest reads from /dev/hwrng.
 EXTRA="[rng]"
-case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096</dev/hwrng|wc,-c)"
+case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096,</dev/hwrng|wc,-c)"
 
 if [ -n "$STOCK" ]; then
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"

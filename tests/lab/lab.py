@@ -210,6 +210,10 @@ def main():
             log(f"booting L1 (attempt {attempt})")
             if run_l1(vmlinuz, cpio, args.out, console, args.timeout):
                 return 0
+            # Keep what the failed attempt printed, for the record.
+            for path in (console, args.out):
+                if os.path.exists(path):
+                    shutil.copy(path, f"{path}.attempt{attempt}")
         log(f"L1 never reported; see {console}")
         return 1
 
