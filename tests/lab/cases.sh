@@ -71,6 +71,9 @@ case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$
 
 if [ -n "$STOCK" ]; then
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
+    # Debian's kernel has no virtio-mmio command-line devices: it finds them in the DSDT.
+    EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"stock-disk\"\n[rng]"
+    case_ debian-cloud-virtio "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,GUEST-SHA256-READ,\$(sha256sum</dev/vda|cut,-d',',-f1);echo,SERIAL,\$(cat</sys/block/vda/serial);echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current)"
 fi
 rm -rf "$TMP"
 echo "@@DONE"

@@ -28,6 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNEL_PACKAGE = r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"
 L1_MODULES = ["kvm-amd"]
+# What the stock kernel needs as modules to use hvm's virtio-mmio devices.
+STOCK_GUEST_MODULES = ["virtio-mmio", "virtio-blk", "virtio-rng"]
 
 
 def log(msg):
@@ -96,6 +98,29 @@ def module_paths(moddir, names):
     return [os.path.join(moddir, m) for m in order]
 
 
+def modules_cpio(moddir, names, work, out_name):
+    """A cpio with /modules/*.ko (decompressed) and /modules/order."""
+    root = os.path.join(work, out_name + ".root")
+    os.makedirs(os.path.join(root, "modules"), exist_ok=True)
+    order = []
+    for path in module_paths(moddir, names):
+        name = os.path.basename(path).split(".ko")[0] + ".ko"
+        dst = os.path.join(root, "modules", name)
+        if path.endswith(".xz"):
+            with open(dst, "wb") as f:
+                run(["xz", "-dc", path], stdout=f)
+        else:
+            shutil.copy(path, dst)
+        order.append(name)
+    with open(os.path.join(root, "modules", "order"), "w") as f:
+        f.write("\n".join(order) + "\n")
+    out = os.path.join(work, out_name)
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, text=True, check=True).stdout
+    with open(out, "wb") as f:
+        subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=root, input=files.encode(), stdout=f, check=True)
+    return out
+
+
 def shared_libs(binary):
     out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
     libs = []
@@ -133,6 +158,12 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
     for img in ["bzImage", "vmlinux", "initramfs.cpio.gz"]:
         shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/images", img))
     shutil.copy(vmlinuz, os.path.join(root, "hvm/images/stock-vmlinuz"))
+    # The stock kernel's initrd: the bundled initramfs plus its virtio modules.
+    extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
+    with open(os.path.join(root, "hvm/images/stock-initrd"), "wb") as f:
+        for part in (os.path.join(images, "initramfs.cpio.gz"), extra):
+            with open(part, "rb") as src:
+                f.write(src.read())
     shutil.copy(os.path.join(HERE, "cases.sh"), os.path.join(root, "hvm/cases.sh"))
     insmods = "\n".join(f"insmod /modules/{n} || echo '@@LAB insmod {n} failed' >/dev/ttyS1" for n in names)
     init = f"""#!/bin/sh
@@ -193,9 +224,17 @@ def main():
 
     if hardware_kvm() and not args.nested:
         log("hardware KVM: running the cases directly")
-        with open(args.out, "w") as f:
-            subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm),
-                            os.path.abspath(args.images), vmlinuz], stdout=f, stderr=subprocess.STDOUT)
+        with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
+            images = os.path.join(work, "images")
+            shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
+            extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
+            with open(os.path.join(images, "stock-initrd"), "wb") as f:
+                for part in (os.path.join(images, "initramfs.cpio.gz"), extra):
+                    with open(part, "rb") as src:
+                        f.write(src.read())
+            with open(args.out, "w") as f:
+                subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz],
+                               stdout=f, stderr=subprocess.STDOUT)
         return 0
 
     if shutil.which("qemu-system-x86_64") is None:
