@@ -287,7 +287,7 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{QueueOwnedT, QueueT};
+    use virtio_queue::QueueOwnedT;
     use vm_memory::{Bytes, GuestAddress};
 
     const F_NEXT: u16 = 1;
