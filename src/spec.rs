@@ -95,6 +95,17 @@ pub struct Spec {
     /// A virtio-rng entropy device.
     pub rng: bool,
     pub virtio_discovery: VirtioDiscovery,
+    /// Which device owns the console (stdin/stdout): the UART or virtio-console.
+    pub console: ConsoleDevice,
+}
+
+/// The device the console's keyboard input goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleDevice {
+    /// COM1 (ttyS0) only.
+    Serial,
+    /// A virtio-console (hvc0) gets the input; COM1 still prints (kernel messages).
+    Virtio,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +119,13 @@ struct RawSpec {
     #[serde(default)]
     drive: Vec<RawDrive>,
     rng: Option<RawRng>,
+    console: Option<RawConsole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    device: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +365,19 @@ impl Spec {
             }
         };
 
+        let console = match raw.console.as_ref().map(|c| (c.device.get_ref().as_str(), c.device.span())) {
+            None | Some(("serial", _)) => ConsoleDevice::Serial,
+            Some(("virtio", _)) => ConsoleDevice::Virtio,
+            Some((other, span)) => {
+                return Err(invalid(
+                    "console.device",
+                    format!("\"{other}\""),
+                    span,
+                    "must be \"serial\" or \"virtio\"".into(),
+                ))
+            }
+        };
+
         let mut drives = Vec::new();
         for d in &raw.drive {
             if d.path.get_ref().trim().is_empty() {
@@ -397,6 +428,7 @@ impl Spec {
             drives,
             rng: raw.rng.is_some(),
             virtio_discovery,
+            console,
         })
     }
 }
@@ -568,6 +600,15 @@ mod tests {
         );
         assert!(s.rng);
         assert!(!parse("[kernel]\npath = \"k\"\n").unwrap().rng);
+    }
+
+    #[test]
+    fn console_device_values() {
+        let c = |v: &str| parse(&format!("[kernel]\npath = \"k\"\n[console]\ndevice = \"{v}\"\n"));
+        assert_eq!(parse("[kernel]\npath = \"k\"\n").unwrap().console, ConsoleDevice::Serial);
+        assert_eq!(c("virtio").unwrap().console, ConsoleDevice::Virtio);
+        let e = c("vga").unwrap_err().to_string();
+        assert!(e.contains("console.device = \"vga\" at line 4: must be \"serial\" or \"virtio\""), "{e}");
     }
 
     #[test]

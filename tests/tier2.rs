@@ -294,3 +294,9 @@ fn virtio_devices_are_probed_once() {
     let Some(c) = case("blk-two-drives") else { return };
     assert!(!c.console.contains("can't request region"), "{}", c.console);
 }
+
+#[test]
+fn virtio_console_carries_a_login_shell_on_hvc0() {
+    let Some(c) = case("hvc-login") else { return };
+    assert_case(c, 0, &["login shell on hvc0", "HVC-LOGIN-42 /dev/hvc0"]);
+}

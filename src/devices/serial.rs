@@ -6,6 +6,7 @@ use super::bus::BusDevice;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
+use std::sync::{Arc, Mutex};
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -80,14 +81,52 @@ impl ConsoleOutput {
     }
 }
 
+/// The console sinks, shared by every device that prints to the console
+/// (the UART, and virtio-console when there is one).
+#[derive(Clone, Default)]
+pub struct SharedOutput(Arc<Mutex<ConsoleOutput>>);
+
+impl SharedOutput {
+    pub fn new(stdout: bool) -> Self {
+        SharedOutput(Arc::new(Mutex::new(ConsoleOutput::new(stdout))))
+    }
+
+    pub fn add_file(&self, file: File) {
+        super::bus::lock(&self.0).add_file(file);
+    }
+
+    /// Writes guest output; a failing file is reported once per call, never fatal.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        if let Err(e) = super::bus::lock(&self.0).write_all(bytes) {
+            log::warn!("console output: {e}");
+        }
+    }
+
+    /// Flushes the files (at exit).
+    pub fn sync(&self) {
+        if let Err(e) = super::bus::lock(&self.0).sync() {
+            log::warn!("cannot flush the console log: {e}");
+        }
+    }
+}
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        super::bus::lock(&self.0).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The UART plus input that did not fit in its FIFO yet.
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, NoEvents, ConsoleOutput>,
+    uart: Serial<IrqTrigger, NoEvents, SharedOutput>,
     pending: VecDeque<u8>,
 }
 
 impl SerialDevice {
-    pub fn new(irq: EventFd, out: ConsoleOutput) -> Self {
+    pub fn new(irq: EventFd, out: SharedOutput) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
@@ -120,9 +159,6 @@ impl SerialDevice {
         }
     }
 
-    pub fn output(&mut self) -> &mut ConsoleOutput {
-        self.uart.writer_mut()
-    }
 }
 
 impl BusDevice for SerialDevice {
@@ -156,7 +192,7 @@ mod tests {
 
     fn device() -> (SerialDevice, EventFd) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let d = SerialDevice::new(irq.try_clone().unwrap(), ConsoleOutput::new(false));
+        let d = SerialDevice::new(irq.try_clone().unwrap(), SharedOutput::new(false));
         (d, irq)
     }
 
@@ -178,12 +214,14 @@ mod tests {
     #[test]
     fn output_reaches_the_log_file() {
         let path = std::env::temp_dir().join(format!("hvm-serial-test-{}", std::process::id()));
-        let (mut d, _irq) = device();
-        d.output().add_file(File::create(&path).unwrap());
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let out = SharedOutput::new(false);
+        out.add_file(File::create(&path).unwrap());
+        let mut d = SerialDevice::new(irq, out.clone());
         for b in b"hello\nno newline" {
             d.write(0, &[*b]);
         }
-        d.output().sync().unwrap();
+        out.sync();
         let mut s = String::new();
         File::open(&path).unwrap().read_to_string(&mut s).unwrap();
         std::fs::remove_file(&path).unwrap();

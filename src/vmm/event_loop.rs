@@ -4,6 +4,8 @@
 
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::console::{Console, PendingInput, RECEIVE_QUEUE};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::vmm::exit::{ExitReason, ExitSender};
 use crate::vmm::terminal::{EscapeFilter, HELP};
 use crate::vmm::virtio::QueueNotifier;
@@ -62,8 +64,30 @@ pub enum Input {
     Stream,
 }
 
+/// The device keyboard input goes to.
+pub enum InputTarget {
+    Serial(Arc<Mutex<SerialDevice>>),
+    /// virtio-console: input waits in `pending` until the guest's receive queue takes it.
+    Virtio {
+        pending: PendingInput,
+        transport: Arc<Mutex<MmioTransport>>,
+    },
+}
+
+impl InputTarget {
+    fn queue_input(&self, bytes: &[u8]) {
+        match self {
+            InputTarget::Serial(serial) => lock(serial).queue_input(bytes),
+            InputTarget::Virtio { pending, transport } => {
+                Console::queue_input(pending, bytes);
+                lock(transport).notify(RECEIVE_QUEUE);
+            }
+        }
+    }
+}
+
 pub struct EventLoop {
-    pub serial: Arc<Mutex<SerialDevice>>,
+    pub target: InputTarget,
     pub exit: ExitSender,
     pub signals: OwnedFd,
     pub input: Input,
@@ -117,7 +141,7 @@ impl EventLoop {
         if let Err(e) = std::io::Read::read_to_end(&mut stdin, &mut buf) {
             log::warn!("cannot read stdin: {e}");
         }
-        lock(&self.serial).queue_input(&buf);
+        self.target.queue_input(&buf);
     }
 
     fn run(self, epoll: Epoll, mut reading_stdin: bool) {
@@ -167,12 +191,12 @@ impl EventLoop {
                                 if f.help {
                                     let _ = std::io::stderr().write_all(HELP.as_bytes());
                                 }
-                                lock(&self.serial).queue_input(&f.to_guest);
+                                self.target.queue_input(&f.to_guest);
                                 if f.quit {
                                     self.exit.send(ExitReason::UserQuit);
                                 }
                             }
-                            _ => lock(&self.serial).queue_input(bytes),
+                            _ => self.target.queue_input(bytes),
                         }
                     }
                     token if token >= TOKEN_QUEUE_BASE => {

@@ -12,17 +12,17 @@ pub mod virtio;
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::x86_64::regs;
-use crate::devices::bus::{lock, Bus, BusError};
+use crate::devices::bus::{Bus, BusError};
 use crate::devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT};
 use crate::devices::pci_root::{PciRoot, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
-use crate::devices::serial::{ConsoleOutput, SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::serial::{SerialDevice, SharedOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
 };
 use crate::spec::{SerialOutput, Spec};
 use crate::timeline;
-use event_loop::{EventLoop, EventLoopError, Input};
+use event_loop::{EventLoop, EventLoopError, Input, InputTarget};
 use exit::{ExitReason, ExitSender};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -95,8 +95,9 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
     exits: Receiver<ExitReason>,
-    serial: Arc<Mutex<SerialDevice>>,
+    output: SharedOutput,
     input: Input,
+    target: InputTarget,
     notifiers: Vec<virtio::QueueNotifier>,
 }
 
@@ -160,7 +161,8 @@ impl Vm {
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
-        let backends = virtio::open_backends(spec)?;
+        let (output, input) = Self::console_output(spec, opts)?;
+        let (backends, console_input) = virtio::open_backends(spec, &output)?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let max = kvm.get_max_vcpus() as u32;
@@ -220,8 +222,12 @@ impl Vm {
         timeline::mark("kernel loaded");
 
         let (exit, exits) = ExitSender::channel();
-        let (serial, input) = Self::serial(&vm, spec, opts)?;
+        let serial = Self::serial(&vm, output.clone())?;
         let pio = Self::port_devices(&serial, &exit)?;
+        let target = match (console_input, attached.console) {
+            (Some(pending), Some(transport)) => InputTarget::Virtio { pending, transport },
+            _ => InputTarget::Serial(serial),
+        };
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -243,49 +249,41 @@ impl Vm {
             vcpus,
             ctx,
             exits,
-            serial,
+            output,
             input,
+            target,
             notifiers: attached.notifiers,
         })
     }
 
-    /// COM1 and where its output and input go.
-    fn serial(
-        vm: &VmFd,
-        spec: &Spec,
-        opts: &RunOptions,
-    ) -> Result<(Arc<Mutex<SerialDevice>>, Input), VmError> {
+    /// Where guest console output goes, and whether stdin feeds the guest.
+    fn console_output(spec: &Spec, opts: &RunOptions) -> Result<(SharedOutput, Input), VmError> {
         let create = |what, path: &PathBuf| {
-            File::create(path).map_err(|source| VmError::OutputFile {
-                what,
-                path: path.clone(),
-                source,
-            })
+            File::create(path).map_err(|source| VmError::OutputFile { what, path: path.clone(), source })
         };
-        let (mut out, input) = match &spec.serial {
+        let (out, input) = match &spec.serial {
             SerialOutput::Stdio => {
-                let input = if terminal::stdin_is_tty() {
-                    Input::Terminal
-                } else {
-                    Input::Stream
-                };
-                (ConsoleOutput::new(true), input)
+                let input = if terminal::stdin_is_tty() { Input::Terminal } else { Input::Stream };
+                (SharedOutput::new(true), input)
             }
             SerialOutput::File(path) => {
-                let mut out = ConsoleOutput::new(false);
+                let out = SharedOutput::new(false);
                 out.add_file(create("serial output file", path)?);
                 (out, Input::None)
             }
-            SerialOutput::Off => (ConsoleOutput::new(false), Input::None),
+            SerialOutput::Off => (SharedOutput::new(false), Input::None),
         };
         if let Some(path) = &opts.serial_log {
             out.add_file(create("serial log", path)?);
         }
-        let irq =
-            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        vm.register_irqfd(&irq, COM1_IRQ)
-            .map_err(kvm_err("register the serial irqfd"))?;
-        Ok((Arc::new(Mutex::new(SerialDevice::new(irq, out))), input))
+        Ok((out, input))
+    }
+
+    /// COM1, printing to the console sinks, its interrupt an irqfd.
+    fn serial(vm: &VmFd, output: SharedOutput) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("register the serial irqfd"))?;
+        Ok(Arc::new(Mutex::new(SerialDevice::new(irq, output))))
     }
 
     /// The port-I/O bus: COM1, i8042, CMOS, PCI config and hvm's system ports.
@@ -349,7 +347,7 @@ impl Vm {
             _ => None,
         };
         EventLoop {
-            serial: self.serial.clone(),
+            target: self.target,
             exit: self.ctx.exit.clone(),
             signals,
             input: self.input,
@@ -378,9 +376,7 @@ impl Vm {
             },
         };
         timeline::mark("VM stopped");
-        if let Err(e) = lock(&self.serial).output().sync() {
-            log::warn!("cannot flush the serial log: {e}");
-        }
+        self.output.sync();
         terminal::restore();
         Ok(reason)
     }

@@ -6,11 +6,13 @@
 use crate::arch::x86_64::acpi::DsdtDevice;
 use crate::arch::x86_64::layout::VIRTIO_MMIO_START;
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::serial::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
-use crate::spec::{Spec, VirtioDiscovery};
+use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -53,6 +55,8 @@ pub struct Attached {
     pub dsdt: Vec<DsdtDevice>,
     pub cmdline: Vec<String>,
     pub notifiers: Vec<QueueNotifier>,
+    /// The virtio-console's transport, if there is one (keyboard input kicks it).
+    pub console: Option<Arc<Mutex<MmioTransport>>>,
 }
 
 /// Where the guest is told about the devices: (in the DSDT, on the command line).
@@ -73,8 +77,18 @@ pub fn discovery(spec: &Spec) -> (bool, bool) {
 
 /// Opens every backend the spec names (disk images are opened and locked
 /// here, before any VM exists, so a wrong path fails fast).
-pub fn open_backends(spec: &Spec) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+/// Also returns the virtio-console's input queue when the console is virtio.
+pub fn open_backends(
+    spec: &Spec,
+    output: &SharedOutput,
+) -> Result<(Vec<Box<dyn VirtioDevice>>, Option<PendingInput>), VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut console_input = None;
+    if spec.console == ConsoleDevice::Virtio {
+        let pending = PendingInput::default();
+        devices.push(Box::new(Console::new(output.clone(), pending.clone())));
+        console_input = Some(pending);
+    }
     for d in &spec.drives {
         devices.push(Box::new(Block::open(&d.path, d.read_only, &d.id)?));
     }
@@ -87,7 +101,7 @@ pub fn open_backends(spec: &Spec) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioEr
             max: IRQS.len(),
         });
     }
-    Ok(devices)
+    Ok((devices, console_input))
 }
 
 /// Gives each device a window, an interrupt and its queue notifications.
@@ -131,6 +145,9 @@ pub fn attach(
             index,
             crate::devices::bus::lock(&transport).device_id()
         );
+        if crate::devices::bus::lock(&transport).device_id() == virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE {
+            out.console = Some(transport.clone());
+        }
         mmio.insert(transport, base, MMIO_WINDOW)?;
         out.dsdt.push(DsdtDevice::VirtioMmio {
             index: index as u32,

@@ -13,9 +13,11 @@ mkdir -p "$TMP"
 # case NAME KERNEL INITRD VCPUS MEMORY CMDLINE [hvm options...]
 # $EXTRA (if set) is appended to the spec: drives, rng, ...
 # $AFTER (if set) is a command run after hvm exits; its output joins the console part.
+# $HVM_LAB_SKIP lists cases an earlier, crashed L1 already ran (see lab.py).
 case_() {
     name=$1 kernel=$2 initrd=$3 vcpus=$4 memory=$5 cmdline=$6
     shift 6
+    case " $HVM_LAB_SKIP " in *" $name "*) EXTRA= AFTER= INPUT=; return ;; esac
     spec=$TMP/$name.toml
     {
         echo "[machine]"
@@ -27,7 +29,11 @@ case_() {
         echo "cmdline = \"$cmdline\""
         [ -n "$EXTRA" ] && printf '%b\n' "$EXTRA"
     } >"$spec"
-    "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    if [ -n "$INPUT" ]; then
+        (sleep 1; printf '%b' "$INPUT") | "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err"
+    else
+        "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    fi
     code=$?
     echo "@@CASE $name"
     cat "$TMP/$name.out"
@@ -36,7 +42,7 @@ case_() {
     echo "@@STDERR"
     cat "$TMP/$name.err"
     echo "@@EXIT $name $code"
-    EXTRA= AFTER=
+    EXTRA= AFTER= INPUT=
 }
 
 Q="quiet"
@@ -68,6 +74,11 @@ case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=
 # virtio-rng: the guest reads from /dev/hwrng.
 EXTRA="[rng]"
 case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096,</dev/hwrng|wc,-c)"
+
+# virtio-console: a login shell on hvc0 takes commands from hvm's stdin.
+EXTRA="[console]\ndevice = \"virtio\""
+INPUT='echo HVC-LOGIN-$((6*7)) $(tty)\npoweroff -f\n'
+case_ hvc-login "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=hvc"
 
 if [ -n "$STOCK" ]; then
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"

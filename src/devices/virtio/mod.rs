@@ -7,6 +7,7 @@
 //! driver's bad address or length fails that request, never hvm.
 
 pub mod block;
+pub mod console;
 pub mod mmio;
 pub mod rng;
 
