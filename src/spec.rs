@@ -365,7 +365,11 @@ impl Spec {
             }
         };
 
-        let console = match raw.console.as_ref().map(|c| (c.device.get_ref().as_str(), c.device.span())) {
+        let console = match raw
+            .console
+            .as_ref()
+            .map(|c| (c.device.get_ref().as_str(), c.device.span()))
+        {
             None | Some(("serial", _)) => ConsoleDevice::Serial,
             Some(("virtio", _)) => ConsoleDevice::Virtio,
             Some((other, span)) => {
@@ -604,11 +608,21 @@ mod tests {
 
     #[test]
     fn console_device_values() {
-        let c = |v: &str| parse(&format!("[kernel]\npath = \"k\"\n[console]\ndevice = \"{v}\"\n"));
-        assert_eq!(parse("[kernel]\npath = \"k\"\n").unwrap().console, ConsoleDevice::Serial);
+        let c = |v: &str| {
+            parse(&format!(
+                "[kernel]\npath = \"k\"\n[console]\ndevice = \"{v}\"\n"
+            ))
+        };
+        assert_eq!(
+            parse("[kernel]\npath = \"k\"\n").unwrap().console,
+            ConsoleDevice::Serial
+        );
         assert_eq!(c("virtio").unwrap().console, ConsoleDevice::Virtio);
         let e = c("vga").unwrap_err().to_string();
-        assert!(e.contains("console.device = \"vga\" at line 4: must be \"serial\" or \"virtio\""), "{e}");
+        assert!(
+            e.contains("console.device = \"vga\" at line 4: must be \"serial\" or \"virtio\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -245,8 +245,11 @@ fn virtio_blk_guest_reads_exactly_the_host_image() {
 fn host_read_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        let text = std::fs::read_to_string(root().join("target/lab/results.txt")).unwrap_or_default();
-        field(&text, "HOST-SHA256-READ").unwrap_or("missing").to_string()
+        let text =
+            std::fs::read_to_string(root().join("target/lab/results.txt")).unwrap_or_default();
+        field(&text, "HOST-SHA256-READ")
+            .unwrap_or("missing")
+            .to_string()
     })
 }
 
@@ -284,14 +287,27 @@ fn virtio_rng_feeds_dev_hwrng() {
 
 #[test]
 fn stock_debian_kernel_finds_virtio_devices_through_acpi() {
-    let Some(c) = case("debian-cloud-virtio") else { return };
-    assert_case(c, 0, &["deb12-cloud-amd64", "SERIAL stock-disk", "RNG virtio_rng.0"]);
-    assert_eq!(field(&c.console, "GUEST-SHA256-READ"), Some(host_read_hash()), "{}", c.console);
+    let Some(c) = case("debian-cloud-virtio") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &["deb12-cloud-amd64", "SERIAL stock-disk", "RNG virtio_rng.0"],
+    );
+    assert_eq!(
+        field(&c.console, "GUEST-SHA256-READ"),
+        Some(host_read_hash()),
+        "{}",
+        c.console
+    );
 }
 
 #[test]
 fn virtio_devices_are_probed_once() {
-    let Some(c) = case("blk-two-drives") else { return };
+    let Some(c) = case("blk-two-drives") else {
+        return;
+    };
     assert!(!c.console.contains("can't request region"), "{}", c.console);
 }
 
@@ -299,4 +315,14 @@ fn virtio_devices_are_probed_once() {
 fn virtio_console_carries_a_login_shell_on_hvc0() {
     let Some(c) = case("hvc-login") else { return };
     assert_case(c, 0, &["login shell on hvc0", "HVC-LOGIN-42 /dev/hvc0"]);
+}
+
+#[test]
+fn shipped_linux_examples_run_as_they_are() {
+    let Some(hello) = case("example-hello") else { return };
+    assert_case(hello, 0, &["HVM-GUEST-READY cpus=1"]);
+    let smp = case("example-smp").expect("case");
+    assert_case(smp, 0, &["HVM-GUEST-READY cpus=4", &e820_ram(1536)]);
+    let disk = case("example-disk").expect("case");
+    assert_case(disk, 0, &["Hello from hvm's example disk"]);
 }

@@ -158,7 +158,6 @@ impl SerialDevice {
             }
         }
     }
-
 }
 
 impl BusDevice for SerialDevice {

@@ -259,11 +259,19 @@ impl Vm {
     /// Where guest console output goes, and whether stdin feeds the guest.
     fn console_output(spec: &Spec, opts: &RunOptions) -> Result<(SharedOutput, Input), VmError> {
         let create = |what, path: &PathBuf| {
-            File::create(path).map_err(|source| VmError::OutputFile { what, path: path.clone(), source })
+            File::create(path).map_err(|source| VmError::OutputFile {
+                what,
+                path: path.clone(),
+                source,
+            })
         };
         let (out, input) = match &spec.serial {
             SerialOutput::Stdio => {
-                let input = if terminal::stdin_is_tty() { Input::Terminal } else { Input::Stream };
+                let input = if terminal::stdin_is_tty() {
+                    Input::Terminal
+                } else {
+                    Input::Stream
+                };
                 (SharedOutput::new(true), input)
             }
             SerialOutput::File(path) => {
@@ -281,8 +289,10 @@ impl Vm {
 
     /// COM1, printing to the console sinks, its interrupt an irqfd.
     fn serial(vm: &VmFd, output: SharedOutput) -> Result<Arc<Mutex<SerialDevice>>, VmError> {
-        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm_err("register the serial irqfd"))?;
+        let irq =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&irq, COM1_IRQ)
+            .map_err(kvm_err("register the serial irqfd"))?;
         Ok(Arc::new(Mutex::new(SerialDevice::new(irq, output))))
     }
 

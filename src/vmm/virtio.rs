@@ -59,6 +59,9 @@ pub struct Attached {
     pub console: Option<Arc<Mutex<MmioTransport>>>,
 }
 
+/// The opened devices, and the virtio-console's input queue if the console is virtio.
+pub type Backends = (Vec<Box<dyn VirtioDevice>>, Option<PendingInput>);
+
 /// Where the guest is told about the devices: (in the DSDT, on the command line).
 /// `auto` uses ACPI, which every ACPI kernel's virtio-mmio driver reads;
 /// a kernel that understands both would otherwise probe each device twice
@@ -81,7 +84,7 @@ pub fn discovery(spec: &Spec) -> (bool, bool) {
 pub fn open_backends(
     spec: &Spec,
     output: &SharedOutput,
-) -> Result<(Vec<Box<dyn VirtioDevice>>, Option<PendingInput>), VirtioError> {
+) -> Result<Backends, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut console_input = None;
     if spec.console == ConsoleDevice::Virtio {
@@ -145,7 +148,9 @@ pub fn attach(
             index,
             crate::devices::bus::lock(&transport).device_id()
         );
-        if crate::devices::bus::lock(&transport).device_id() == virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE {
+        if crate::devices::bus::lock(&transport).device_id()
+            == virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE
+        {
             out.console = Some(transport.clone());
         }
         mmio.insert(transport, base, MMIO_WINDOW)?;

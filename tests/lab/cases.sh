@@ -1,12 +1,14 @@
 #!/bin/sh
 # Tier-2 cases: real Linux boots under hvm on a real KVM. Runs inside the
 # nested lab's L1 (or directly on a host with hardware KVM). Usage:
-#   cases.sh HVM IMAGES STOCK_KERNEL
+#   cases.sh HVM IMAGES STOCK_KERNEL EXAMPLES
+# (IMAGES is a guest-images folder beside EXAMPLES, as in the repository.)
 # Prints, per case: "@@CASE name", the guest's console, "@@STDERR", hvm's
 # stderr, "@@EXIT name code". The Rust test (tests/tier2.rs) parses this.
 HVM=$1
 IMG=$2
 STOCK=$3
+EXAMPLES=$4
 TMP=${TMPDIR:-/tmp}/hvm-cases.$$
 mkdir -p "$TMP"
 
@@ -74,6 +76,25 @@ case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=
 # virtio-rng: the guest reads from /dev/hwrng.
 EXTRA="[rng]"
 case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096,</dev/hwrng|wc,-c)"
+
+# The shipped examples, run as they are.
+example() {
+    name=$1
+    case " $HVM_LAB_SKIP " in *" $name "*) return ;; esac
+    "$HVM" -v run --timeout 300s "$EXAMPLES/$2" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    code=$?
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+if [ -n "$EXAMPLES" ]; then
+    example example-hello hello.toml
+    example example-smp smp.toml
+    example example-disk disk.toml
+fi
 
 # virtio-console: a login shell on hvc0 takes commands from hvm's stdin.
 EXTRA="[console]\ndevice = \"virtio\""

@@ -133,7 +133,7 @@ def shared_libs(binary):
 
 def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
     root = os.path.join(work, "root")
-    for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/images"]:
+    for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/guest-images", "hvm/examples"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
     applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()
@@ -155,12 +155,14 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
         dst = os.path.join(root, lib.lstrip("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copy(lib, dst)
-    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz"]:
-        shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/images", img))
-    shutil.copy(vmlinuz, os.path.join(root, "hvm/images/stock-vmlinuz"))
+    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:
+        shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/guest-images", img))
+    for example in glob.glob(os.path.join(ROOT, "examples", "*.toml")):
+        shutil.copy(example, os.path.join(root, "hvm/examples"))
+    shutil.copy(vmlinuz, os.path.join(root, "hvm/guest-images/stock-vmlinuz"))
     # The stock kernel's initrd: the bundled initramfs plus its virtio modules.
     extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
-    with open(os.path.join(root, "hvm/images/stock-initrd"), "wb") as f:
+    with open(os.path.join(root, "hvm/guest-images/stock-initrd"), "wb") as f:
         for part in (os.path.join(images, "initramfs.cpio.gz"), extra):
             with open(part, "rb") as src:
                 f.write(src.read())
@@ -177,7 +179,7 @@ for arg in $(cat /proc/cmdline); do
 done
 if [ -e /dev/kvm ]; then
     echo "@@LAB kvm ready" >/dev/ttyS1
-    sh /hvm/cases.sh /hvm/hvm /hvm/images /hvm/images/stock-vmlinuz >/dev/ttyS1 2>&1
+    sh /hvm/cases.sh /hvm/hvm /hvm/guest-images /hvm/guest-images/stock-vmlinuz /hvm/examples >/dev/ttyS1 2>&1
 else
     echo "@@LAB no /dev/kvm in L1" >/dev/ttyS1
     dmesg | tail -20 >/dev/ttyS1
@@ -245,7 +247,7 @@ def main():
     if hardware_kvm() and not args.nested:
         log("hardware KVM: running the cases directly")
         with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
-            images = os.path.join(work, "images")
+            images = os.path.join(work, "guest-images")
             shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
             extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
             with open(os.path.join(images, "stock-initrd"), "wb") as f:
@@ -253,7 +255,8 @@ def main():
                     with open(part, "rb") as src:
                         f.write(src.read())
             with open(args.out, "w") as f:
-                subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz],
+                subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz,
+                                os.path.join(ROOT, "examples")],
                                stdout=f, stderr=subprocess.STDOUT)
         return 0
 

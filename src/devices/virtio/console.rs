@@ -26,7 +26,11 @@ pub struct Console {
 
 impl Console {
     pub fn new(output: SharedOutput, pending: PendingInput) -> Self {
-        Console { output, pending, buf: Vec::new() }
+        Console {
+            output,
+            pending,
+            buf: Vec::new(),
+        }
     }
 
     /// Adds input for the guest (bounded: a guest that never reads loses the excess).
@@ -52,12 +56,19 @@ impl VirtioDevice for Console {
         read_config_bytes(&[0u8; 12], offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
         match index {
             TRANSMIT_QUEUE => {
                 let (output, buf) = (&self.output, &mut self.buf);
                 drain_queue(queue, mem, |chain| {
-                    let Ok(mut reader) = chain.reader(mem) else { return 0 };
+                    let Ok(mut reader) = chain.reader(mem) else {
+                        return 0;
+                    };
                     buf.clear();
                     if reader.read_to_end(buf).is_ok() {
                         output.write_bytes(buf);
@@ -73,13 +84,19 @@ impl VirtioDevice for Console {
                 let mut used = false;
                 // Only take buffers while there is input for them.
                 while !pending.is_empty() {
-                    let Some(chain) = virtio_queue::QueueOwnedT::iter(queue, mem)?.next() else { break };
+                    let Some(chain) = virtio_queue::QueueOwnedT::iter(queue, mem)?.next() else {
+                        break;
+                    };
                     let head = chain.head_index();
                     let written = match chain.writer(mem) {
                         Ok(mut w) => {
                             let n = w.available_bytes().min(pending.len());
                             let bytes: Vec<u8> = pending.drain(..n).collect();
-                            if w.write_all(&bytes).is_ok() { n as u32 } else { 0 }
+                            if w.write_all(&bytes).is_ok() {
+                                n as u32
+                            } else {
+                                0
+                            }
                         }
                         Err(_) => 0,
                     };
@@ -113,7 +130,8 @@ mod tests {
         let m = mem();
         m.write_slice(b"login: ", GuestAddress(0x20000)).unwrap();
         let q = MockSplitQueue::new(&m, 16);
-        q.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x20000, 7, 0, 0))]).unwrap();
+        q.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x20000, 7, 0, 0))])
+            .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         c.process_queue(TRANSMIT_QUEUE, &mut queue, &m).unwrap();
         out.sync();
@@ -127,7 +145,8 @@ mod tests {
         let mut c = Console::new(SharedOutput::new(false), pending.clone());
         let m = mem();
         let q = MockSplitQueue::new(&m, 16);
-        q.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x20000, 64, 2, 0))]).unwrap();
+        q.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x20000, 64, 2, 0))])
+            .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         // No input yet: the buffer stays with the device.
         assert!(!c.process_queue(RECEIVE_QUEUE, &mut queue, &m).unwrap());
