@@ -32,11 +32,21 @@ case_() {
         [ -n "$EXTRA" ] && printf '%b\n' "$EXTRA"
     } >"$spec"
     if [ -n "$INPUT" ]; then
-        (sleep 1; printf '%b' "$INPUT") | "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err"
+        # Type $INPUT once the guest printed $READY (a getty flushes earlier input).
+        rm -f "$TMP/in" && mkfifo "$TMP/in"
+        "$HVM" -v run --timeout 120s "$@" "$spec" <"$TMP/in" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+        pid=$!
+        exec 3>"$TMP/in"
+        i=0
+        while ! grep -q "$READY" "$TMP/$name.out" 2>/dev/null && [ $i -lt 100 ]; do sleep 1; i=$((i + 1)); done
+        printf '%b' "$INPUT" >&3
+        wait $pid
+        code=$?
+        exec 3>&-
     else
         "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+        code=$?
     fi
-    code=$?
     echo "@@CASE $name"
     cat "$TMP/$name.out"
     echo
@@ -99,6 +109,7 @@ fi
 # virtio-console: a login shell on hvc0 takes commands from hvm's stdin.
 EXTRA="[console]\ndevice = \"virtio\""
 INPUT='echo HVC-LOGIN-$((6*7)) $(tty)\npoweroff -f\n'
+READY=HVC-SHELL-READY
 case_ hvc-login "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=hvc"
 
 if [ -n "$STOCK" ]; then
