@@ -76,6 +76,14 @@ pub enum VirtioDiscovery {
     Both,
 }
 
+/// A virtio-net link to a host tap device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetLink {
+    /// The tap to attach (created when missing; `None`: hvm creates one named hvmN).
+    pub tap: Option<String>,
+    pub mac: Option<[u8; 6]>,
+}
+
 /// A validated VM spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -94,6 +102,8 @@ pub struct Spec {
     pub drives: Vec<Drive>,
     /// A virtio-rng entropy device.
     pub rng: bool,
+    /// virtio-net links (eth0, eth1, ...).
+    pub nets: Vec<NetLink>,
     pub virtio_discovery: VirtioDiscovery,
     /// Which device owns the console (stdin/stdout): the UART or virtio-console.
     pub console: ConsoleDevice,
@@ -120,6 +130,15 @@ struct RawSpec {
     drive: Vec<RawDrive>,
     rng: Option<RawRng>,
     console: Option<RawConsole>,
+    #[serde(default)]
+    net: Vec<RawNet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNet {
+    tap: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +439,36 @@ impl Spec {
             });
         }
 
+        let mut nets = Vec::new();
+        for n in &raw.net {
+            if let Some(t) = &n.tap {
+                let name = t.get_ref();
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                    return Err(invalid(
+                        "net.tap",
+                        format!("\"{name}\""),
+                        t.span(),
+                        "must be a network interface name of 1 to 15 characters".into(),
+                    ));
+                }
+            }
+            let mac = match &n.mac {
+                None => None,
+                Some(m) => match crate::devices::virtio::net::parse_mac(m.get_ref()) {
+                    Some(mac) if mac[0] & 1 == 0 => Some(mac),
+                    _ => {
+                        return Err(invalid(
+                            "net.mac",
+                            format!("\"{}\"", m.get_ref()),
+                            m.span(),
+                            "must be a unicast MAC address like \"52:54:00:12:34:56\"".into(),
+                        ))
+                    }
+                },
+            };
+            nets.push(NetLink { tap: n.tap.as_ref().map(|t| t.get_ref().clone()), mac });
+        }
+
         Ok(Spec {
             source: path.to_path_buf(),
             vcpus,
@@ -431,6 +480,7 @@ impl Spec {
             serial,
             drives,
             rng: raw.rng.is_some(),
+            nets,
             virtio_discovery,
             console,
         })
@@ -604,6 +654,22 @@ mod tests {
         );
         assert!(s.rng);
         assert!(!parse("[kernel]\npath = \"k\"\n").unwrap().rng);
+    }
+
+    #[test]
+    fn nets_parse_and_bad_ones_are_rejected() {
+        let s = parse("[kernel]\npath = \"k\"\n[[net]]\ntap = \"tap0\"\nmac = \"52:54:00:00:00:01\"\n[[net]]\n").unwrap();
+        assert_eq!(
+            s.nets,
+            vec![
+                NetLink { tap: Some("tap0".into()), mac: Some([0x52, 0x54, 0, 0, 0, 1]) },
+                NetLink { tap: None, mac: None }
+            ]
+        );
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\nmac = \"01:00:5e:00:00:01\"\n");
+        assert!(e.contains("net.mac = \"01:00:5e:00:00:01\" at line 4: must be a unicast MAC"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\ntap = \"this-name-is-too-long\"\n");
+        assert!(e.contains("net.tap"), "{e}");
     }
 
     #[test]

@@ -326,3 +326,13 @@ fn shipped_linux_examples_run_as_they_are() {
     let disk = case("example-disk").expect("case");
     assert_case(disk, 0, &["Hello from hvm's example disk"]);
 }
+
+#[test]
+fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
+    let Some(c) = case("net-tap") else { return };
+    assert_case(c, 0, &["3 packets transmitted, 3 packets received"]);
+    let down = field(&c.console, "GUEST-NET-DOWN").expect("guest hash of what it fetched");
+    assert_eq!(Some(down), field(&c.console, "HOST-NET-DOWN-EXPECTED"), "{}", c.console);
+    let up = field(&c.console, "HOST-NET-UP").expect("host hash of what it fetched");
+    assert_eq!(Some(up), field(&c.console, "HOST-NET-UP-EXPECTED"), "{}", c.console);
+}

@@ -21,6 +21,8 @@ const TOKEN_STDIN: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 /// Virtio queue notifier `i` has token `TOKEN_QUEUE_BASE + i`.
 const TOKEN_QUEUE_BASE: u64 = 16;
+/// Backend fd `i` (a tap) has token `TOKEN_BACKEND_BASE + i`.
+const TOKEN_BACKEND_BASE: u64 = 1 << 32;
 
 /// Errors while starting the event loop.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,7 @@ pub struct EventLoop {
     pub signals: OwnedFd,
     pub input: Input,
     pub notifiers: Vec<QueueNotifier>,
+    pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
 impl EventLoop {
@@ -111,6 +114,17 @@ impl EventLoop {
                     ControlOperation::Add,
                     n.evt.as_raw_fd(),
                     EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
+                )
+                .map_err(EventLoopError::Epoll)?;
+        }
+        for (i, (fd, _)) in self.backends.iter().enumerate() {
+            // Edge-triggered: the device reads until the tap is empty or the
+            // guest has no buffers; a later queue notification resumes it.
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    *fd,
+                    EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TOKEN_BACKEND_BASE + i as u64),
                 )
                 .map_err(EventLoopError::Epoll)?;
         }
@@ -197,6 +211,11 @@ impl EventLoop {
                                 }
                             }
                             _ => self.target.queue_input(bytes),
+                        }
+                    }
+                    token if token >= TOKEN_BACKEND_BASE => {
+                        if let Some((_, transport)) = self.backends.get((token - TOKEN_BACKEND_BASE) as usize) {
+                            lock(transport).backend_event();
                         }
                     }
                     token if token >= TOKEN_QUEUE_BASE => {

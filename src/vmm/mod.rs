@@ -99,6 +99,7 @@ pub struct Vm {
     input: Input,
     target: InputTarget,
     notifiers: Vec<virtio::QueueNotifier>,
+    backends: Vec<(std::os::fd::RawFd, Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>)>,
 }
 
 /// Opens /dev/kvm, saying what to do when that fails.
@@ -253,6 +254,7 @@ impl Vm {
             input,
             target,
             notifiers: attached.notifiers,
+            backends: attached.backends,
         })
     }
 
@@ -362,6 +364,7 @@ impl Vm {
             signals,
             input: self.input,
             notifiers: self.notifiers,
+            backends: self.backends,
         }
         .spawn()?;
         let deadline = opts.timeout.map(|t| Instant::now() + t);

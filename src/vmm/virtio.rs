@@ -10,6 +10,7 @@ use crate::devices::serial::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::net::{default_mac, Net, NetError, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
@@ -28,6 +29,8 @@ const IRQS: [u32; 18] = [
 pub enum VirtioError {
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
     TooMany { count: usize, max: usize },
     #[error("cannot create an eventfd for a virtio device: {0}")]
@@ -57,6 +60,8 @@ pub struct Attached {
     pub notifiers: Vec<QueueNotifier>,
     /// The virtio-console's transport, if there is one (keyboard input kicks it).
     pub console: Option<Arc<Mutex<MmioTransport>>>,
+    /// Host fds (taps) the event loop watches, with the device they feed.
+    pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
 /// The opened devices, and the virtio-console's input queue if the console is virtio.
@@ -97,6 +102,12 @@ pub fn open_backends(
     }
     if spec.rng {
         devices.push(Box::new(Rng::default()));
+    }
+    for (i, link) in spec.nets.iter().enumerate() {
+        let tap = Tap::open(link.tap.as_deref().unwrap_or("hvm%d"))?;
+        let mac = link.mac.unwrap_or_else(|| default_mac(&format!("{}#{i}", tap.name())));
+        log::info!("net {i}: tap {} mac {}", tap.name(), mac.map(|b| format!("{b:02x}")).join(":"));
+        devices.push(Box::new(Net::new(tap, mac)));
     }
     if devices.len() > IRQS.len() {
         return Err(VirtioError::TooMany {

@@ -87,6 +87,49 @@ case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=
 EXTRA="[rng]"
 case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096,</dev/hwrng|wc,-c)"
 
+# virtio-net: hvm creates tap hvmnet0; this side puts 169.254.10.1 on it (a
+# link-local address on a link that exists only inside this machine). The
+# guest (169.254.10.2) pings it, fetches 4 MiB over HTTP and serves 4 MiB,
+# which this side fetches; busybox httpd and wget on both ends.
+net_case() {
+    name=net-tap
+    case " $HVM_LAB_SKIP " in *" $name "*) return ;; esac
+    W=$TMP/www
+    mkdir -p "$W"
+    yes hvm-net-down | head -c 4194304 >"$W/down"
+    httpd -p 8080 -h "$W"
+    spec=$TMP/$name.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
+        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,169.254.10.1;mkdir,/www;yes,hvm-net-up|head,-c,4194304,>/www/up;httpd,-p,8080,-h,/www;echo,GUEST-NET-DOWN,\$(wget,-q,-O-,http://169.254.10.1:8080/down|sha256sum|cut,-c1-64);until,wget,-q,-O,/dev/null,http://169.254.10.1:8080/done;do,sleep,1;done" >"$spec"
+    "$HVM" -v run --timeout 300s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    pid=$!
+    i=0
+    while ! ip link show hvmnet0 >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    ip addr add 169.254.10.1/24 dev hvmnet0
+    ip link set hvmnet0 up
+    i=0
+    while ! wget -q -O "$TMP/up" http://169.254.10.2:8080/up 2>/dev/null && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done
+    start=$(date +%s)
+    rm -f "$TMP/up2"
+    wget -q -O "$TMP/up2" http://169.254.10.2:8080/up
+    end=$(date +%s)
+    touch "$W/done"
+    wait $pid
+    code=$?
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    echo "HOST-NET-UP $(sha256sum <"$TMP/up2" | cut -c1-64)"
+    echo "HOST-NET-UP-EXPECTED $(yes hvm-net-up | head -c 4194304 | sha256sum | cut -c1-64)"
+    echo "HOST-NET-DOWN-EXPECTED $(sha256sum <"$W/down" | cut -c1-64)"
+    echo "HOST-NET-UP-SECONDS $((end - start))"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+net_case
+
 # The shipped examples, run as they are.
 example() {
     name=$1

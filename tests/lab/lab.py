@@ -27,7 +27,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNEL_PACKAGE = r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"
-L1_MODULES = ["kvm-amd"]
+L1_MODULES = ["kvm-amd", "tun"]
 # What the stock kernel needs as modules to use hvm's virtio-mmio devices.
 STOCK_GUEST_MODULES = ["virtio-mmio", "virtio-blk", "virtio-rng"]
 
@@ -121,6 +121,17 @@ def modules_cpio(moddir, names, work, out_name):
     return out
 
 
+def concat_initrd(out, *parts):
+    """Concatenates initramfs archives. Linux reads them one after the other;
+    an uncompressed cpio must start 4-byte aligned, and zero padding between
+    archives is skipped."""
+    with open(out, "wb") as f:
+        for part in parts:
+            with open(part, "rb") as src:
+                data = src.read()
+            f.write(data + b"\0" * (-len(data) % 512))
+
+
 def shared_libs(binary):
     out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
     libs = []
@@ -162,10 +173,7 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
     shutil.copy(vmlinuz, os.path.join(root, "hvm/guest-images/stock-vmlinuz"))
     # The stock kernel's initrd: the bundled initramfs plus its virtio modules.
     extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
-    with open(os.path.join(root, "hvm/guest-images/stock-initrd"), "wb") as f:
-        for part in (os.path.join(images, "initramfs.cpio.gz"), extra):
-            with open(part, "rb") as src:
-                f.write(src.read())
+    concat_initrd(os.path.join(root, "hvm/guest-images/stock-initrd"), os.path.join(images, "initramfs.cpio.gz"), extra)
     shutil.copy(os.path.join(HERE, "cases.sh"), os.path.join(root, "hvm/cases.sh"))
     insmods = "\n".join(f"insmod /modules/{n} || echo '@@LAB insmod {n} failed' >/dev/ttyS1" for n in names)
     init = f"""#!/bin/sh
@@ -250,10 +258,7 @@ def main():
             images = os.path.join(work, "guest-images")
             shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
             extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
-            with open(os.path.join(images, "stock-initrd"), "wb") as f:
-                for part in (os.path.join(images, "initramfs.cpio.gz"), extra):
-                    with open(part, "rb") as src:
-                        f.write(src.read())
+            concat_initrd(os.path.join(images, "stock-initrd"), os.path.join(images, "initramfs.cpio.gz"), extra)
             with open(args.out, "w") as f:
                 subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz,
                                 os.path.join(ROOT, "examples")],

@@ -102,6 +102,18 @@ impl MmioTransport {
         self.device.device_id()
     }
 
+    /// The backend fd to watch, if the device has one.
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// The backend has input: serve the device's input queue.
+    pub fn backend_event(&mut self) {
+        if let Some(index) = self.device.input_queue() {
+            self.notify(index);
+        }
+    }
+
     /// Eventfds to kick on QueueNotify writes when KVM has no ioeventfd for them.
     pub fn set_notify_fallback(&mut self, evts: Vec<EventFd>) {
         self.notify_fallback = evts;

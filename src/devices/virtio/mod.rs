@@ -9,6 +9,7 @@
 pub mod block;
 pub mod console;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -49,6 +50,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// A host file descriptor (a tap) whose input the event loop should
+    /// watch; when it is readable, [`VirtioDevice::process_queue`] runs for
+    /// [`VirtioDevice::input_queue`].
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    /// The queue that host input goes to.
+    fn input_queue(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Copies config bytes at `offset` into `data`, zero past the end.

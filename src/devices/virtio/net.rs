@@ -1,0 +1,290 @@
+//! virtio-net backed by a Linux tap device: frames from the guest's
+//! transmit queue go to the tap, frames from the tap fill the receive queue.
+//! The virtio-net header passes through to the tap (IFF_VNET_HDR), so
+//! checksum and TSO offloads work end to end where the tap allows them.
+
+use super::{read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use virtio_bindings::virtio_net::*;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+/// virtio_net_hdr_v1: what precedes every frame with VIRTIO_F_VERSION_1.
+const VNET_HDR_LEN: usize = 12;
+/// Largest frame plus header a tap hands over (64 KiB TSO segment).
+const MAX_FRAME: usize = 65_562;
+
+// From <linux/if_tun.h>: _IOW('T', 202, int) and friends.
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+
+/// Errors while opening a tap device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot open /dev/net/tun: {0} (load the tun module: modprobe tun)")]
+    OpenTun(std::io::Error),
+    #[error("tap name {0:?} is too long (15 characters at most)")]
+    NameTooLong(String),
+    #[error(
+        "cannot attach tap device {name}: {source}; creating or attaching a tap needs CAP_NET_ADMIN \
+         (run as root, or create it first: ip tuntap add dev {name} mode tap user $USER)"
+    )]
+    Attach { name: String, source: std::io::Error },
+    #[error("tap device {name}: {what} failed: {source}")]
+    Configure {
+        name: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// An open tap device.
+pub struct Tap {
+    file: File,
+    name: String,
+}
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl Tap {
+    /// Attaches to tap `name`, or creates it (non-persistent) when it does not exist.
+    pub fn open(name: &str) -> Result<Tap, NetError> {
+        if name.len() > 15 {
+            return Err(NetError::NameTooLong(name.into()));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(NetError::OpenTun)?;
+        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+            return Err(NetError::Attach { name: name.into(), source: std::io::Error::last_os_error() });
+        }
+        let actual = String::from_utf8_lossy(&req.name).trim_end_matches('\0').to_string();
+        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
+            return Err(NetError::Configure {
+                name: actual,
+                what: "TUNSETVNETHDRSZ",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Tap { file, name: actual })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tells the tap which offloads the guest can receive; false if it cannot.
+    fn set_offload(&self, flags: libc::c_uint) -> bool {
+        // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
+        unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) >= 0 }
+    }
+}
+
+/// A MAC address from its text form ("52:54:00:12:34:56").
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// A stable, locally administered MAC derived from `seed` (the tap name).
+pub fn default_mac(seed: &str) -> [u8; 6] {
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let b = h.to_le_bytes();
+    [0x52, 0x54, 0x00, b[0], b[1], b[2]]
+}
+
+pub struct Net {
+    tap: Tap,
+    config: [u8; 8],
+    offloads: bool,
+    /// A frame read from the tap that waits for a receive buffer.
+    pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    dropped: u64,
+}
+
+impl Net {
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Net {
+        let all = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+        let offloads = tap.set_offload(all) && tap.set_offload(0);
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        Net { tap, config, offloads, pending: None, rx_buf: vec![0; MAX_FRAME], tx_buf: Vec::new(), dropped: 0 }
+    }
+
+    /// Moves frames from the tap into receive buffers until either runs out.
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        let mut used = false;
+        loop {
+            let len = match self.pending.take() {
+                Some(len) => len,
+                None => match self.tap.file.read(&mut self.rx_buf) {
+                    Ok(0) => return Ok(used),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(used),
+                    Err(e) => {
+                        log::warn!("tap {}: read failed: {e}", self.tap.name);
+                        return Ok(used);
+                    }
+                },
+            };
+            let Some(chain) = queue.iter(mem)?.next() else {
+                // No buffer: keep the frame until the guest posts one (it notifies the queue).
+                self.pending = Some(len);
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(mem) {
+                Ok(mut w) if w.available_bytes() >= len => match w.write_all(&self.rx_buf[..len]) {
+                    Ok(()) => len as u32,
+                    Err(_) => 0,
+                },
+                _ => {
+                    self.dropped += 1;
+                    log::debug!("net: dropped a {len}-byte frame: receive buffer too small or bad");
+                    0
+                }
+            };
+            queue.add_used(mem, head, written)?;
+            used = true;
+        }
+    }
+
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        let mut used = false;
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            self.tx_buf.clear();
+            let ok = chain.reader(mem).map(|mut r| r.read_to_end(&mut self.tx_buf).is_ok()).unwrap_or(false);
+            if ok && self.tx_buf.len() > VNET_HDR_LEN && self.tx_buf.len() <= MAX_FRAME {
+                if let Err(e) = self.tap.file.write(&self.tx_buf) {
+                    self.dropped += 1;
+                    log::debug!("tap {}: frame not sent: {e}", self.tap.name);
+                }
+            }
+            queue.add_used(mem, head, 0)?;
+            used = true;
+        }
+        Ok(used)
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_id(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC);
+        if self.offloads {
+            f |= (1 << VIRTIO_NET_F_CSUM)
+                | (1 << VIRTIO_NET_F_GUEST_CSUM)
+                | (1 << VIRTIO_NET_F_GUEST_TSO4)
+                | (1 << VIRTIO_NET_F_GUEST_TSO6)
+                | (1 << VIRTIO_NET_F_HOST_TSO4)
+                | (1 << VIRTIO_NET_F_HOST_TSO6);
+        }
+        f
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &[256, 256]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, features: u64) {
+        if !self.offloads {
+            return;
+        }
+        let mut flags = 0;
+        if features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0 {
+            flags |= libc::TUN_F_CSUM;
+            if features & (1 << VIRTIO_NET_F_GUEST_TSO4) != 0 {
+                flags |= libc::TUN_F_TSO4;
+            }
+            if features & (1 << VIRTIO_NET_F_GUEST_TSO6) != 0 {
+                flags |= libc::TUN_F_TSO6;
+            }
+        }
+        if !self.tap.set_offload(flags) {
+            log::warn!("tap {}: cannot set offloads {flags:#x}", self.tap.name);
+        }
+    }
+
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        match index {
+            RX_QUEUE => self.receive(queue, mem),
+            TX_QUEUE => self.transmit(queue, mem),
+            _ => Ok(false),
+        }
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.tap.file.as_raw_fd())
+    }
+
+    fn input_queue(&self) -> Option<usize> {
+        Some(RX_QUEUE)
+    }
+
+    fn reset(&mut self) {
+        self.pending = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_and_defaults_are_stable_and_local() {
+        assert_eq!(parse_mac("52:54:00:ab:cd:ef"), Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        assert_eq!(parse_mac("52:54:00:ab:cd"), None);
+        assert_eq!(parse_mac("52:54:00:ab:cd:xz"), None);
+        assert_eq!(parse_mac("525:4:00:ab:cd:ef"), None);
+        assert_eq!(default_mac("tap0"), default_mac("tap0"));
+        assert_ne!(default_mac("tap0"), default_mac("tap1"));
+        assert_eq!(default_mac("tap0")[0] & 0x03, 0x02, "locally administered unicast");
+    }
+
+    #[test]
+    fn long_tap_names_are_refused() {
+        assert!(matches!(Tap::open("a-very-long-tap-name"), Err(NetError::NameTooLong(_))));
+    }
+}
