@@ -183,7 +183,10 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 {insmods}
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in hvm_lab.skip=*) export HVM_LAB_SKIP="$(echo "${{arg#hvm_lab.skip=}}" | tr , ' ')" ;; esac
+    case "$arg" in
+        hvm_lab.skip=*) export HVM_LAB_SKIP="$(echo "${{arg#hvm_lab.skip=}}" | tr , ' ')" ;;
+        hvm_lab.bench=1) export HVM_LAB_BENCH=1 ;;
+    esac
 done
 if [ -e /dev/kvm ]; then
     echo "@@LAB kvm ready" >/dev/ttyS1
@@ -219,12 +222,14 @@ def completed_cases(text):
     return blocks
 
 
-def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=()):
+def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), bench=False):
     append = "console=ttyS0 quiet panic=-1 oops=panic"
+    if bench:
+        append += " hvm_lab.bench=1"
     if skip:
         append += " hvm_lab.skip=" + ",".join(skip)
     cmd = [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", "2", "-m", "4096",
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", os.environ.get("HVM_LAB_SMP", "2"), "-m", "4096",
         "-cpu", "EPYC,+svm,+npt", "-nographic", "-no-reboot", "-nodefaults",
         "-kernel", vmlinuz, "-initrd", cpio,
         "-append", append,
@@ -248,6 +253,7 @@ def main():
     ap.add_argument("--out", required=True, help="where the results go")
     ap.add_argument("--timeout", type=int, default=900, help="seconds for one L1 run")
     ap.add_argument("--nested", action="store_true", help="use the nested lab even with hardware KVM")
+    ap.add_argument("--bench", action="store_true", help="run only the throughput cases (virtio-blk 256 MiB)")
     args = ap.parse_args()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     vmlinuz, moddir = fetch_kernel(args.cache)
@@ -259,10 +265,11 @@ def main():
             shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
             extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
             concat_initrd(os.path.join(images, "stock-initrd"), os.path.join(images, "initramfs.cpio.gz"), extra)
+            env = dict(os.environ, HVM_LAB_BENCH="1" if args.bench else "")
             with open(args.out, "w") as f:
                 subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz,
                                 os.path.join(ROOT, "examples")],
-                               stdout=f, stderr=subprocess.STDOUT)
+                               stdout=f, stderr=subprocess.STDOUT, env=env)
         return 0
 
     if shutil.which("qemu-system-x86_64") is None:
@@ -278,7 +285,7 @@ def main():
             if os.path.exists(args.out):
                 os.remove(args.out)
             log(f"booting L1 (attempt {attempt}; {len(done)} cases already done)")
-            ok = run_l1(vmlinuz, cpio, args.out, console, args.timeout, skip=sorted(done))
+            ok = run_l1(vmlinuz, cpio, args.out, console, args.timeout, skip=sorted(done), bench=args.bench)
             text = open(args.out, errors="replace").read() if os.path.exists(args.out) else ""
             if ok:
                 with open(args.out, "w") as f:
