@@ -164,6 +164,9 @@ pub fn attach(
         {
             out.console = Some(transport.clone());
         }
+        if let Some(fd) = crate::devices::bus::lock(&transport).backend_fd() {
+            out.backends.push((fd, transport.clone()));
+        }
         mmio.insert(transport, base, MMIO_WINDOW)?;
         out.dsdt.push(DsdtDevice::VirtioMmio {
             index: index as u32,

@@ -132,18 +132,18 @@ net_case() {
     t="tr,-d,.,</proc/uptime|cut,-d',',-f1"
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;echo,GUEST-ETH0,\$(cat,/sys/class/net/eth0/statistics/tx_packets,/sys/class/net/eth0/statistics/rx_packets,/sys/class/net/eth0/operstate);cat,/proc/interrupts;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,sha256sum>/tmp/down.sha||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
-    RUST_LOG=hvm=trace "$HVM" run --timeout 60s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,sha256sum>/tmp/down.sha||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
+    "$HVM" -v run --timeout 150s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     i=0
-    while ! ip link show hvmnet0 >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+    while ! ip link show hvmnet0 >/dev/null 2>&1 && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
     ip addr add 169.254.10.1/24 dev hvmnet0
     ip link set hvmnet0 up
+
     wait $pid
     code=$?
     kill $down_pid $up_pid 2>/dev/null
     echo "@@CASE $name"
-    echo "HOST-TAP $(cat /sys/class/net/hvmnet0/statistics/rx_packets /sys/class/net/hvmnet0/statistics/tx_packets 2>&1)"
     cat "$TMP/$name.out"
     echo
     echo "HOST-NET-UP $(sha256sum <"$W/up" | cut -c1-64)"

@@ -232,7 +232,7 @@ def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), bench=False, o
     if skip:
         append += " hvm_lab.skip=" + ",".join(skip)
     cmd = [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", os.environ.get("HVM_LAB_SMP", "2"), "-m", "4096",
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-smp", os.environ.get("HVM_LAB_SMP", "1"), "-m", "4096",
         "-cpu", "EPYC,+svm,+npt", "-nographic", "-no-reboot", "-nodefaults",
         "-kernel", vmlinuz, "-initrd", cpio,
         "-append", append,
@@ -281,9 +281,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
         cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir)
         console = os.path.splitext(args.out)[0] + "-l1-console.log"
-        # L1 (TCG, -smp 2) sometimes oopses in KVM (an int3 in
-        # kvm_arch_vcpu_ioctl_run: a text-patching race of TCG's). A crashed
-        # L1 is booted again and runs only the cases it had not finished.
+        # With -smp 2, L1 (TCG) often oopses in KVM (an int3 in
+        # kvm_arch_vcpu_ioctl_run: a cross-CPU text-patching race under TCG),
+        # so L1 gets one CPU (HVM_LAB_SMP overrides). Should it crash anyway,
+        # it is booted again and runs only the cases it had not finished.
         done = {}
         for attempt in range(1, 6):
             if os.path.exists(args.out):

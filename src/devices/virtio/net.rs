@@ -190,7 +190,11 @@ impl Net {
             let head = chain.head_index();
             self.tx_buf.clear();
             let ok = chain.reader(mem).map(|mut r| r.read_to_end(&mut self.tx_buf).is_ok()).unwrap_or(false);
-            log::trace!("net: tx chain of {} bytes (read ok: {ok})", self.tx_buf.len());
+            log::trace!(
+                "net: tx chain of {} bytes (read ok: {ok}): {:02x?}",
+                self.tx_buf.len(),
+                &self.tx_buf[..self.tx_buf.len().min(60)]
+            );
             if ok && self.tx_buf.len() > VNET_HDR_LEN && self.tx_buf.len() <= MAX_FRAME {
                 if let Err(e) = self.tap.file.write(&self.tx_buf) {
                     self.dropped += 1;
