@@ -31,7 +31,9 @@ fn init_logging(cli: &Cli) {
 fn error_code(e: &VmError) -> i32 {
     match e {
         VmError::Boot(_) | VmError::OutputFile { .. } => code::BAD_INPUT,
-        VmError::Virtio(vmm::virtio::VirtioError::Block(_) | vmm::virtio::VirtioError::Net(_)) => code::BAD_INPUT,
+        VmError::Virtio(vmm::virtio::VirtioError::Block(_) | vmm::virtio::VirtioError::Net(_)) => {
+            code::BAD_INPUT
+        }
         VmError::KvmUnavailable(_)
         | VmError::Kvm { .. }
         | VmError::MissingCapability(_)

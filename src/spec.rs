@@ -466,7 +466,10 @@ impl Spec {
                     }
                 },
             };
-            nets.push(NetLink { tap: n.tap.as_ref().map(|t| t.get_ref().clone()), mac });
+            nets.push(NetLink {
+                tap: n.tap.as_ref().map(|t| t.get_ref().clone()),
+                mac,
+            });
         }
 
         Ok(Spec {
@@ -662,12 +665,21 @@ mod tests {
         assert_eq!(
             s.nets,
             vec![
-                NetLink { tap: Some("tap0".into()), mac: Some([0x52, 0x54, 0, 0, 0, 1]) },
-                NetLink { tap: None, mac: None }
+                NetLink {
+                    tap: Some("tap0".into()),
+                    mac: Some([0x52, 0x54, 0, 0, 0, 1])
+                },
+                NetLink {
+                    tap: None,
+                    mac: None
+                }
             ]
         );
         let e = err("[kernel]\npath = \"k\"\n[[net]]\nmac = \"01:00:5e:00:00:01\"\n");
-        assert!(e.contains("net.mac = \"01:00:5e:00:00:01\" at line 4: must be a unicast MAC"), "{e}");
+        assert!(
+            e.contains("net.mac = \"01:00:5e:00:00:01\" at line 4: must be a unicast MAC"),
+            "{e}"
+        );
         let e = err("[kernel]\npath = \"k\"\n[[net]]\ntap = \"this-name-is-too-long\"\n");
         assert!(e.contains("net.tap"), "{e}");
     }

@@ -11,7 +11,14 @@ const BAD_INPUT: i32 = 4;
 
 #[test]
 fn validate_accepts_the_shipped_examples() {
-    for name in ["hello.toml", "shell.toml", "smp.toml", "tiny.toml", "disk.toml", "net.toml"] {
+    for name in [
+        "hello.toml",
+        "shell.toml",
+        "smp.toml",
+        "tiny.toml",
+        "disk.toml",
+        "net.toml",
+    ] {
         let path = root().join("examples").join(name);
         hvm(&["validate", &path_str(&path)])
             .assert_code(0)

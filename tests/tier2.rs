@@ -319,7 +319,9 @@ fn virtio_console_carries_a_login_shell_on_hvc0() {
 
 #[test]
 fn shipped_linux_examples_run_as_they_are() {
-    let Some(hello) = case("example-hello") else { return };
+    let Some(hello) = case("example-hello") else {
+        return;
+    };
     assert_case(hello, 0, &["HVM-GUEST-READY cpus=1"]);
     let smp = case("example-smp").expect("case");
     assert_case(smp, 0, &["HVM-GUEST-READY cpus=4", &e820_ram(1536)]);
@@ -332,7 +334,17 @@ fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
     let Some(c) = case("net-tap") else { return };
     assert_case(c, 0, &["3 packets transmitted, 3 packets received"]);
     let down = field(&c.console, "GUEST-NET-DOWN").expect("guest hash of what it fetched");
-    assert_eq!(Some(down), field(&c.console, "HOST-NET-DOWN-EXPECTED"), "{}", c.console);
+    assert_eq!(
+        Some(down),
+        field(&c.console, "HOST-NET-DOWN-EXPECTED"),
+        "{}",
+        c.console
+    );
     let up = field(&c.console, "HOST-NET-UP").expect("host hash of what it fetched");
-    assert_eq!(Some(up), field(&c.console, "HOST-NET-UP-EXPECTED"), "{}", c.console);
+    assert_eq!(
+        Some(up),
+        field(&c.console, "HOST-NET-UP-EXPECTED"),
+        "{}",
+        c.console
+    );
 }

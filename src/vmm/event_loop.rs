@@ -124,7 +124,10 @@ impl EventLoop {
                 .ctl(
                     ControlOperation::Add,
                     *fd,
-                    EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TOKEN_BACKEND_BASE + i as u64),
+                    EpollEvent::new(
+                        EventSet::IN | EventSet::EDGE_TRIGGERED,
+                        TOKEN_BACKEND_BASE + i as u64,
+                    ),
                 )
                 .map_err(EventLoopError::Epoll)?;
         }
@@ -214,7 +217,9 @@ impl EventLoop {
                         }
                     }
                     token if token >= TOKEN_BACKEND_BASE => {
-                        if let Some((_, transport)) = self.backends.get((token - TOKEN_BACKEND_BASE) as usize) {
+                        if let Some((_, transport)) =
+                            self.backends.get((token - TOKEN_BACKEND_BASE) as usize)
+                        {
                             lock(transport).backend_event();
                         }
                     }

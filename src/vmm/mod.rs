@@ -99,7 +99,10 @@ pub struct Vm {
     input: Input,
     target: InputTarget,
     notifiers: Vec<virtio::QueueNotifier>,
-    backends: Vec<(std::os::fd::RawFd, Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>)>,
+    backends: Vec<(
+        std::os::fd::RawFd,
+        Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>,
+    )>,
 }
 
 /// Opens /dev/kvm, saying what to do when that fails.

@@ -86,10 +86,7 @@ pub fn discovery(spec: &Spec) -> (bool, bool) {
 /// Opens every backend the spec names (disk images are opened and locked
 /// here, before any VM exists, so a wrong path fails fast).
 /// Also returns the virtio-console's input queue when the console is virtio.
-pub fn open_backends(
-    spec: &Spec,
-    output: &SharedOutput,
-) -> Result<Backends, VirtioError> {
+pub fn open_backends(spec: &Spec, output: &SharedOutput) -> Result<Backends, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut console_input = None;
     if spec.console == ConsoleDevice::Virtio {
@@ -105,8 +102,14 @@ pub fn open_backends(
     }
     for (i, link) in spec.nets.iter().enumerate() {
         let tap = Tap::open(link.tap.as_deref().unwrap_or("hvm%d"))?;
-        let mac = link.mac.unwrap_or_else(|| default_mac(&format!("{}#{i}", tap.name())));
-        log::info!("net {i}: tap {} mac {}", tap.name(), mac.map(|b| format!("{b:02x}")).join(":"));
+        let mac = link
+            .mac
+            .unwrap_or_else(|| default_mac(&format!("{}#{i}", tap.name())));
+        log::info!(
+            "net {i}: tap {} mac {}",
+            tap.name(),
+            mac.map(|b| format!("{b:02x}")).join(":")
+        );
         devices.push(Box::new(Net::new(tap, mac)));
     }
     if devices.len() > IRQS.len() {

@@ -132,7 +132,7 @@ net_case() {
     t="tr,-d,.,</proc/uptime|cut,-d',',-f1"
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,sha256sum>/tmp/down.sha||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
+        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
     "$HVM" -v run --timeout 150s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     i=0

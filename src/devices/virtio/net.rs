@@ -38,7 +38,10 @@ pub enum NetError {
         "cannot attach tap device {name}: {source}; creating or attaching a tap needs CAP_NET_ADMIN \
          (run as root, or create it first: ip tuntap add dev {name} mode tap user $USER)"
     )]
-    Attach { name: String, source: std::io::Error },
+    Attach {
+        name: String,
+        source: std::io::Error,
+    },
     #[error("tap device {name}: {what} failed: {source}")]
     Configure {
         name: String,
@@ -72,13 +75,22 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(NetError::OpenTun)?;
-        let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; 16],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-            return Err(NetError::Attach { name: name.into(), source: std::io::Error::last_os_error() });
+            return Err(NetError::Attach {
+                name: name.into(),
+                source: std::io::Error::last_os_error(),
+            });
         }
-        let actual = String::from_utf8_lossy(&req.name).trim_end_matches('\0').to_string();
+        let actual = String::from_utf8_lossy(&req.name)
+            .trim_end_matches('\0')
+            .to_string();
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
@@ -98,7 +110,13 @@ impl Tap {
     /// Tells the tap which offloads the guest can receive; false if it cannot.
     fn set_offload(&self, flags: libc::c_uint) -> bool {
         // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
-        unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) >= 0 }
+        unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                flags as libc::c_ulong,
+            ) >= 0
+        }
     }
 }
 
@@ -120,7 +138,9 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 
 /// A stable, locally administered MAC derived from `seed` (the tap name).
 pub fn default_mac(seed: &str) -> [u8; 6] {
-    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     let b = h.to_le_bytes();
     [0x52, 0x54, 0x00, b[0], b[1], b[2]]
 }
@@ -142,7 +162,15 @@ impl Net {
         let offloads = tap.set_offload(all) && tap.set_offload(0);
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
-        Net { tap, config, offloads, pending: None, rx_buf: vec![0; MAX_FRAME], tx_buf: Vec::new(), dropped: 0 }
+        Net {
+            tap,
+            config,
+            offloads,
+            pending: None,
+            rx_buf: vec![0; MAX_FRAME],
+            tx_buf: Vec::new(),
+            dropped: 0,
+        }
     }
 
     /// Moves frames from the tap into receive buffers until either runs out.
@@ -189,7 +217,10 @@ impl Net {
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
             self.tx_buf.clear();
-            let ok = chain.reader(mem).map(|mut r| r.read_to_end(&mut self.tx_buf).is_ok()).unwrap_or(false);
+            let ok = chain
+                .reader(mem)
+                .map(|mut r| r.read_to_end(&mut self.tx_buf).is_ok())
+                .unwrap_or(false);
             log::trace!(
                 "net: tx chain of {} bytes (read ok: {ok}): {:02x?}",
                 self.tx_buf.len(),
@@ -253,7 +284,12 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
         match index {
             RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
@@ -280,13 +316,20 @@ mod tests {
 
     #[test]
     fn macs_parse_and_defaults_are_stable_and_local() {
-        assert_eq!(parse_mac("52:54:00:ab:cd:ef"), Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        assert_eq!(
+            parse_mac("52:54:00:ab:cd:ef"),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef])
+        );
         assert_eq!(parse_mac("52:54:00:ab:cd"), None);
         assert_eq!(parse_mac("52:54:00:ab:cd:xz"), None);
         assert_eq!(parse_mac("525:4:00:ab:cd:ef"), None);
         assert_eq!(default_mac("tap0"), default_mac("tap0"));
         assert_ne!(default_mac("tap0"), default_mac("tap1"));
-        assert_eq!(default_mac("tap0")[0] & 0x03, 0x02, "locally administered unicast");
+        assert_eq!(
+            default_mac("tap0")[0] & 0x03,
+            0x02,
+            "locally administered unicast"
+        );
     }
 
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -294,7 +337,12 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     fn sh(cmd: &str) -> bool {
-        std::process::Command::new("sh").arg("-c").arg(cmd).status().map(|s| s.success()).unwrap_or(false)
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
     }
 
     /// An ARP request "who has 169.254.77.1? tell 169.254.77.2" from `mac`.
@@ -320,7 +368,9 @@ mod tests {
                 return;
             }
         };
-        assert!(sh("ip addr add 169.254.77.1/24 dev hvmut0 && ip link set hvmut0 up"));
+        assert!(sh(
+            "ip addr add 169.254.77.1/24 dev hvmut0 && ip link set hvmut0 up"
+        ));
         let mac = [0x52, 0x54, 0, 0x77, 0, 2];
         let mut net = Net::new(tap, mac);
         net.activate(net.features());
@@ -330,12 +380,21 @@ mod tests {
         frame.extend(arp_request(mac));
         m.write_slice(&frame, GuestAddress(0x20000)).unwrap();
         let txq = MockSplitQueue::new(&m, 16);
-        txq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x20000, frame.len() as u32, 0, 0))]).unwrap();
+        txq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0x20000,
+            frame.len() as u32,
+            0,
+            0,
+        ))])
+        .unwrap();
         let mut tx: Queue = txq.create_queue().unwrap();
         assert!(net.transmit(&mut tx, &m).unwrap());
 
         let rxq = MockSplitQueue::new(&m, 16);
-        rxq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x40000, 2048, 2, 0))]).unwrap();
+        rxq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0x40000, 2048, 2, 0,
+        ))])
+        .unwrap();
         let mut rx: Queue = rxq.create_queue().unwrap();
         let mut got = false;
         for _ in 0..200 {
@@ -357,6 +416,9 @@ mod tests {
 
     #[test]
     fn long_tap_names_are_refused() {
-        assert!(matches!(Tap::open("a-very-long-tap-name"), Err(NetError::NameTooLong(_))));
+        assert!(matches!(
+            Tap::open("a-very-long-tap-name"),
+            Err(NetError::NameTooLong(_))
+        ));
     }
 }
