@@ -300,3 +300,105 @@ fn example_tiny_spec_runs_as_shipped() {
         .assert_code(0)
         .assert_stdout("hvmtest: 0 failures");
 }
+
+#[test]
+fn second_vm_on_the_same_disk_is_refused_and_told_who_has_it() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("disk-lock");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let spec = format!(
+        "{}[[drive]]\npath = \"{}\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=spin"),
+        path_str(&disk)
+    );
+    let first_spec = write_spec("disk-lock-1", &spec);
+    let first = spawn(&["run", &path_str(&first_spec)], None);
+    std::thread::sleep(Duration::from_millis(300));
+    let second = run_spec("disk-lock-2", &spec, &[]);
+    // SAFETY: ends our own child process.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    finish(first, Duration::from_secs(30)).assert_code(143);
+    second
+        .assert_code(4)
+        .assert_stderr("is in use by another VM (pid")
+        .assert_stderr("hvm run")
+        .assert_no_panic();
+}
+
+#[test]
+fn read_only_drive_can_be_shared_by_two_vms() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("ro-share");
+    let disk = dir.join("ro.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let spec = format!(
+        "{}[[drive]]\npath = \"{}\"\nread_only = true\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=exit code=0"),
+        path_str(&disk)
+    );
+    let a = spawn(&["run", &path_str(&write_spec("ro-a", &spec))], None);
+    let b = spawn(&["run", &path_str(&write_spec("ro-b", &spec))], None);
+    finish(a, Duration::from_secs(30)).assert_code(0);
+    finish(b, Duration::from_secs(30)).assert_code(0);
+}
+
+#[test]
+fn disk_image_of_partial_sectors_is_a_clear_error() {
+    let dir = scratch("odd-disk");
+    let disk = dir.join("odd.img");
+    std::fs::write(&disk, vec![0u8; 1000]).unwrap();
+    let spec = format!(
+        "{}[[drive]]\npath = \"{}\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=exit"),
+        path_str(&disk)
+    );
+    run_spec("odd-disk", &spec, &[])
+        .assert_code(4)
+        .assert_stderr("is 1000 bytes, not a multiple of 512");
+}
+
+#[test]
+fn tap_without_cap_net_admin_is_a_clear_error() {
+    // setpriv drops CAP_NET_ADMIN from what hvm may use, even as root.
+    let Ok(setpriv) = which("setpriv") else {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    };
+    let spec = write_spec(
+        "noperm",
+        &format!(
+            "{}[[net]]\ntap = \"hvmnoperm0\"\n",
+            tiny_spec(&tiny_elf(), 1, 64, "mode=exit")
+        ),
+    );
+    let out = std::process::Command::new(setpriv)
+        .args([
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            HVM,
+            "run",
+            &path_str(&spec),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("needs CAP_NET_ADMIN"), "{stderr}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|f| f.is_file())
+        })
+        .ok_or(())
+}
