@@ -28,6 +28,7 @@ case_() {
     name=$1 kernel=$2 initrd=$3 vcpus=$4 memory=$5 cmdline=$6
     shift 6
     if ! wanted "$name"; then EXTRA= AFTER= INPUT=; return; fi
+    echo "@@START $name"
     spec=$TMP/$name.toml
     {
         echo "[machine]"
@@ -121,6 +122,7 @@ case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$
 net_case() {
     name=net-tap
     wanted "$name" || return
+    echo "@@START $name"
     W=$TMP/net
     mkdir -p "$W"
     yes hvm-net-down | head -c 4194304 >"$W/down"
@@ -159,7 +161,8 @@ net_case
 example() {
     name=$1
     wanted "$name" || return
-    "$HVM" -v run --timeout 300s "$EXAMPLES/$2" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    echo "@@START $name"
+    "$HVM" -v run --timeout 120s "$EXAMPLES/$2" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
     code=$?
     echo "@@CASE $name"
     cat "$TMP/$name.out"

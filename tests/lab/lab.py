@@ -28,6 +28,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNEL_PACKAGE = r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"
 L1_MODULES = ["kvm-amd", "tun"]
+# Seconds without new results before an L1 is declared stuck (the slowest
+# case, 4 MiB each way over virtio-net, takes about 20 s).
+STALL = 150
 # What the stock kernel needs as modules to use hvm's virtio-mmio devices.
 STOCK_GUEST_MODULES = ["virtio-mmio", "virtio-blk", "virtio-rng"]
 
@@ -239,11 +242,22 @@ def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), bench=False, o
         "-serial", f"file:{console_log}", "-serial", f"file:{results}",
     ]
     started = time.monotonic()
-    try:
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        log(f"L1 did not finish in {timeout} s")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A watchdog: L1 under TCG has been seen to go idle for good in the
+    # middle of a case (timers stop); when the results stop growing for
+    # STALL seconds, L1 is killed and the next attempt resumes.
+    last_size, last_change = -1, time.monotonic()
+    while proc.poll() is None:
+        time.sleep(2)
+        size = os.path.getsize(results) if os.path.exists(results) else 0
+        now = time.monotonic()
+        if size != last_size:
+            last_size, last_change = size, now
+        if now - last_change > STALL or now - started > timeout:
+            log(f"L1 made no progress for {now - last_change:.0f} s; stopping it")
+            proc.kill()
+            proc.wait()
+            break
     log(f"L1 ran {time.monotonic() - started:.1f} s")
     return os.path.exists(results) and "@@DONE" in open(results, errors="replace").read()
 
@@ -285,7 +299,7 @@ def main():
         # kvm_arch_vcpu_ioctl_run: a cross-CPU text-patching race under TCG),
         # so L1 gets one CPU (HVM_LAB_SMP overrides). Should it crash anyway,
         # it is booted again and runs only the cases it had not finished.
-        done = {}
+        done, crashes = {}, {}
         for attempt in range(1, 6):
             if os.path.exists(args.out):
                 os.remove(args.out)
@@ -300,7 +314,16 @@ def main():
             for path in (console, args.out):
                 if os.path.exists(path):
                     shutil.copy(path, f"{path}.attempt{attempt}")
-            done.update(completed_cases(text))
+            finished = completed_cases(text)
+            done.update(finished)
+            # The case that was running when L1 died: after two deaths it is
+            # reported as failed (exit -1) instead of being run a third time.
+            started_cases = re.findall(r"^@@START (\S+)", text, re.M)
+            if started_cases and started_cases[-1] not in finished:
+                stuck = started_cases[-1]
+                crashes[stuck] = crashes.get(stuck, 0) + 1
+                if crashes[stuck] >= 2:
+                    done[stuck] = f"@@CASE {stuck}\n(L1 died twice during this case)\n@@STDERR\n@@EXIT {stuck} -1\n"
         log(f"L1 never finished; see {console}.attempt*")
         return 1
 
