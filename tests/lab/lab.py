@@ -225,12 +225,10 @@ def completed_cases(text):
     return blocks
 
 
-def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), bench=False, only=""):
+def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), only=""):
     append = "console=ttyS0 quiet panic=-1 oops=panic"
     if only:
         append += " hvm_lab.only=" + only
-    if bench:
-        append += " hvm_lab.bench=1"
     if skip:
         append += " hvm_lab.skip=" + ",".join(skip)
     cmd = [
