@@ -352,7 +352,19 @@ fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
 #[test]
 fn virtio_blk_moves_256_mib_intact() {
     let Some(c) = case("blk-256M") else { return };
-    assert_case(c, 0, &["GUEST-READ-256M-CENTISECONDS", "GUEST-COPY-256M-CENTISECONDS"]);
+    assert_case(
+        c,
+        0,
+        &[
+            "GUEST-READ-256M-CENTISECONDS",
+            "GUEST-COPY-256M-CENTISECONDS",
+        ],
+    );
     let src = field(&c.console, "HOST-SRC").expect("source hash");
-    assert_eq!(Some(src), field(&c.console, "HOST-DST"), "the copy differs:\n{}", c.console);
+    assert_eq!(
+        Some(src),
+        field(&c.console, "HOST-DST"),
+        "the copy differs:\n{}",
+        c.console
+    );
 }
