@@ -101,20 +101,27 @@ def module_paths(moddir, names):
     return [os.path.join(moddir, m) for m in order]
 
 
-def modules_cpio(moddir, names, work, out_name):
-    """A cpio with /modules/*.ko (decompressed) and /modules/order."""
-    root = os.path.join(work, out_name + ".root")
-    os.makedirs(os.path.join(root, "modules"), exist_ok=True)
+def copy_modules(moddir, names, dst_dir):
+    """Copies (decompressed) `names` and their dependencies into dst_dir;
+    returns the file names in load order."""
+    os.makedirs(dst_dir, exist_ok=True)
     order = []
     for path in module_paths(moddir, names):
         name = os.path.basename(path).split(".ko")[0] + ".ko"
-        dst = os.path.join(root, "modules", name)
+        dst = os.path.join(dst_dir, name)
         if path.endswith(".xz"):
             with open(dst, "wb") as f:
                 run(["xz", "-dc", path], stdout=f)
         else:
             shutil.copy(path, dst)
         order.append(name)
+    return order
+
+
+def modules_cpio(moddir, names, work, out_name):
+    """A cpio with /modules/*.ko (decompressed) and /modules/order."""
+    root = os.path.join(work, out_name + ".root")
+    order = copy_modules(moddir, names, os.path.join(root, "modules"))
     with open(os.path.join(root, "modules", "order"), "w") as f:
         f.write("\n".join(order) + "\n")
     out = os.path.join(work, out_name)
@@ -154,16 +161,7 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
     for applet in applets:
         if applet != "busybox":
             os.symlink("busybox", os.path.join(root, "bin", applet))
-    names = []
-    for path in module_paths(moddir, L1_MODULES):
-        name = os.path.basename(path).split(".ko")[0] + ".ko"
-        dst = os.path.join(root, "modules", name)
-        if path.endswith(".xz"):
-            with open(dst, "wb") as f:
-                run(["xz", "-dc", path], stdout=f)
-        else:
-            shutil.copy(path, dst)
-        names.append(name)
+    names = copy_modules(moddir, L1_MODULES, os.path.join(root, "modules"))
     shutil.copy(hvm, os.path.join(root, "hvm/hvm"))
     for lib in shared_libs(hvm):
         dst = os.path.join(root, lib.lstrip("/"))
