@@ -368,3 +368,11 @@ fn virtio_blk_moves_256_mib_intact() {
         c.console
     );
 }
+
+#[test]
+fn serial_console_shell_takes_commands_from_stdin() {
+    let Some(c) = case("serial-shell") else {
+        return;
+    };
+    assert_case(c, 0, &["SERIAL-SHELL-42 /dev/ttyS0"]);
+}

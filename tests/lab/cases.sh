@@ -178,6 +178,11 @@ if wanted blk-256M; then
     rm -rf "$B"
 fi
 
+# The interactive shell on ttyS0 (what examples/shell.toml gives) takes commands from stdin.
+INPUT='echo SERIAL-SHELL-$((6*7)) $(tty)\npoweroff -f\n'
+READY="poweroff' leaves the VM"
+case_ serial-shell "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 2 512M "$Q hvm.mode=shell"
+
 # virtio-console: a login shell on hvc0 takes commands from hvm's stdin.
 EXTRA="[console]\ndevice = \"virtio\""
 INPUT='echo HVC-LOGIN-$((6*7)) $(tty)\npoweroff -f\n'
