@@ -376,3 +376,17 @@ fn serial_console_shell_takes_commands_from_stdin() {
     };
     assert_case(c, 0, &["SERIAL-SHELL-42 /dev/ttyS0"]);
 }
+
+#[test]
+fn virtio_blk_discard_zeroes_the_range_on_the_host_disk() {
+    let Some(c) = case("blk-discard") else { return };
+    assert_case(
+        c,
+        0,
+        &[
+            "GUEST-DISCARD-OK",
+            "HOST-DISCARDED-NONZERO 0",
+            "HOST-REST-INTACT",
+        ],
+    );
+}

@@ -95,6 +95,12 @@ AFTER="cmp -s $D/read.img $D/ro.img && echo HOST-RO-UNCHANGED"
 case_ blk-read-only "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,x|dd,of=/dev/vda,bs=512,count=1,conv=fsync||echo,GUEST-WRITE-REFUSED"
 EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"first\"\n[[drive]]\npath = \"$D/write.img\"\nid = \"second\""
 case_ blk-two-drives "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,DRIVES,\$(cat</sys/block/vda/serial),\$(cat</sys/block/vdb/serial),\$(cat</sys/block/vdb/size)"
+# Discard: the guest discards its disk's first MiB; this side finds zeros there and the rest intact.
+cp "$D/read.img" "$D/discard.img"
+EXTRA="[[drive]]\npath = \"$D/discard.img\""
+AFTER="echo HOST-DISCARDED-NONZERO \$(head -c 1048576 $D/discard.img | tr -d '\\000' | wc -c); cmp -s $D/read.img $D/discard.img 1048576 1048576 && echo HOST-REST-INTACT"
+case_ blk-discard "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=blkdiscard,-o,0,-l,1048576,/dev/vda&&echo,GUEST-DISCARD-OK;sync"
+
 # virtio-rng: the guest reads from /dev/hwrng.
 EXTRA="[rng]"
 case_ rng "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.run=echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current);echo,RNG-BYTES,\$(head,-c,4096,</dev/hwrng|wc,-c)"

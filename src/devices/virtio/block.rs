@@ -1,5 +1,5 @@
 //! virtio-blk backed by a raw image file: read, write, flush (fdatasync),
-//! get-id. The image is locked (POSIX record lock) so that two VMs cannot
+//! get-id, discard and write-zeroes (fallocate). The image is locked (POSIX record lock) so that two VMs cannot
 //! write one disk; the error names the process that holds it.
 
 use super::{
@@ -20,6 +20,9 @@ pub const SECTOR_SIZE: u64 = 512;
 const CHUNK: usize = 256 * 1024;
 /// Segments per request the driver may use (VIRTIO_BLK_F_SEG_MAX).
 const SEG_MAX: u32 = 126;
+/// Largest discard / write-zeroes range, in sectors (one segment per request).
+const MAX_ZERO_SECTORS: u32 = 0x3f_ffff;
+const CONFIG_LEN: usize = 60;
 
 /// Errors while opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +112,7 @@ pub struct Block {
     read_only: bool,
     size: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
-    config: [u8; 24],
+    config: [u8; CONFIG_LEN],
     buf: Vec<u8>,
 }
 
@@ -138,10 +141,17 @@ impl Block {
             });
         }
         lock(&file, path, read_only)?;
-        let mut config = [0u8; 24];
+        let mut config = [0u8; CONFIG_LEN];
+        let mut put = |at: usize, v: u32| config[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(12, SEG_MAX); // seg_max
+        put(20, SECTOR_SIZE as u32); // blk_size
+        put(36, MAX_ZERO_SECTORS); // max_discard_sectors
+        put(40, 1); // max_discard_seg
+        put(44, 1); // discard_sector_alignment
+        put(48, MAX_ZERO_SECTORS); // max_write_zeroes_sectors
+        put(52, 1); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
         config[0..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes()); // capacity
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes()); // seg_max
-        config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
         Ok(Block {
             file,
             read_only,
@@ -180,6 +190,9 @@ impl Block {
                         true => VIRTIO_BLK_S_OK,
                         false => VIRTIO_BLK_S_IOERR,
                     },
+                    VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                        self.zero_range(kind, &mut reader)
+                    }
                     VIRTIO_BLK_T_GET_ID => {
                         let n = writer.available_bytes().min(self.id.len());
                         match writer.write_all(&self.id[..n]) {
@@ -247,6 +260,53 @@ impl Block {
     }
 }
 
+impl Block {
+    /// Discard or write-zeroes: one segment {sector, num_sectors, flags}.
+    /// Discard punches a hole (a hint: where the host filesystem cannot, it
+    /// is done as nothing); write-zeroes makes the range read as zeros.
+    fn zero_range(&mut self, kind: u32, reader: &mut virtio_queue::Reader<'_>) -> u32 {
+        if self.read_only {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        let mut seg = [0u8; 16];
+        if reader.available_bytes() != 16 || reader.read_exact(&mut seg).is_err() {
+            return VIRTIO_BLK_S_UNSUPP;
+        }
+        let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
+        let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
+        let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
+        let len = u64::from(sectors) * SECTOR_SIZE;
+        if sectors > MAX_ZERO_SECTORS || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+            return VIRTIO_BLK_S_UNSUPP;
+        }
+        let Some(offset) = self.range(sector, len as usize) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let mode = match (kind, flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0) {
+            (VIRTIO_BLK_T_DISCARD, _) | (_, true) => punch,
+            _ => libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        };
+        // SAFETY: fallocate on our own descriptor, within the file's size.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if rc == 0 || kind == VIRTIO_BLK_T_DISCARD {
+            return VIRTIO_BLK_S_OK;
+        }
+        // No fallocate support for zeroing: write the zeros.
+        let zeros = vec![0u8; CHUNK];
+        let (mut at, mut left) = (offset, len);
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            if self.file.write_all_at(&zeros[..n], at).is_err() {
+                return VIRTIO_BLK_S_IOERR;
+            }
+            at += n as u64;
+            left -= n as u64;
+        }
+        VIRTIO_BLK_S_OK
+    }
+}
+
 impl VirtioDevice for Block {
     fn device_id(&self) -> u32 {
         virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
@@ -260,6 +320,8 @@ impl VirtioDevice for Block {
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
         f
     }
@@ -555,6 +617,71 @@ mod tests {
         );
         assert_eq!(status as u32, VIRTIO_BLK_S_OK);
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// Serves a discard or write-zeroes request for one segment.
+    fn zero_request(
+        blk: &mut Block,
+        m: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        sectors: u32,
+        flags: u32,
+    ) -> u32 {
+        let mut seg = [0u8; 16];
+        seg[0..8].copy_from_slice(&sector.to_le_bytes());
+        seg[8..12].copy_from_slice(&sectors.to_le_bytes());
+        seg[12..16].copy_from_slice(&flags.to_le_bytes());
+        m.write_slice(&seg, GuestAddress(0x20000)).unwrap();
+        let (_, status) = serve(
+            blk,
+            m,
+            &[(0x10000, 16, 0), (0x20000, 16, 0), (0x30000, 1, F_WRITE)],
+            Some((kind, 0)),
+        );
+        status as u32
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_zero_the_range_and_nothing_else() {
+        let path = image("zero", 16);
+        let mut blk = Block::open(&path, false, "x").unwrap();
+        let m = mem();
+        assert_eq!(
+            zero_request(&mut blk, &m, VIRTIO_BLK_T_DISCARD, 2, 2, 0),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            zero_request(&mut blk, &m, VIRTIO_BLK_T_WRITE_ZEROES, 8, 1, 0),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            zero_request(&mut blk, &m, VIRTIO_BLK_T_WRITE_ZEROES, 10, 1, 1),
+            VIRTIO_BLK_S_OK
+        );
+        let data = std::fs::read(&path).unwrap();
+        let zero = |s: usize, n: usize| data[s * 512..(s + n) * 512].iter().all(|&b| b == 0);
+        assert!(zero(2, 2) && zero(8, 1) && zero(10, 1));
+        assert!(
+            !zero(1, 1) && !zero(4, 1) && !zero(9, 1) && !zero(11, 1),
+            "neighbours untouched"
+        );
+        assert_eq!(data.len(), 16 * 512, "size kept");
+        // Out of range, bad flags, read-only.
+        assert_eq!(
+            zero_request(&mut blk, &m, VIRTIO_BLK_T_DISCARD, 15, 2, 0),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            zero_request(&mut blk, &m, VIRTIO_BLK_T_WRITE_ZEROES, 0, 1, 6),
+            VIRTIO_BLK_S_UNSUPP
+        );
+        let mut ro = Block::open(&image("zero-ro", 4), true, "x").unwrap();
+        assert_eq!(
+            zero_request(&mut ro, &m, VIRTIO_BLK_T_DISCARD, 0, 1, 0),
+            VIRTIO_BLK_S_IOERR
+        );
         std::fs::remove_file(path).unwrap();
     }
 
