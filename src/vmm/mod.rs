@@ -160,6 +160,67 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
     Ok(())
 }
 
+/// The KVM VM with what x86 needs before any vCPU: TSS, identity map,
+/// in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+fn create_vm(kvm: &Kvm, vcpus: u32) -> Result<VmFd, VmError> {
+    let max = kvm.get_max_vcpus() as u32;
+    if vcpus > max {
+        return Err(VmError::TooManyVcpus { asked: vcpus, max });
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("set TSS address"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("set identity map address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    Ok(vm)
+}
+
+/// Everything the guest reads at boot: ACPI tables, command line, kernel,
+/// initrd, boot_params and the 64-bit entry's page tables.
+fn load_guest(
+    spec: &Spec,
+    memory: &GuestMemoryMmap,
+    attached: &virtio::Attached,
+    kernel: boot::KernelImage,
+    initrd: Option<boot::Initrd>,
+) -> Result<boot::BootInfo, VmError> {
+    let (in_acpi, in_cmdline) = virtio::discovery(spec);
+    let mut dsdt = dsdt_devices();
+    if in_acpi {
+        dsdt.extend(attached.dsdt.iter().cloned());
+    }
+    let tables = acpi::build(spec.vcpus, &dsdt)?;
+    acpi::write(memory, &tables)?;
+    let extra = if in_cmdline {
+        attached.cmdline.as_slice()
+    } else {
+        &[]
+    };
+    let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, extra);
+    log::debug!("kernel command line: {cmdline}");
+    let request = boot::BootRequest {
+        cmdline: &cmdline,
+        memory: spec.memory,
+        rsdp: tables.rsdp_addr,
+    };
+    let boot = boot::load(memory, kernel, initrd, &request)?;
+    regs::write_boot_tables(memory)?;
+    log::debug!(
+        "{} loaded: entry {:#x}, end {:#x}, initrd {:x?}",
+        boot.format,
+        boot.entry,
+        boot.kernel_end,
+        boot.initrd
+    );
+    Ok(boot)
+}
+
 impl Vm {
     /// Builds the machine the spec describes. Nothing runs yet.
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
@@ -169,24 +230,7 @@ impl Vm {
         let (backends, console_input) = virtio::open_backends(spec, &output)?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
-        let max = kvm.get_max_vcpus() as u32;
-        if spec.vcpus > max {
-            return Err(VmError::TooManyVcpus {
-                asked: spec.vcpus,
-                max,
-            });
-        }
-        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("set TSS address"))?;
-        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
-            .map_err(kvm_err("set identity map address"))?;
-        vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+        let vm = create_vm(&kvm, spec.vcpus)?;
         timeline::mark("KVM VM created");
 
         let memory = memory::create_guest_memory(spec.memory)?;
@@ -195,34 +239,7 @@ impl Vm {
 
         let mut mmio = Bus::new();
         let attached = virtio::attach(&vm, &memory, backends, &mut mmio)?;
-        let (in_acpi, in_cmdline) = virtio::discovery(spec);
-        let mut dsdt = dsdt_devices();
-        if in_acpi {
-            dsdt.extend(attached.dsdt.iter().cloned());
-        }
-        let tables = acpi::build(spec.vcpus, &dsdt)?;
-        acpi::write(&memory, &tables)?;
-        let extra = if in_cmdline {
-            attached.cmdline.as_slice()
-        } else {
-            &[]
-        };
-        let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, extra);
-        log::debug!("kernel command line: {cmdline}");
-        let request = boot::BootRequest {
-            cmdline: &cmdline,
-            memory: spec.memory,
-            rsdp: tables.rsdp_addr,
-        };
-        let boot = boot::load(&memory, kernel, initrd, &request)?;
-        regs::write_boot_tables(&memory)?;
-        log::debug!(
-            "{} loaded: entry {:#x}, end {:#x}, initrd {:x?}",
-            boot.format,
-            boot.entry,
-            boot.kernel_end,
-            boot.initrd
-        );
+        let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
         timeline::mark("kernel loaded");
 
         let (exit, exits) = ExitSender::channel();
