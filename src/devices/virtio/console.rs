@@ -69,9 +69,10 @@ impl VirtioDevice for Console {
                     let Ok(mut reader) = chain.reader(mem) else {
                         return 0;
                     };
-                    buf.clear();
-                    if reader.read_to_end(buf).is_ok() {
-                        output.write_bytes(buf);
+                    // In pieces: a chain may span all of guest RAM.
+                    buf.resize(4096, 0);
+                    while let Ok(n @ 1..) = reader.read(buf) {
+                        output.write_bytes(&buf[..n]);
                     }
                     0
                 })

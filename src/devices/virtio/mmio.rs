@@ -5,7 +5,7 @@
 use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -265,22 +265,24 @@ impl MmioTransport {
                 }
             }
             QUEUE_SEL => self.queue_sel = value,
-            QUEUE_NUM => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_size(value as u16);
+            QUEUE_NUM => self.with_queue(|q| {
+                // virtio-queue's set_size logs each bad value at error level;
+                // a driver must not be able to flood hvm's log, so check here.
+                if u16::try_from(value).map(|n| q.try_set_size(n)).is_err()
+                    || q.size() != value as u16
+                {
+                    log::debug!("virtio-mmio: queue size {value} refused");
                 }
-            }
+            }),
             QUEUE_READY => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(value), None)),
-            QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(value))),
-            QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(value), None)),
-            QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(value))),
-            QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(value), None)),
-            QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(value))),
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => {
+                self.with_queue(|q| set_ring_address(q, offset, value))
+            }
             QUEUE_NOTIFY => {
                 if let Some(evt) = self.notify_fallback.get(value as usize) {
                     let _ = evt.write(1);
@@ -308,6 +310,27 @@ impl MmioTransport {
         for q in &mut self.queues {
             q.set_event_idx(on);
         }
+    }
+}
+
+/// Sets half of a ring address. Misaligned or otherwise invalid addresses
+/// are refused quietly (debug log): the ring is then checked again at DRIVER_OK.
+fn set_ring_address(q: &mut Queue, offset: u64, value: u32) {
+    let high = offset % 8 == 4;
+    let merge = |current: u64| {
+        if high {
+            (current & 0xffff_ffff) | (u64::from(value) << 32)
+        } else {
+            (current & !0xffff_ffff) | u64::from(value)
+        }
+    };
+    let result = match offset & !4 {
+        QUEUE_DESC_LOW => q.try_set_desc_table_address(GuestAddress(merge(q.desc_table()))),
+        QUEUE_DRIVER_LOW => q.try_set_avail_ring_address(GuestAddress(merge(q.avail_ring()))),
+        _ => q.try_set_used_ring_address(GuestAddress(merge(q.used_ring()))),
+    };
+    if result.is_err() {
+        log::debug!("virtio-mmio: ring address register {offset:#x} = {value:#x} refused");
     }
 }
 
@@ -499,6 +522,29 @@ mod tests {
         );
         w(&mut t, QUEUE_DESC_LOW, 0x9000);
         assert_eq!(t.queues[0].desc_table(), 0x1000);
+    }
+
+    #[test]
+    fn bad_queue_sizes_and_ring_addresses_are_refused() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1);
+        w(&mut t, QUEUE_SEL, 0);
+        w(&mut t, QUEUE_NUM, 8);
+        for bad in [0, 3, 32, 0x1_0008] {
+            w(&mut t, QUEUE_NUM, bad);
+            assert_eq!(t.queues[0].size(), 8, "size {bad:#x}");
+        }
+        w(&mut t, QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, QUEUE_DESC_HIGH, 0x1);
+        assert_eq!(t.queues[0].desc_table(), 0x1_0000_1000);
+        w(&mut t, QUEUE_DESC_LOW, 0x1003); // not 16-byte aligned
+        assert_eq!(t.queues[0].desc_table(), 0x1_0000_1000);
+        w(&mut t, QUEUE_DEVICE_LOW, 0x3000);
+        w(&mut t, QUEUE_DRIVER_LOW, 0x2000);
+        assert_eq!(
+            (t.queues[0].avail_ring(), t.queues[0].used_ring()),
+            (0x2000, 0x3000)
+        );
     }
 
     #[test]

@@ -217,9 +217,13 @@ impl Net {
         while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
             self.tx_buf.clear();
+            // A chain longer than any frame (it may span all of guest RAM) is
+            // dropped unread rather than copied into hvm.
             let ok = chain
                 .reader(mem)
-                .map(|mut r| r.read_to_end(&mut self.tx_buf).is_ok())
+                .map(|mut r| {
+                    r.available_bytes() <= MAX_FRAME && r.read_to_end(&mut self.tx_buf).is_ok()
+                })
                 .unwrap_or(false);
             log::trace!(
                 "net: tx chain of {} bytes (read ok: {ok}): {:02x?}",
