@@ -226,9 +226,10 @@ fn results_parser_reads_cases() {
 }
 
 /// The value after `key` on the line that starts with it.
+/// The value after `key` on the first line that starts with `key` and a space.
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
-        .find_map(|l| l.trim().strip_prefix(key))
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(' '))
         .map(str::trim)
 }
 

@@ -119,13 +119,20 @@ net_case() {
     yes hvm-net-down | head -c 4194304 >"$W/down"
     nc -l -p 5002 -e cat "$W/down" &
     down_pid=$!
-    nc -l -p 5001 -e sh -c "cat >$W/up" &
+    # The upload lands in up.part and is renamed when the listener's cat has
+    # drained the socket: the guest may power off before that (TCG is slow).
+    nc -l -p 5001 -e sh -c "cat >$W/up.part && mv $W/up.part $W/up" &
     up_pid=$!
+    # The guest's nc returns while its kernel still holds unsent data: the
+    # guest powers off only after this port answers, i.e. after all 4 MiB
+    # arrived here.
+    (while [ ! -e "$W/up" ]; do sleep 0.1; done; nc -l -p 5003 -e true) &
+    ack_pid=$!
     spec=$TMP/$name.toml
     t="tr,-d,.,</proc/uptime|cut,-d',',-f1"
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
+        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;i=0;until,nc,169.254.10.1,5003,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
     "$HVM" -v run --timeout 150s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     i=0
@@ -135,11 +142,15 @@ net_case() {
 
     wait $pid
     code=$?
-    kill $down_pid $up_pid 2>/dev/null
+    i=0
+    while [ ! -e "$W/up" ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+    pkill -P $ack_pid 2>/dev/null
+    kill $down_pid $up_pid $ack_pid 2>/dev/null
     echo "@@CASE $name"
     cat "$TMP/$name.out"
     echo
-    echo "HOST-NET-UP $(sha256sum <"$W/up" | cut -c1-64)"
+    echo "HOST-NET-UP-BYTES $(cat "$W/up" "$W/up.part" 2>/dev/null | wc -c)"
+    echo "HOST-NET-UP $(cat "$W/up" 2>/dev/null | sha256sum | cut -c1-64)"
     echo "HOST-NET-UP-EXPECTED $(yes hvm-net-up | head -c 4194304 | sha256sum | cut -c1-64)"
     echo "HOST-NET-DOWN-EXPECTED $(sha256sum <"$W/down" | cut -c1-64)"
     echo "@@STDERR"
