@@ -153,7 +153,29 @@ def shared_libs(binary):
     return libs
 
 
-def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
+def copy_with_libs(binary, root, dst):
+    """Copies binary to root/dst and the shared libraries it links to their own paths."""
+    target = os.path.join(root, dst.lstrip("/"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy(binary, target)
+    for lib in shared_libs(binary):
+        lib_dst = os.path.join(root, lib.lstrip("/"))
+        os.makedirs(os.path.dirname(lib_dst), exist_ok=True)
+        shutil.copy(lib, lib_dst)
+
+
+def add_qemu(root):
+    """QEMU for the boot benchmark's peer: its binary, libraries and microvm firmware."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise SystemExit("lab: qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
+    copy_with_libs(os.path.realpath(qemu), root, "/usr/bin/qemu-system-x86_64")
+    firmware = os.path.join(os.path.dirname(os.path.realpath(qemu)), "..", "share", "qemu", "bios-microvm.bin")
+    os.makedirs(os.path.join(root, "usr/share/qemu"), exist_ok=True)
+    shutil.copy(firmware, os.path.join(root, "usr/share/qemu/bios-microvm.bin"))
+
+
+def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
     root = os.path.join(work, "root")
     for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/guest-images", "hvm/examples"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
@@ -163,11 +185,9 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir):
         if applet != "busybox":
             os.symlink("busybox", os.path.join(root, "bin", applet))
     names = copy_modules(moddir, L1_MODULES, os.path.join(root, "modules"))
-    shutil.copy(hvm, os.path.join(root, "hvm/hvm"))
-    for lib in shared_libs(hvm):
-        dst = os.path.join(root, lib.lstrip("/"))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy(lib, dst)
+    copy_with_libs(hvm, root, "/hvm/hvm")
+    if with_qemu:
+        add_qemu(root)
     for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:
         shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/guest-images", img))
     for example in glob.glob(os.path.join(ROOT, "examples", "*.toml")):
@@ -188,10 +208,12 @@ for arg in $(cat /proc/cmdline); do
     case "$arg" in
         hvm_lab.skip=*) export HVM_LAB_SKIP="$(echo "${{arg#hvm_lab.skip=}}" | tr , ' ')" ;;
         hvm_lab.only=*) export HVM_LAB_ONLY="$(echo "${{arg#hvm_lab.only=}}" | tr , ' ')" ;;
+        hvm_lab.runs=*) export HVM_LAB_RUNS="${{arg#hvm_lab.runs=}}" ;;
     esac
 done
 if [ -e /dev/kvm ]; then
     echo "@@LAB kvm ready" >/dev/ttyS1
+    export PATH=/usr/bin:/bin
     sh /hvm/cases.sh /hvm/hvm /hvm/guest-images /hvm/guest-images/stock-vmlinuz /hvm/examples >/dev/ttyS1 2>&1
 else
     echo "@@LAB no /dev/kvm in L1" >/dev/ttyS1
@@ -224,8 +246,10 @@ def completed_cases(text):
     return blocks
 
 
-def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), only=""):
+def run_l1(vmlinuz, cpio, results, console_log, timeout, skip=(), only="", runs=0):
     append = "console=ttyS0 quiet panic=-1 oops=panic"
+    if runs:
+        append += f" hvm_lab.runs={runs}"
     if only:
         append += " hvm_lab.only=" + only
     if skip:
@@ -268,9 +292,13 @@ def main():
     ap.add_argument("--nested", action="store_true", help="use the nested lab even with hardware KVM")
     ap.add_argument("--bench", action="store_true", help="run only the throughput case (virtio-blk 256 MiB)")
     ap.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
+    ap.add_argument("--boot-bench", type=int, metavar="RUNS", default=0,
+                    help="run only the Linux boot benchmark, hvm against QEMU microvm, RUNS times each")
     args = ap.parse_args()
     if args.bench:
         args.only = "blk-256M"
+    if args.boot_bench:
+        args.only = "boot-bench-1cpu-128M,boot-bench-2cpu-512M"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     vmlinuz, moddir = fetch_kernel(args.cache)
 
@@ -281,7 +309,7 @@ def main():
             shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
             extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
             concat_initrd(os.path.join(images, "stock-initrd"), os.path.join(images, "initramfs.cpio.gz"), extra)
-            env = dict(os.environ, HVM_LAB_ONLY=args.only.replace(",", " "))
+            env = dict(os.environ, HVM_LAB_ONLY=args.only.replace(",", " "), HVM_LAB_RUNS=str(args.boot_bench))
             with open(args.out, "w") as f:
                 subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz,
                                 os.path.join(ROOT, "examples")],
@@ -291,7 +319,7 @@ def main():
     if shutil.which("qemu-system-x86_64") is None:
         raise SystemExit("lab: qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
-        cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir)
+        cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir, with_qemu=args.boot_bench > 0)
         console = os.path.splitext(args.out)[0] + "-l1-console.log"
         # L1 under TCG is not reliable: with -smp 2 it often oopses in KVM
         # (an int3 in kvm_arch_vcpu_ioctl_run, a cross-CPU text-patching race
@@ -304,7 +332,8 @@ def main():
             if os.path.exists(args.out):
                 os.remove(args.out)
             log(f"booting L1 (attempt {attempt}; {len(done)} cases already done)")
-            ok = run_l1(vmlinuz, cpio, args.out, console, args.timeout, skip=sorted(done), only=args.only)
+            ok = run_l1(vmlinuz, cpio, args.out, console, args.timeout, skip=sorted(done), only=args.only,
+                        runs=args.boot_bench)
             text = open(args.out, errors="replace").read() if os.path.exists(args.out) else ""
             if ok:
                 with open(args.out, "w") as f:
