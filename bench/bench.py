@@ -334,6 +334,15 @@ Notes:
   overcommit heuristic); hvm maps guest RAM with MAP_NORESERVE and can.
 - Case 6 comes from the same tier-2 run: guest-side timings (1/100 s) of
   the blk-256M and net-tap cases, and L1 reading the same image file.
+- Where hvm's time goes (perf sched_switch stacks, `perf record -e
+  sched:sched_switch -g -- target/release/hvm run SPEC`): hvm registers
+  guest RAM before KVM's irqchip exists, because a memory slot added after
+  the irqchip's and PIT's I/O-bus registrations waits 5–9 ms for an SRCU
+  grace period; it creates no PIT (Linux does not use one on hvm's
+  hardware-reduced ACPI machine), whose teardown waited ~9 ms more at exit.
+  What remains after "VM stopped" is the kernel destroying the VM
+  (`srcu_barrier` in `kvm_destroy_vm`, ~10 ms on kvm_pvm), which every VMM
+  pays before its exit status reaches the parent.
 - Case 5 runs inside the nested lab's L1 (QEMU TCG with an emulated AMD
   CPU, real KVM via kvm_amd), timed by L1's clock (1/100 s): from the VMM's
   start to the guest's `HVM-GUEST-READY` line. Both VMMs boot the same

@@ -39,6 +39,28 @@ fn bzimage_guest_when_booted_passes_every_boot_contract_check() {
 }
 
 #[test]
+fn pit_exists_only_when_asked_or_when_the_guest_boots_without_acpi() {
+    if !require_kvm() {
+        return;
+    }
+    for (pit, cmdline, expected) in [
+        ("", "mode=pit", "hvmtest: pit absent"),
+        ("pit = true\n", "mode=pit", "hvmtest: pit present"),
+        ("", "mode=pit acpi=off", "hvmtest: pit present"),
+        ("pit = false\n", "mode=pit acpi=off", "hvmtest: pit absent"),
+    ] {
+        let spec = tiny_spec(&tiny_elf(), 1, 128, cmdline).replacen(
+            "[kernel]",
+            &format!("{pit}[kernel]"),
+            1,
+        );
+        let out = run_spec("pit", &spec, &[]);
+        out.assert_no_panic();
+        out.assert_code(0).assert_stdout(expected);
+    }
+}
+
+#[test]
 fn command_line_when_given_reaches_the_guest_after_the_defaults() {
     if !require_kvm() {
         return;

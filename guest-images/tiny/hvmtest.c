@@ -4,7 +4,7 @@
  * the guest and reports on COM1 ("hvmtest: ok NAME" / "hvmtest: FAIL NAME"),
  * then leaves through the debug-exit port with the number of failures.
  *
- * Kernel command line: mode=check|hello|echo|reset|acpi-off|triple|spin|
+ * Kernel command line: mode=check|hello|echo|pit|reset|acpi-off|triple|spin|
  * garbage|ioloop|exit; mem=MiB cpus=N initrd_fnv=HEX (what to expect);
  * n=COUNT (ioloop); code=N (exit). Plain integer code only, so that even a
  * software KVM without hardware virtualization can run it. */
@@ -234,6 +234,19 @@ static void check_unused_port(void) {
     result("unused-port-reads-ff", v == 0xff, "value=", v);
 }
 
+/* Is there an i8254? Program channel 0 (mode 2, count 0xffff) and latch it
+ * twice: a real PIT counts down; an empty bus reads 0xffff both times. */
+static int pit_present(void) {
+    outb(0x43, 0x34); outb(0x40, 0xff); outb(0x40, 0xff);
+    u32 seen[2];
+    for (int i = 0; i < 2; i++) {
+        for (volatile int d = 0; d < 100000; d++) {}
+        outb(0x43, 0x00);
+        seen[i] = inb(0x40); seen[i] |= (u32)inb(0x40) << 8;
+    }
+    return seen[0] != seen[1] || seen[0] != 0xffff;
+}
+
 /* ---- modes ---- */
 static u64 acpi_table(u32 signature) {
     u64 rsdp = rd64(bp + BP_ACPI_RSDP);
@@ -328,6 +341,7 @@ void hvmtest_main(u64 boot_params) {
         exit_with(0);
     }
     if (streq(mode, "echo")) { echo(); exit_with(0); }
+    if (streq(mode, "pit")) { puts_(pit_present() ? "hvmtest: pit present\n" : "hvmtest: pit absent\n"); exit_with(0); }
 
     puts_("hvmtest: start\n");
     check_cmdline();

@@ -161,16 +161,19 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmError> {
 }
 
 /// The KVM VM with guest RAM and what x86 needs before any vCPU: TSS,
-/// identity map, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT.
+/// identity map, in-kernel irqchip (PIC, IOAPIC, LAPICs) and, if asked, PIT.
 ///
 /// RAM is registered first: a memory slot added after the irqchip and PIT
 /// have registered their I/O devices waits for a KVM SRCU grace period
 /// (5–9 ms measured on kvm_pvm, most of hvm's start-up); the first slot of a
 /// fresh VM takes ~0.3 ms.
-fn create_vm(kvm: &Kvm, vcpus: u32, memory: &GuestMemoryMmap) -> Result<VmFd, VmError> {
+fn create_vm(kvm: &Kvm, spec: &Spec, memory: &GuestMemoryMmap) -> Result<VmFd, VmError> {
     let max = kvm.get_max_vcpus() as u32;
-    if vcpus > max {
-        return Err(VmError::TooManyVcpus { asked: vcpus, max });
+    if spec.vcpus > max {
+        return Err(VmError::TooManyVcpus {
+            asked: spec.vcpus,
+            max,
+        });
     }
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     register_memory(&vm, memory)?;
@@ -179,11 +182,13 @@ fn create_vm(kvm: &Kvm, vcpus: u32, memory: &GuestMemoryMmap) -> Result<VmFd, Vm
     vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
         .map_err(kvm_err("set identity map address"))?;
     vm.create_irq_chip().map_err(kvm_err("create irqchip"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    if spec.wants_pit() {
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("create PIT"))?;
+    }
     Ok(vm)
 }
 
@@ -238,7 +243,7 @@ impl Vm {
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory)?;
         timeline::mark("memory mapped");
-        let vm = create_vm(&kvm, spec.vcpus, &memory)?;
+        let vm = create_vm(&kvm, spec, &memory)?;
         timeline::mark("KVM VM created");
 
         let mut mmio = Bus::new();

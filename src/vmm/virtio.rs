@@ -73,10 +73,7 @@ pub type Backends = (Vec<Box<dyn VirtioDevice>>, Option<PendingInput>);
 /// and log an error for the second. With `acpi=off` only the command line works.
 pub fn discovery(spec: &Spec) -> (bool, bool) {
     match spec.virtio_discovery {
-        VirtioDiscovery::Auto => {
-            let acpi_off = spec.cmdline.split_whitespace().any(|w| w == "acpi=off");
-            (!acpi_off, acpi_off)
-        }
+        VirtioDiscovery::Auto => (!spec.acpi_off(), spec.acpi_off()),
         VirtioDiscovery::Acpi => (true, false),
         VirtioDiscovery::Cmdline => (false, true),
         VirtioDiscovery::Both => (true, true),
