@@ -132,7 +132,7 @@ net_case() {
     t="tr,-d,.,</proc/uptime|cut,-d',',-f1"
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;i=0;until,nc,169.254.10.1,5003,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
+        "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;d0=\$($t);until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;d1=\$($t);echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);echo,GUEST-NET-DOWN-4MIB-CENTISECONDS,\$((d1-d0));yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;i=0;until,nc,169.254.10.1,5003,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
     "$HVM" -v run --timeout 150s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     i=0
@@ -226,31 +226,40 @@ ready_cs() {
         cat >/dev/null
     }
 }
+# One pair: hvm then QEMU, each booting the same kernel to its ready line.
+boot_pair() {
+    label=$1
+    echo "$label hvm ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$HVM" run "$spec")"
+    echo "$label qemu ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$qemu" -M microvm,x-option-roms=off \
+        -accel kvm -cpu host -smp "$cpus" -m "${mib}M" -nodefaults -no-user-config -nographic \
+        -serial stdio -kernel "$IMG/bzImage" -initrd "$IMG/initramfs.cpio.gz" -append "$cmdline")"
+    [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
+}
+# Each counted pair is a case of its own (boot-bench-1cpu-128M-3, ...), so a
+# crashed L1 resumes with the pairs it had not finished.
 boot_bench() {
-    name=boot-bench-$1cpu-$2M cpus=$1 mib=$2
-    case " $HVM_LAB_ONLY " in *" $name "*) ;; *) return ;; esac
-    wanted "$name" || return
-    echo "@@START $name"
+    cpus=$1 mib=$2 warm=
+    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
     qemu=$(command -v qemu-system-x86_64)
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet"
-    spec=$TMP/$name.toml
+    spec=$TMP/boot-$cpus-$mib.toml
     printf '[machine]\nvcpus = %s\nmemory = "%sM"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
         "$cpus" "$mib" "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
-    echo "@@CASE $name"
-    # With more than one run, one uncounted run each first (page cache, KVM state).
-    runs=${HVM_LAB_RUNS:-5} first=1
-    [ "$runs" -gt 1 ] && first=0
-    for i in $(seq $first "$runs"); do
-        label=BOOT-BENCH
-        [ "$i" = 0 ] && label=BOOT-WARMUP
-        echo "$label hvm ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$HVM" run "$spec")"
-        echo "$label qemu ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$qemu" -M microvm,x-option-roms=off \
-            -accel kvm -cpu host -smp "$cpus" -m "${mib}M" -nodefaults -no-user-config -nographic \
-            -serial stdio -kernel "$IMG/bzImage" -initrd "$IMG/initramfs.cpio.gz" -append "$cmdline")"
-        [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
+    runs=${HVM_LAB_RUNS:-5}
+    for i in $(seq 1 "$runs"); do
+        name=boot-bench-${cpus}cpu-${mib}M-$i
+        case " $HVM_LAB_SKIP " in *" $name "*) continue ;; esac
+        # With more than one run, an uncounted pair first (caches, KVM state).
+        if [ -z "$warm" ] && [ "$runs" -gt 1 ]; then
+            boot_pair BOOT-WARMUP
+            warm=1
+        fi
+        echo "@@START $name"
+        echo "@@CASE $name"
+        boot_pair BOOT-BENCH
+        echo "@@STDERR"
+        echo "@@EXIT $name 0"
     done
-    echo "@@STDERR"
-    echo "@@EXIT $name 0"
 }
 boot_bench 1 128
 boot_bench 2 512

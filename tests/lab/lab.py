@@ -298,7 +298,7 @@ def main():
     if args.bench:
         args.only = "blk-256M"
     if args.boot_bench:
-        args.only = "boot-bench-1cpu-128M,boot-bench-2cpu-512M"
+        args.only = "boot-bench"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     vmlinuz, moddir = fetch_kernel(args.cache)
 

@@ -145,10 +145,76 @@ pub fn default_mac(seed: &str) -> [u8; 6] {
     [0x52, 0x54, 0x00, b[0], b[1], b[2]]
 }
 
+/// What became of a frame offered to the receive queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivery {
+    Delivered {
+        buffers: u16,
+    },
+    /// The guest has not posted room for it yet; it stays pending.
+    NoBuffers,
+    /// The guest's buffer was too small or bad: the frame is lost.
+    Dropped,
+}
+
+/// Writes `frame` (virtio-net header first) into the receive queue: into one
+/// chain, or into as many as it takes when `mergeable`.
+fn deliver(
+    frame: &mut [u8],
+    mergeable: bool,
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Delivery, QueueError> {
+    let len = frame.len();
+    let mut chains = Vec::new();
+    let mut room = 0usize;
+    while room < len && (chains.is_empty() || mergeable) {
+        let Some(chain) = queue.iter(mem)?.next() else {
+            // Not enough room yet: give back what was taken.
+            for _ in 0..chains.len() {
+                queue.go_to_previous_position();
+            }
+            return Ok(Delivery::NoBuffers);
+        };
+        room += chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
+        chains.push(chain);
+    }
+    if room < len || len < VNET_HDR_LEN {
+        for chain in chains {
+            queue.add_used(mem, chain.head_index(), 0)?;
+        }
+        return Ok(Delivery::Dropped);
+    }
+    // num_buffers: the tap leaves these two bytes of the header alone.
+    let buffers = chains.len() as u16;
+    frame[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&buffers.to_le_bytes());
+    let mut offset = 0;
+    for chain in chains {
+        let head = chain.head_index();
+        let written = match chain.writer(mem) {
+            Ok(mut w) => {
+                let n = w.available_bytes().min(len - offset);
+                w.write_all(&frame[offset..offset + n]).map_or(0, |()| n)
+            }
+            Err(_) => 0,
+        };
+        offset += written;
+        queue.add_used(mem, head, written as u32)?;
+    }
+    Ok(if offset == len {
+        Delivery::Delivered { buffers }
+    } else {
+        Delivery::Dropped
+    })
+}
+
 pub struct Net {
     tap: Tap,
     config: [u8; 8],
     offloads: bool,
+    /// VIRTIO_NET_F_MRG_RXBUF negotiated: a frame may span several receive
+    /// chains, so the guest can post small buffers instead of 64 KiB ones.
+    mergeable: bool,
     /// A frame read from the tap that waits for a receive buffer.
     pending: Option<usize>,
     rx_buf: Vec<u8>,
@@ -166,6 +232,7 @@ impl Net {
             tap,
             config,
             offloads,
+            mergeable: false,
             pending: None,
             rx_buf: vec![0; MAX_FRAME],
             tx_buf: Vec::new(),
@@ -189,25 +256,22 @@ impl Net {
                     }
                 },
             };
-            let Some(chain) = queue.iter(mem)?.next() else {
-                // No buffer: keep the frame until the guest posts one (it notifies the queue).
-                self.pending = Some(len);
-                return Ok(used);
-            };
-            let head = chain.head_index();
-            let written = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= len => match w.write_all(&self.rx_buf[..len]) {
-                    Ok(()) => len as u32,
-                    Err(_) => 0,
-                },
-                _ => {
-                    self.dropped += 1;
-                    log::debug!("net: dropped a {len}-byte frame: receive buffer too small or bad");
-                    0
+            match deliver(&mut self.rx_buf[..len], self.mergeable, queue, mem)? {
+                Delivery::NoBuffers => {
+                    // Kept until the guest posts buffers (it notifies the queue).
+                    self.pending = Some(len);
+                    return Ok(used);
                 }
-            };
-            log::trace!("net: rx frame of {len} bytes, {written} delivered");
-            queue.add_used(mem, head, written)?;
+                Delivery::Dropped => {
+                    self.dropped += 1;
+                    log::debug!(
+                        "net: dropped a {len}-byte frame: receive buffers too small or bad"
+                    );
+                }
+                Delivery::Delivered { buffers } => {
+                    log::trace!("net: rx frame of {len} bytes in {buffers} buffer(s)");
+                }
+            }
             used = true;
         }
     }
@@ -249,7 +313,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC);
+        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MRG_RXBUF);
         if self.offloads {
             f |= (1 << VIRTIO_NET_F_CSUM)
                 | (1 << VIRTIO_NET_F_GUEST_CSUM)
@@ -270,6 +334,13 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, features: u64) {
+        self.mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        log::info!(
+            "net {}: driver ready (mergeable rx buffers: {}, guest offloads: {})",
+            self.tap.name,
+            self.mergeable,
+            features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0
+        );
         if !self.offloads {
             return;
         }
@@ -311,6 +382,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.pending = None;
+        self.mergeable = false;
     }
 }
 
@@ -416,6 +488,139 @@ mod tests {
         assert_eq!(&eth[0..6], &mac, "addressed to the guest");
         assert_eq!(&eth[12..14], &[0x08, 0x06], "ARP");
         assert_eq!(&eth[20..22], &[0, 2], "a reply");
+    }
+
+    const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+
+    /// A frame: a zeroed virtio-net header, then `data` bytes of a pattern.
+    fn frame(data: usize) -> Vec<u8> {
+        let mut f = vec![0u8; VNET_HDR_LEN];
+        f.extend((0..data).map(|i| (i % 251) as u8));
+        f
+    }
+
+    /// Receive chains of one descriptor each, (address, length, flags), posted
+    /// after the `posted` the queue already has.
+    fn post(q: &MockSplitQueue<GuestMemoryMmap>, posted: u16, bufs: &[(u64, u32, u16)]) {
+        let raw: Vec<RawDescriptor> = bufs
+            .iter()
+            .map(|&(a, l, f)| RawDescriptor::from(SplitDescriptor::new(a, l, f, 0)))
+            .collect();
+        q.add_desc_chains(&raw, posted).unwrap();
+    }
+
+    /// The used ring's (id, len) entries.
+    fn used(q: &MockSplitQueue<GuestMemoryMmap>, n: usize) -> Vec<(u32, u32)> {
+        (0..n)
+            .map(|i| {
+                let e = q.used().ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    fn rx_mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn mergeable_frames_span_as_many_buffers_as_they_need() {
+        let m = rx_mem();
+        let q = MockSplitQueue::new(&m, 16);
+        post(
+            &q,
+            0,
+            &[(0x10000, 1000, W), (0x20000, 1000, W), (0x30000, 1000, W)],
+        );
+        let mut queue: Queue = q.create_queue().unwrap();
+        let mut f = frame(2488);
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        assert_eq!(d, Delivery::Delivered { buffers: 3 });
+        assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
+        let mut got = vec![0u8; 2500];
+        m.read_slice(&mut got[..1000], GuestAddress(0x10000))
+            .unwrap();
+        m.read_slice(&mut got[1000..2000], GuestAddress(0x20000))
+            .unwrap();
+        m.read_slice(&mut got[2000..], GuestAddress(0x30000))
+            .unwrap();
+        assert_eq!(&got[10..12], &[3, 0], "num_buffers");
+        assert_eq!(&got[VNET_HDR_LEN..], &frame(2488)[VNET_HDR_LEN..]);
+    }
+
+    #[test]
+    fn mergeable_frame_waits_whole_until_the_guest_posts_enough_room() {
+        let m = rx_mem();
+        let q = MockSplitQueue::new(&m, 16);
+        post(&q, 0, &[(0x10000, 1000, W), (0x20000, 1000, W)]);
+        let mut queue: Queue = q.create_queue().unwrap();
+        let mut f = frame(2488);
+        assert_eq!(
+            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            Delivery::NoBuffers
+        );
+        assert_eq!(q.used().idx().load(), 0, "nothing used");
+        post(&q, 2, &[(0x30000, 1000, W)]);
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        assert_eq!(d, Delivery::Delivered { buffers: 3 });
+        assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_needs_one_big_enough_buffer() {
+        let m = rx_mem();
+        let q = MockSplitQueue::new(&m, 16);
+        post(&q, 0, &[(0x10000, 1000, W), (0x20000, 4096, W)]);
+        let mut queue: Queue = q.create_queue().unwrap();
+        let mut big = frame(2488);
+        assert_eq!(
+            deliver(&mut big, false, &mut queue, &m).unwrap(),
+            Delivery::Dropped
+        );
+        let mut small = frame(500);
+        let d = deliver(&mut small, false, &mut queue, &m).unwrap();
+        assert_eq!(d, Delivery::Delivered { buffers: 1 });
+        assert_eq!(used(&q, 2), vec![(0, 0), (1, 512)]);
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        m.read_slice(&mut hdr, GuestAddress(0x20000)).unwrap();
+        assert_eq!(&hdr[10..12], &[1, 0], "num_buffers is 1");
+    }
+
+    #[test]
+    fn bad_receive_buffers_lose_the_frame_not_hvm() {
+        let m = rx_mem();
+        let q = MockSplitQueue::new(&m, 16);
+        // Read-only (wrong direction), outside guest RAM, then a good one.
+        post(
+            &q,
+            0,
+            &[
+                (0x10000, 4096, 0),
+                (0xfff_0000, 4096, W),
+                (0x20000, 4096, W),
+            ],
+        );
+        let mut queue: Queue = q.create_queue().unwrap();
+        let mut f = frame(100);
+        assert_eq!(
+            deliver(&mut f, false, &mut queue, &m).unwrap(),
+            Delivery::Dropped
+        );
+        assert_eq!(
+            deliver(&mut f, false, &mut queue, &m).unwrap(),
+            Delivery::Dropped
+        );
+        let d = deliver(&mut f, false, &mut queue, &m).unwrap();
+        assert_eq!(d, Delivery::Delivered { buffers: 1 });
+        assert_eq!(used(&q, 3), vec![(0, 0), (1, 0), (2, 112)]);
+        // Mergeable: the bad buffers add no room; nothing is written outside RAM.
+        let q = MockSplitQueue::new(&m, 16);
+        post(&q, 0, &[(0x10000, 4096, 0), (0xfff_0000, 4096, W)]);
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert_eq!(
+            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            Delivery::NoBuffers
+        );
     }
 
     #[test]
