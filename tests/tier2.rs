@@ -334,6 +334,11 @@ fn shipped_linux_examples_run_as_they_are() {
 fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
     let Some(c) = case("net-tap") else { return };
     assert_case(c, 0, &["3 packets transmitted, 3 packets received"]);
+    assert!(
+        c.stderr.contains("mergeable rx buffers: true"),
+        "Linux should take mergeable receive buffers\n{}",
+        c.stderr
+    );
     let down = field(&c.console, "GUEST-NET-DOWN").expect("guest hash of what it fetched");
     assert_eq!(
         Some(down),
