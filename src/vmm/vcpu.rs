@@ -53,13 +53,16 @@ impl Vcpu {
         fd.set_cpuid2(&cpuid::for_vcpu(supported, id, count))
             .map_err(|source| VcpuError::Cpuid { id, source })?;
         let regs_err = |source| VcpuError::Regs { id, source };
+        // Every CPU's MSRs alike (Linux checks that MTRRs agree).
         regs::setup_msrs(&fd).map_err(regs_err)?;
-        regs::setup_fpu(&fd).map_err(regs_err)?;
-        regs::setup_lapic(&fd).map_err(regs_err)?;
         if id == 0 {
-            // Application processors wait for INIT/SIPI from the boot CPU.
+            regs::setup_fpu(&fd).map_err(regs_err)?;
+            regs::setup_lapic(&fd).map_err(regs_err)?;
             regs::setup_boot_cpu(&fd, entry).map_err(regs_err)?;
         }
+        // Application processors keep KVM's power-on state (x87/SSE
+        // defaults, LAPIC LVTs masked, as on a PC) and wait for INIT/SIPI
+        // from the boot CPU: nothing more to set, ~3 ioctls fewer each.
         Ok(Vcpu { id, fd })
     }
 
