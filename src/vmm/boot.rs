@@ -4,9 +4,12 @@
 //! boot_params "zero page" with its e820 map.
 
 use crate::arch::x86_64::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
+use crate::devices::virtio::MMIO_WINDOW;
 use crate::vmm::memory::{e820_map, low_ram_end};
+use crate::vmm::virtio::MmioWindow;
+use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::boot_params;
-use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, load_cmdline, KernelLoader};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -61,6 +64,10 @@ pub enum BootError {
     },
     #[error("kernel command line is {len} bytes; the limit is {max}")]
     CmdlineTooLong { len: usize, max: usize },
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    #[error("cannot write the kernel command line to guest memory: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
     #[error("cannot write boot parameters to guest memory: {0}")]
     GuestMemory(#[from] vm_memory::GuestMemoryError),
 }
@@ -117,9 +124,11 @@ impl KernelImage {
             source,
         };
         let mut file = File::open(path).map_err(open_err)?;
-        let mut head = vec![0u8; 0x400];
-        let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
-        head.truncate(n);
+        let mut head = Vec::with_capacity(0x400);
+        file.by_ref()
+            .take(0x400)
+            .read_to_end(&mut head)
+            .map_err(open_err)?;
         let format = detect_format(&head).ok_or_else(|| BootError::UnknownKernelFormat {
             path: path.to_path_buf(),
             magic: hex_head(&head),
@@ -161,22 +170,33 @@ impl Initrd {
 
 /// Everything [`load`] needs.
 pub struct BootRequest<'a> {
-    pub cmdline: &'a str,
+    pub cmdline: &'a Cmdline,
     pub memory: u64,
     pub rsdp: u64,
 }
 
-/// Builds the full command line: hvm's defaults, then the user's text.
-pub fn compose_cmdline(user: &str, replace: bool, extra: &[String]) -> String {
-    let mut parts: Vec<&str> = Vec::new();
+/// Builds the full command line: hvm's defaults, the virtio devices the
+/// guest should find there, then the user's text.
+pub fn compose_cmdline(
+    user: &str,
+    replace: bool,
+    devices: &[MmioWindow],
+) -> Result<Cmdline, BootError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(BootError::Cmdline)?;
     if !replace {
-        parts.push(DEFAULT_CMDLINE);
+        cmdline
+            .insert_str(DEFAULT_CMDLINE)
+            .map_err(BootError::Cmdline)?;
     }
-    parts.extend(extra.iter().map(String::as_str));
+    for d in devices {
+        cmdline
+            .add_virtio_mmio_device(MMIO_WINDOW, GuestAddress(d.base), d.irq, None)
+            .map_err(BootError::Cmdline)?;
+    }
     if !user.trim().is_empty() {
-        parts.push(user.trim());
+        cmdline.insert_str(user).map_err(BootError::Cmdline)?;
     }
-    parts.join(" ")
+    Ok(cmdline)
 }
 
 fn hex_head(head: &[u8]) -> String {
@@ -215,10 +235,7 @@ pub fn load(
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded = match format {
         KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
-        KernelFormat::BzImage => {
-            BzImage::load(mem, Some(GuestAddress(HIMEM_START)), &mut file, himem)
-                .map_err(load_err)?
-        }
+        KernelFormat::BzImage => BzImage::load(mem, himem, &mut file, himem).map_err(load_err)?,
     };
 
     let mut params = boot_params::default();
@@ -245,22 +262,20 @@ pub fn load(
     params.hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
     params.hdr.heap_end_ptr = 0xfe00;
 
-    // Command line.
+    // Command line, within what this kernel's header says it takes.
     let max = match params.hdr.cmdline_size {
         0 => CMDLINE_MAX,
         n => (n as usize).min(CMDLINE_MAX),
     };
-    if req.cmdline.len() >= max {
-        return Err(BootError::CmdlineTooLong {
-            len: req.cmdline.len(),
-            max: max - 1,
-        });
+    let text = req.cmdline.as_cstring().map_err(BootError::Cmdline)?;
+    log::debug!("kernel command line: {}", text.to_string_lossy());
+    let len = text.as_bytes().len();
+    if len >= max {
+        return Err(BootError::CmdlineTooLong { len, max: max - 1 });
     }
-    let mut bytes = req.cmdline.as_bytes().to_vec();
-    bytes.push(0);
-    mem.write_slice(&bytes, GuestAddress(CMDLINE))?;
+    load_cmdline(mem, GuestAddress(CMDLINE), req.cmdline).map_err(BootError::WriteCmdline)?;
     params.hdr.cmd_line_ptr = CMDLINE as u32;
-    params.hdr.cmdline_size = req.cmdline.len() as u32;
+    params.hdr.cmdline_size = len as u32;
 
     // Initrd: as high as allowed in low RAM, page aligned.
     let initrd = match initrd {
@@ -294,17 +309,6 @@ pub fn load(
         kernel_end: loaded.kernel_end,
         initrd,
     })
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut total = 0;
-    while total < buf.len() {
-        match file.read(&mut buf[total..])? {
-            0 => break,
-            n => total += n,
-        }
-    }
-    Ok(total)
 }
 
 /// Places the initrd at the highest page-aligned address below `top`.
@@ -349,22 +353,38 @@ mod tests {
         assert_eq!(detect_format(&[]), None);
     }
 
+    fn composed(user: &str, replace: bool, devices: &[MmioWindow]) -> String {
+        let c = compose_cmdline(user, replace, devices).unwrap();
+        c.as_cstring().unwrap().into_string().unwrap()
+    }
+
     #[test]
     fn cmdline_extends_or_replaces_the_default() {
-        assert_eq!(compose_cmdline("", false, &[]), DEFAULT_CMDLINE);
+        assert_eq!(composed("", false, &[]), DEFAULT_CMDLINE);
         assert_eq!(
-            compose_cmdline(" quiet ", false, &[]),
+            composed(" quiet ", false, &[]),
             format!("{DEFAULT_CMDLINE} quiet")
         );
-        assert_eq!(compose_cmdline("console=hvc0", true, &[]), "console=hvc0");
+        assert_eq!(composed("console=hvc0", true, &[]), "console=hvc0");
         assert_eq!(
-            compose_cmdline(
+            composed(
                 "init=/bin/sh",
                 true,
-                &["virtio_mmio.device=4K@0xd0000000:5".into()]
+                &[MmioWindow {
+                    base: 0xd000_0000,
+                    irq: 5
+                }]
             ),
             "virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"
         );
+    }
+
+    #[test]
+    fn cmdline_with_control_characters_is_refused() {
+        assert!(matches!(
+            compose_cmdline("quiet\tinit=/x", false, &[]),
+            Err(BootError::Cmdline(_))
+        ));
     }
 
     #[test]

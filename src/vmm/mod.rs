@@ -20,6 +20,7 @@ use crate::devices::serial::{SerialDevice, SharedOutput, COM1_IRQ, COM1_LEN, COM
 use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
 };
+use crate::devices::virtio::MMIO_WINDOW;
 use crate::spec::{SerialOutput, Spec};
 use crate::timeline;
 use event_loop::{EventLoop, EventLoopError, Input, InputTarget};
@@ -204,17 +205,27 @@ fn load_guest(
     let (in_acpi, in_cmdline) = virtio::discovery(spec);
     let mut dsdt = dsdt_devices();
     if in_acpi {
-        dsdt.extend(attached.dsdt.iter().cloned());
+        dsdt.extend(
+            attached
+                .windows
+                .iter()
+                .enumerate()
+                .map(|(index, w)| DsdtDevice::VirtioMmio {
+                    index: index as u32,
+                    base: w.base,
+                    size: MMIO_WINDOW,
+                    irq: w.irq,
+                }),
+        );
     }
     let tables = acpi::build(spec.vcpus, &dsdt)?;
     acpi::write(memory, &tables)?;
-    let extra = if in_cmdline {
-        attached.cmdline.as_slice()
+    let devices = if in_cmdline {
+        attached.windows.as_slice()
     } else {
         &[]
     };
-    let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, extra);
-    log::debug!("kernel command line: {cmdline}");
+    let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, devices)?;
     let request = boot::BootRequest {
         cmdline: &cmdline,
         memory: spec.memory,

@@ -3,7 +3,6 @@
 //! through irqfds, and the two ways the guest finds them (the kernel command
 //! line and the DSDT).
 
-use crate::arch::x86_64::acpi::DsdtDevice;
 use crate::arch::x86_64::layout::VIRTIO_MMIO_START;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::serial::SharedOutput;
@@ -52,11 +51,18 @@ pub struct QueueNotifier {
     pub queue: usize,
 }
 
+/// Where one device sits: its 4 KiB MMIO window and its interrupt line.
+/// The DSDT and the kernel command line both describe devices from this.
+#[derive(Debug, Clone, Copy)]
+pub struct MmioWindow {
+    pub base: u64,
+    pub irq: u32,
+}
+
 /// The attached devices, as the rest of the build needs them.
 #[derive(Default)]
 pub struct Attached {
-    pub dsdt: Vec<DsdtDevice>,
-    pub cmdline: Vec<String>,
+    pub windows: Vec<MmioWindow>,
     pub notifiers: Vec<QueueNotifier>,
     /// The virtio-console's transport, if there is one (keyboard input kicks it).
     pub console: Option<Arc<Mutex<MmioTransport>>>,
@@ -168,14 +174,10 @@ pub fn attach(
             out.backends.push((fd, transport.clone()));
         }
         mmio.insert(transport, base, MMIO_WINDOW)?;
-        out.dsdt.push(DsdtDevice::VirtioMmio {
-            index: index as u32,
+        out.windows.push(MmioWindow {
             base,
-            size: MMIO_WINDOW,
             irq: irq_line,
         });
-        out.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq_line}"));
     }
     Ok(out)
 }
