@@ -403,21 +403,35 @@ mod tests {
         (len, m.read_obj(GuestAddress(status_addr)).unwrap())
     }
 
+    /// A request of the usual shape: header at 0x10000, one data buffer of
+    /// `len` bytes at 0x20000 (`flags` F_WRITE when the device fills it),
+    /// status byte at 0x30000.
+    fn serve_one(
+        blk: &mut Block,
+        m: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        len: u32,
+        flags: u16,
+    ) -> (u32, u8) {
+        serve(
+            blk,
+            m,
+            &[
+                (0x10000, 16, 0),
+                (0x20000, len, flags),
+                (0x30000, 1, F_WRITE),
+            ],
+            Some((kind, sector)),
+        )
+    }
+
     #[test]
     fn read_returns_the_image_bytes() {
         let path = image("read", 8);
         let mut blk = Block::open(&path, false, "disk0").unwrap();
         let m = mem();
-        let (len, status) = serve(
-            &mut blk,
-            &m,
-            &[
-                (0x10000, 16, 0),
-                (0x20000, 1024, F_WRITE),
-                (0x30000, 1, F_WRITE),
-            ],
-            Some((VIRTIO_BLK_T_IN, 2)),
-        );
+        let (len, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_IN, 2, 1024, F_WRITE);
         assert_eq!((len, status as u32), (1025, VIRTIO_BLK_S_OK));
         let mut got = vec![0u8; 1024];
         m.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
@@ -432,12 +446,7 @@ mod tests {
         let mut blk = Block::open(&path, false, "disk0").unwrap();
         let m = mem();
         m.write_slice(&[0xab; 512], GuestAddress(0x20000)).unwrap();
-        let (_, status) = serve(
-            &mut blk,
-            &m,
-            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
-            Some((VIRTIO_BLK_T_OUT, 7)),
-        );
+        let (_, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_OUT, 7, 512, 0);
         assert_eq!(status as u32, VIRTIO_BLK_S_OK);
         let (_, status) = serve(
             &mut blk,
@@ -457,12 +466,7 @@ mod tests {
         let mut blk = Block::open(&path, true, "ro").unwrap();
         assert_ne!(blk.features() & (1 << VIRTIO_BLK_F_RO), 0);
         let m = mem();
-        let (_, status) = serve(
-            &mut blk,
-            &m,
-            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
-            Some((VIRTIO_BLK_T_OUT, 0)),
-        );
+        let (_, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_OUT, 0, 512, 0);
         assert_eq!(status as u32, VIRTIO_BLK_S_IOERR);
         std::fs::remove_file(path).unwrap();
     }
@@ -473,16 +477,7 @@ mod tests {
         let mut blk = Block::open(&path, false, "x").unwrap();
         let m = mem();
         for sector in [4u64, 3, u64::MAX / 512, u64::MAX] {
-            let (_, status) = serve(
-                &mut blk,
-                &m,
-                &[
-                    (0x10000, 16, 0),
-                    (0x20000, 1024, F_WRITE),
-                    (0x30000, 1, F_WRITE),
-                ],
-                Some((VIRTIO_BLK_T_IN, sector)),
-            );
+            let (_, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_IN, sector, 1024, F_WRITE);
             assert_eq!(status as u32, VIRTIO_BLK_S_IOERR, "sector {sector}");
         }
         std::fs::remove_file(path).unwrap();
@@ -493,16 +488,7 @@ mod tests {
         let path = image("id", 1);
         let mut blk = Block::open(&path, false, "my-serial").unwrap();
         let m = mem();
-        let (_, status) = serve(
-            &mut blk,
-            &m,
-            &[
-                (0x10000, 16, 0),
-                (0x20000, 20, F_WRITE),
-                (0x30000, 1, F_WRITE),
-            ],
-            Some((VIRTIO_BLK_T_GET_ID, 0)),
-        );
+        let (_, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_GET_ID, 0, 20, F_WRITE);
         assert_eq!(status as u32, VIRTIO_BLK_S_OK);
         let mut id = [0u8; 9];
         m.read_slice(&mut id, GuestAddress(0x20000)).unwrap();
@@ -584,37 +570,14 @@ mod tests {
         let m = mem();
         // A read whose data buffer is device-readable (wrong direction): no room to
         // put data, so the read covers zero bytes and only the status is written.
-        let (len, status) = serve(
-            &mut blk,
-            &m,
-            &[(0x10000, 16, 0), (0x20000, 512, 0), (0x30000, 1, F_WRITE)],
-            Some((VIRTIO_BLK_T_IN, 0)),
-        );
+        let (len, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_IN, 0, 512, 0);
         assert_eq!((len, status as u32), (1, VIRTIO_BLK_S_OK));
         // Zero-length data descriptor: nothing moves, status OK, no panic.
-        let (len, status) = serve(
-            &mut blk,
-            &m,
-            &[
-                (0x10000, 16, 0),
-                (0x20000, 0, F_WRITE),
-                (0x30000, 1, F_WRITE),
-            ],
-            Some((VIRTIO_BLK_T_IN, 0)),
-        );
+        let (len, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_IN, 0, 0, F_WRITE);
         assert_eq!((len, status as u32), (1, VIRTIO_BLK_S_OK));
         // A write whose payload is device-writable (wrong direction) writes nothing.
         let before = std::fs::read(&path).unwrap();
-        let (_, status) = serve(
-            &mut blk,
-            &m,
-            &[
-                (0x10000, 16, 0),
-                (0x20000, 512, F_WRITE),
-                (0x30000, 1, F_WRITE),
-            ],
-            Some((VIRTIO_BLK_T_OUT, 0)),
-        );
+        let (_, status) = serve_one(&mut blk, &m, VIRTIO_BLK_T_OUT, 0, 512, F_WRITE);
         assert_eq!(status as u32, VIRTIO_BLK_S_OK);
         assert_eq!(std::fs::read(&path).unwrap(), before);
         std::fs::remove_file(path).unwrap();

@@ -433,6 +433,13 @@ mod tests {
         w(t, QUEUE_READY, 1);
     }
 
+    /// The whole driver start-up: features, queue 0 at `desc`, DRIVER_OK.
+    fn start_driver(t: &mut MmioTransport, desc: u32) {
+        negotiate(t, 1);
+        setup_queue(t, desc, 0x2000, 0x3000);
+        w(t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    }
+
     #[test]
     fn identity_registers() {
         let (mut t, _) = transport();
@@ -466,13 +473,7 @@ mod tests {
     #[test]
     fn full_negotiation_reaches_driver_ok() {
         let (mut t, _) = transport();
-        negotiate(&mut t, 1);
-        setup_queue(&mut t, 0x1000, 0x2000, 0x3000);
-        w(
-            &mut t,
-            STATUS,
-            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
-        );
+        start_driver(&mut t, 0x1000);
         assert_eq!(
             r(&mut t, STATUS),
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
@@ -484,13 +485,7 @@ mod tests {
     #[test]
     fn queue_outside_guest_memory_needs_reset_and_interrupts() {
         let (mut t, irq) = transport();
-        negotiate(&mut t, 1);
-        setup_queue(&mut t, 0xfff0_0000, 0x2000, 0x3000);
-        w(
-            &mut t,
-            STATUS,
-            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
-        );
+        start_driver(&mut t, 0xfff0_0000);
         assert_ne!(r(&mut t, STATUS) & NEEDS_RESET, 0);
         assert_eq!(
             r(&mut t, INTERRUPT_STATUS) & INT_CONFIG_CHANGE,
@@ -513,13 +508,7 @@ mod tests {
     #[test]
     fn queue_cannot_be_changed_after_driver_ok() {
         let (mut t, _) = transport();
-        negotiate(&mut t, 1);
-        setup_queue(&mut t, 0x1000, 0x2000, 0x3000);
-        w(
-            &mut t,
-            STATUS,
-            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
-        );
+        start_driver(&mut t, 0x1000);
         w(&mut t, QUEUE_DESC_LOW, 0x9000);
         assert_eq!(t.queues[0].desc_table(), 0x1000);
     }
