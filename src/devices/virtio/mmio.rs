@@ -64,9 +64,6 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     irq: EventFd,
-    /// Set when no ioeventfd carries notifications: then a QueueNotify
-    /// write kicks this eventfd, so the event loop (never the vCPU) does the I/O.
-    notify_fallback: Vec<EventFd>,
 }
 
 impl MmioTransport {
@@ -90,7 +87,6 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             irq,
-            notify_fallback: Vec::new(),
         }
     }
 
@@ -112,11 +108,6 @@ impl MmioTransport {
         if let Some(index) = self.device.input_queue() {
             self.notify(index);
         }
-    }
-
-    /// Eventfds to kick on QueueNotify writes when KVM has no ioeventfd for them.
-    pub fn set_notify_fallback(&mut self, evts: Vec<EventFd>) {
-        self.notify_fallback = evts;
     }
 
     fn raise(&mut self, bits: u32) {
@@ -178,30 +169,38 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        let added = value & !self.status;
+        // NEEDS_RESET is the device's bit: it stays until the driver resets.
+        let new = value | (self.status & NEEDS_RESET);
+        let added = new & !self.status;
         if added & FEATURES_OK != 0 {
             let offered = self.device.features();
             if self.driver_features & !offered != 0
                 || self.driver_features & VIRTIO_F_VERSION_1 == 0
             {
-                // Refuse: the driver sees FEATURES_OK unset and gives up.
+                // Refuse: the driver sees FEATURES_OK unset and gives up, and
+                // a DRIVER_OK in the same write does not count either.
                 log::warn!(
                     "virtio device {}: driver features {:#x} not acceptable (offered {offered:#x})",
                     self.device.device_id(),
                     self.driver_features
                 );
-                self.status = value & !FEATURES_OK;
+                self.status = new & !(FEATURES_OK | DRIVER_OK);
                 return;
+            }
+            // Accepted: the queues follow the negotiated EVENT_IDX.
+            let event_idx = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
             }
         }
         if added & DRIVER_OK != 0 {
-            if self.status & FEATURES_OK == 0 {
+            if new & FEATURES_OK == 0 {
                 self.needs_reset("DRIVER_OK without FEATURES_OK");
                 return;
             }
             for (i, q) in self.queues.iter().enumerate() {
                 if q.ready() && !q.is_valid(&self.mem) {
-                    self.status = value;
+                    self.status = new;
                     self.needs_reset(&format!(
                         "queue {i} lies outside guest memory or is malformed"
                     ));
@@ -210,7 +209,7 @@ impl MmioTransport {
             }
             self.device.activate(self.driver_features);
         }
-        self.status = value | (self.status & NEEDS_RESET);
+        self.status = new;
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -283,11 +282,8 @@ impl MmioTransport {
             | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => {
                 self.with_queue(|q| set_ring_address(q, offset, value))
             }
-            QUEUE_NOTIFY => {
-                if let Some(evt) = self.notify_fallback.get(value as usize) {
-                    let _ = evt.write(1);
-                }
-            }
+            // Queue notifications reach the event loop through ioeventfds.
+            QUEUE_NOTIFY => {}
             INTERRUPT_ACK => self.interrupt_status &= !value,
             STATUS => self.set_status(value),
             _ => log::debug!(
@@ -301,14 +297,6 @@ impl MmioTransport {
             if !q.ready() {
                 f(q);
             }
-        }
-    }
-
-    /// Tells the event loop that the driver accepted EVENT_IDX, so queues use it.
-    fn sync_event_idx(&mut self) {
-        let on = self.driver_features & super::VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in &mut self.queues {
-            q.set_event_idx(on);
         }
     }
 }
@@ -354,9 +342,6 @@ impl BusDevice for MmioTransport {
         }
         if let (Ok(word), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
             self.write_register(offset, u32::from_le_bytes(word));
-            if offset == STATUS {
-                self.sync_event_idx();
-            }
         }
     }
 }
@@ -496,6 +481,30 @@ mod tests {
         w(&mut t, STATUS, 0);
         assert_eq!(r(&mut t, STATUS), 0);
         assert_eq!(r(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn refused_features_keep_driver_ok_out_and_needs_reset_stays() {
+        let (mut t, _) = transport();
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER);
+        w(&mut t, DRIVER_FEATURES_SEL, 1);
+        w(&mut t, DRIVER_FEATURES, 1);
+        w(&mut t, DRIVER_FEATURES_SEL, 0);
+        w(&mut t, DRIVER_FEATURES, 1 << 5);
+        // Unoffered feature, FEATURES_OK and DRIVER_OK in one write.
+        w(
+            &mut t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_eq!(r(&mut t, STATUS), ACKNOWLEDGE | DRIVER);
+        // A device-set NEEDS_RESET survives the driver's later status writes.
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_ne!(r(&mut t, STATUS) & NEEDS_RESET, 0);
+        w(&mut t, STATUS, ACKNOWLEDGE | DRIVER);
+        assert_ne!(r(&mut t, STATUS) & NEEDS_RESET, 0);
+        w(&mut t, STATUS, 0);
+        assert_eq!(r(&mut t, STATUS), 0);
     }
 
     #[test]
