@@ -40,10 +40,16 @@ impl BusDevice for BootMarker {
         data.fill(0);
     }
     fn write(&mut self, _offset: u64, data: &[u8]) {
-        self.seen += 1;
+        self.seen = self.seen.saturating_add(1);
         let value = data.first().copied().unwrap_or(0);
         let ms = timeline::since_start().as_secs_f64() * 1e3;
-        log::info!(target: "hvm::boot", "guest boot marker {value} after {ms:.3} ms (#{})", self.seen);
+        // Informative for the first few; a guest writing in a loop must not flood the log.
+        let level = if self.seen <= 16 {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(target: "hvm::boot", level, "guest boot marker {value} after {ms:.3} ms (#{})", self.seen);
     }
 }
 

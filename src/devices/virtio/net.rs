@@ -3,7 +3,8 @@
 //! The virtio-net header passes through to the tap (IFF_VNET_HDR), so
 //! checksum and TSO offloads work end to end where the tap allows them.
 
-use super::{read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{drain_queue, read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use libc::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -18,14 +19,6 @@ pub const TX_QUEUE: usize = 1;
 const VNET_HDR_LEN: usize = 12;
 /// Largest frame plus header a tap hands over (64 KiB TSO segment).
 const MAX_FRAME: usize = 65_562;
-
-// From <linux/if_tun.h>: _IOW('T', 202, int) and friends.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// Errors while opening a tap device.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +70,7 @@ impl Tap {
             .map_err(NetError::OpenTun)?;
         let mut req = IfReq {
             name: [0; 16],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -277,33 +270,24 @@ impl Net {
     }
 
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
-        let mut used = false;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            self.tx_buf.clear();
+        let (tap, buf, dropped) = (&mut self.tap, &mut self.tx_buf, &mut self.dropped);
+        drain_queue(queue, mem, |chain| {
+            buf.clear();
             // A chain longer than any frame (it may span all of guest RAM) is
             // dropped unread rather than copied into hvm.
             let ok = chain
                 .reader(mem)
-                .map(|mut r| {
-                    r.available_bytes() <= MAX_FRAME && r.read_to_end(&mut self.tx_buf).is_ok()
-                })
+                .map(|mut r| r.available_bytes() <= MAX_FRAME && r.read_to_end(buf).is_ok())
                 .unwrap_or(false);
-            log::trace!(
-                "net: tx chain of {} bytes (read ok: {ok}): {:02x?}",
-                self.tx_buf.len(),
-                &self.tx_buf[..self.tx_buf.len().min(60)]
-            );
-            if ok && self.tx_buf.len() > VNET_HDR_LEN && self.tx_buf.len() <= MAX_FRAME {
-                if let Err(e) = self.tap.file.write(&self.tx_buf) {
-                    self.dropped += 1;
-                    log::debug!("tap {}: frame not sent: {e}", self.tap.name);
+            log::trace!("net: tx chain of {} bytes (read ok: {ok})", buf.len());
+            if ok && buf.len() > VNET_HDR_LEN {
+                if let Err(e) = tap.file.write(buf) {
+                    *dropped += 1;
+                    log::debug!("tap {}: frame not sent: {e}", tap.name);
                 }
             }
-            queue.add_used(mem, head, 0)?;
-            used = true;
-        }
-        Ok(used)
+            0
+        })
     }
 }
 
