@@ -207,7 +207,8 @@ impl Block {
         if status.write_all(&[code as u8]).is_err() {
             return 0;
         }
-        (writer.bytes_written() + 1) as u32
+        // The used length is 32 bits; a larger read saturates rather than wraps.
+        u32::try_from(writer.bytes_written() + 1).unwrap_or(u32::MAX)
     }
 
     /// Byte offset of `sector` if `len` bytes from there are inside the disk.
