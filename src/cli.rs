@@ -1,6 +1,6 @@
-//! The command line (clap derive).
+//! The command line (clap derive): one subcommand per verb.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
     name = "hvm",
     version,
     about = "A small hosted hypervisor: boots a Linux kernel described by a TOML spec on KVM",
-    after_help = "Examples:\n  hvm run examples/hello.toml\n  hvm run --timeout 30s --serial-log boot.log vm.toml\n  hvm validate vm.toml\n\n\
+    after_help = "Examples:\n  hvm run examples/hello.toml\n  hvm run --timeout 30s --serial-log boot.log vm.toml\n  hvm run --name web --gdb :1234 vm.toml\n  hvm ps\n  hvm pause web; hvm resume web; hvm stop web\n\n\
                   In the console, Ctrl-A x quits. Exit codes: see README.md (0 = guest powered off)."
 )]
 pub struct Cli {
@@ -35,12 +35,74 @@ pub enum Command {
         /// Also write everything the guest prints on its console to FILE.
         #[arg(long, value_name = "FILE")]
         serial_log: Option<PathBuf>,
+        /// The VM's name for ps, pause, resume, stop and info (default: the
+        /// spec file's name, made unique with -2, -3, ...). A name already
+        /// in use is refused.
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait for gdb on HOST:PORT, :PORT (loopback) or a Unix socket PATH
+        /// before the first instruction (adds nokaslr to the command line).
+        #[arg(long, value_name = "ADDRESS")]
+        gdb: Option<String>,
+        /// Create no control socket (the VM cannot be listed or controlled).
+        #[arg(long)]
+        no_control_socket: bool,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {
         /// The VM spec (TOML).
         spec: PathBuf,
     },
+    /// List the running VMs.
+    Ps {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a VM: every vCPU leaves the guest, devices stop; it uses no CPU.
+    Pause {
+        /// The VM's name (see hvm ps).
+        name: String,
+    },
+    /// Resume a paused VM.
+    Resume {
+        /// The VM's name (see hvm ps).
+        name: String,
+    },
+    /// Stop a VM: press its ACPI power button and wait for it to power off.
+    Stop {
+        /// The VM's name (see hvm ps).
+        name: String,
+        /// End it at once, without asking the guest.
+        #[arg(long)]
+        force: bool,
+        /// How long the guest has to power off before hvm ends it anyway.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        timeout: Duration,
+    },
+    /// Show a VM's state, resources and devices.
+    Info {
+        /// The VM's name (see hvm ps).
+        name: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (e.g. hvm completions bash > /etc/bash_completion.d/hvm).
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Print hvm's man page (roff; e.g. hvm man | man -l -).
+    Man,
+}
+
+/// Shells hvm writes completions for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds.

@@ -2,10 +2,13 @@
 //!
 //! The data path: [`spec`] (TOML → validated data) → [`vmm::Vm::build`]
 //! (KVM VM, guest memory, ACPI, kernel, devices, vCPUs) → [`vmm::Vm::run`]
-//! (vCPU threads + one event loop) → [`vmm::exit::ExitReason`] → exit code.
+//! (vCPU threads, a device loop, and the control loop that owns them all:
+//! [`vmm::control`]) → [`vmm::exit::ExitReason`] → exit code. [`api`] is the
+//! control socket's protocol, spoken by `hvm ps|pause|resume|stop|info`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod spec;

@@ -1,14 +1,18 @@
-//! The `hvm` binary: parse the command line, run the library, turn the
+//! The `hvm` binary: parse the command line, run one verb, turn the
 //! outcome into a one-line message and a documented exit code.
 
 mod cli;
 
-use clap::Parser;
-use cli::{Cli, Command};
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, Shell};
+use hvm::api::{self, ApiError, Request, VmInfo};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
+use hvm::vmm::{control::ControlError, gdb::GdbError, virtio::VirtioError};
 use hvm::vmm::{RunOptions, Vm, VmError};
 use hvm::{timeline, vmm};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn init_logging(cli: &Cli) {
     let level = if cli.quiet {
@@ -27,20 +31,46 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-/// The exit code for a failure to build or start the VM.
+/// The exit code for a failure to build or start the VM. Exhaustive on
+/// purpose: a new error must be given its code here, never fall to "internal".
 fn error_code(e: &VmError) -> i32 {
     match e {
-        VmError::Boot(_) | VmError::OutputFile { .. } => code::BAD_INPUT,
-        VmError::Virtio(vmm::virtio::VirtioError::Block(_) | vmm::virtio::VirtioError::Net(_)) => {
+        VmError::Boot(_) | VmError::OutputFile { .. } | VmError::Gdb(GdbError::Listen { .. }) => {
             code::BAD_INPUT
         }
+        VmError::Virtio(v) => match v {
+            VirtioError::Block(_) | VirtioError::Net(_) => code::BAD_INPUT,
+            VirtioError::TooMany { .. } => code::BAD_SPEC,
+            VirtioError::Kvm { .. } => code::KVM,
+            VirtioError::EventFd(_) | VirtioError::Bus(_) => code::INTERNAL,
+        },
+        VmError::Api(a) => api_code(a),
         VmError::KvmUnavailable(_)
         | VmError::Kvm { .. }
         | VmError::MissingCapability(_)
         | VmError::TooManyVcpus { .. }
         | VmError::Vcpu(_)
         | VmError::Regs(_) => code::KVM,
-        _ => code::INTERNAL,
+        VmError::Memory(_)
+        | VmError::Acpi(_)
+        | VmError::Bus(_)
+        | VmError::EventLoop(_)
+        | VmError::EventFd(_)
+        | VmError::Control(ControlError::Signals(_) | ControlError::Setup { .. }) => code::INTERNAL,
+    }
+}
+
+/// The exit code for a control-socket error.
+fn api_code(e: &ApiError) -> i32 {
+    match e {
+        ApiError::BadName { .. } => code::USAGE,
+        ApiError::NameTaken { .. } | ApiError::RuntimeDir { .. } | ApiError::Bind { .. } => {
+            code::BAD_INPUT
+        }
+        ApiError::NoSuchVm { .. }
+        | ApiError::Talk { .. }
+        | ApiError::BadReply { .. }
+        | ApiError::Refused { .. } => code::CONTROL,
     }
 }
 
@@ -49,46 +79,91 @@ fn main() {
     let cli = Cli::parse();
     init_logging(&cli);
     let status = match cli.command {
-        Command::Validate { spec } => match Spec::from_file(&spec) {
-            Ok(s) => {
-                println!(
-                    "{}: ok ({} vCPU{}, {} MiB, kernel {})",
-                    spec.display(),
-                    s.vcpus,
-                    if s.vcpus == 1 { "" } else { "s" },
-                    s.memory >> 20,
-                    s.kernel.display()
-                );
-                code::OK
-            }
-            Err(e) => {
-                eprintln!("hvm: {e}");
-                code::BAD_SPEC
-            }
-        },
+        Command::Validate { spec } => validate(&spec),
         Command::Run {
             spec,
             timeout,
             serial_log,
-        } => run(
-            &spec,
-            RunOptions {
-                timeout,
-                serial_log,
-            },
-        ),
+            name,
+            gdb,
+            no_control_socket,
+        } => run(RunOptions {
+            timeout,
+            serial_log,
+            spec_path: std::fs::canonicalize(&spec).unwrap_or(spec),
+            name,
+            no_control: no_control_socket,
+            gdb,
+        }),
+        Command::Ps { json } => ps(json),
+        Command::Pause { name } => control(&name, Request::Pause, "paused"),
+        Command::Resume { name } => control(&name, Request::Resume, "resumed"),
+        Command::Stop {
+            name,
+            force,
+            timeout,
+        } => stop(&name, force, timeout),
+        Command::Info { name, json } => info(&name, json),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "hvm", &mut std::io::stdout());
+            code::OK
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => code::OK,
+                Err(e) => {
+                    eprintln!("hvm: cannot write the man page: {e}");
+                    code::INTERNAL
+                }
+            }
+        }
     };
     std::process::exit(status);
 }
 
-fn run(path: &std::path::Path, opts: RunOptions) -> i32 {
-    let spec = match Spec::from_file(path) {
+fn validate(spec: &Path) -> i32 {
+    match Spec::from_file(spec) {
+        Ok(s) => {
+            println!(
+                "{}: ok ({} vCPU{}, {} MiB, kernel {})",
+                spec.display(),
+                s.vcpus,
+                if s.vcpus == 1 { "" } else { "s" },
+                s.memory >> 20,
+                s.kernel.display()
+            );
+            code::OK
+        }
+        Err(e) => {
+            eprintln!("hvm: {e}");
+            code::BAD_SPEC
+        }
+    }
+}
+
+fn run(opts: RunOptions) -> i32 {
+    let mut spec = match Spec::from_file(&opts.spec_path) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hvm: {e}");
             return code::BAD_SPEC;
         }
     };
+    if opts.gdb.is_some() && !spec.cmdline.split_whitespace().any(|w| w == "nokaslr") {
+        // Symbols from vmlinux match only where the kernel was linked.
+        spec.cmdline.push_str(" nokaslr");
+    }
+    if let Some(name) = &opts.name {
+        if let Err(e) = api::check_name(name) {
+            eprintln!("hvm: {e}");
+            return code::USAGE;
+        }
+    }
     timeline::mark("spec parsed");
     let outcome = Vm::build(&spec, &opts).and_then(|vm| vm.run(&opts));
     vmm::terminal::restore();
@@ -104,5 +179,114 @@ fn run(path: &std::path::Path, opts: RunOptions) -> i32 {
             eprintln!("hvm: {e}");
             error_code(&e)
         }
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn ps(json: bool) -> i32 {
+    let vms = api::list();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&vms).unwrap_or_else(|_| "[]".into())
+        );
+        return code::OK;
+    }
+    println!(
+        "{:<20} {:>8} {:<9} {:>8} {:>5} {:>8}  SPEC",
+        "NAME", "PID", "STATE", "UPTIME", "VCPUS", "MEMORY"
+    );
+    for vm in vms {
+        println!(
+            "{:<20} {:>8} {:<9} {:>8} {:>5} {:>7}M  {}",
+            vm.name,
+            vm.pid,
+            vm.state,
+            uptime(vm.uptime_ms),
+            vm.vcpus,
+            vm.memory_bytes >> 20,
+            vm.spec
+        );
+    }
+    code::OK
+}
+
+fn fail(e: ApiError) -> i32 {
+    eprintln!("hvm: {e}");
+    api_code(&e)
+}
+
+fn control(name: &str, request: Request, done: &str) -> i32 {
+    match api::call(name, &request) {
+        Ok(_) => {
+            println!("{name}: {done}");
+            code::OK
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn stop(name: &str, force: bool, timeout: Duration) -> i32 {
+    let request = Request::Stop {
+        force,
+        timeout_ms: Some(timeout.as_millis() as u64),
+    };
+    if let Err(e) = api::call(name, &request) {
+        return fail(e);
+    }
+    // The VM enforces the deadline itself; wait a little longer for it to go.
+    let limit = if force { Duration::ZERO } else { timeout } + Duration::from_secs(5);
+    let start = Instant::now();
+    while api::is_running(name) {
+        if start.elapsed() > limit {
+            eprintln!(
+                "hvm: {name} is still running {:.0} s after the stop request",
+                limit.as_secs_f64()
+            );
+            return code::CONTROL;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("{name}: stopped");
+    code::OK
+}
+
+fn print_info(i: &VmInfo) {
+    println!("name:    {}", i.name);
+    println!("pid:     {}", i.pid);
+    println!("state:   {}", i.state);
+    println!("uptime:  {}", uptime(i.uptime_ms));
+    println!("vcpus:   {} ({})", i.vcpus, i.vcpu_states.join(", "));
+    println!("memory:  {} MiB", i.memory_bytes >> 20);
+    println!("spec:    {}", i.spec);
+    println!("devices:");
+    for d in &i.devices {
+        let irq = d.irq.map(|n| format!(" irq {n}")).unwrap_or_default();
+        println!(
+            "  {:>2} {:<4} {:#010x}+{:#x}{irq}  {}",
+            d.id, d.bus, d.base, d.len, d.label
+        );
+    }
+}
+
+fn info(name: &str, json: bool) -> i32 {
+    match api::info(name) {
+        Ok(i) if json => {
+            println!("{}", serde_json::to_string_pretty(&i).unwrap_or_default());
+            code::OK
+        }
+        Ok(i) => {
+            print_info(&i);
+            code::OK
+        }
+        Err(e) => fail(e),
     }
 }

@@ -2,19 +2,19 @@
 //! reset command (0xFE to port 0x64) ends the VM. vm-superio does the work.
 
 use super::bus::BusDevice;
-use crate::vmm::exit::{ExitReason, ExitSender};
+use super::events::{GuestEvent, GuestEvents};
 use vm_superio::{I8042Device, Trigger};
 
 /// Port of the i8042's data register; the command/status port is +4.
 pub const I8042_DATA_PORT: u16 = 0x60;
 
 /// Turns the controller's reset request into a VM exit.
-pub struct ResetTrigger(ExitSender);
+pub struct ResetTrigger(GuestEvents);
 
 impl Trigger for ResetTrigger {
     type E = std::convert::Infallible;
     fn trigger(&self) -> Result<(), Self::E> {
-        self.0.send(ExitReason::Reset);
+        self.0.send(GuestEvent::Reset);
         Ok(())
     }
 }
@@ -23,7 +23,7 @@ impl Trigger for ResetTrigger {
 pub struct I8042(I8042Device<ResetTrigger>);
 
 impl I8042 {
-    pub fn new(exit: ExitSender) -> Self {
+    pub fn new(exit: GuestEvents) -> Self {
         I8042(I8042Device::new(ResetTrigger(exit)))
     }
 }
@@ -47,18 +47,19 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::events::test_channel;
 
     #[test]
     fn reset_command_requests_a_reset_exit() {
-        let (tx, rx) = ExitSender::channel();
+        let (tx, rx) = test_channel();
         let mut kbd = I8042::new(tx);
         kbd.write(4, &[0xfe]);
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::Reset);
+        assert_eq!(rx.try_recv().unwrap(), GuestEvent::Reset);
     }
 
     #[test]
     fn other_writes_do_nothing() {
-        let (tx, rx) = ExitSender::channel();
+        let (tx, rx) = test_channel();
         let mut kbd = I8042::new(tx);
         kbd.write(0, &[0xfe]);
         kbd.write(4, &[0xaa]);

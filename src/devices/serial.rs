@@ -1,12 +1,11 @@
-//! COM1: a 16550 UART (vm-superio) whose output goes to the console sinks
+//! COM1: a 16550 UART (vm-superio) whose output goes to the console output
 //! and whose input comes from the event loop. Interrupts reach the guest
 //! through an eventfd registered as an irqfd.
 
 use super::bus::BusDevice;
+pub use super::console_output::SharedOutput;
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, LineWriter, Write};
-use std::sync::{Arc, Mutex};
+use std::io;
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,98 +23,6 @@ impl Trigger for IrqTrigger {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
         self.0.write(1)
-    }
-}
-
-/// Where the guest's console output goes: stdout, files, or nowhere.
-#[derive(Default)]
-pub struct ConsoleOutput {
-    stdout: bool,
-    files: Vec<LineWriter<File>>,
-    broken_stdout: bool,
-}
-
-impl ConsoleOutput {
-    pub fn new(stdout: bool) -> Self {
-        ConsoleOutput {
-            stdout,
-            ..Default::default()
-        }
-    }
-
-    /// Also copies everything into `file` (flushed at each newline and at exit).
-    pub fn add_file(&mut self, file: File) {
-        self.files.push(LineWriter::new(file));
-    }
-}
-
-impl Write for ConsoleOutput {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.stdout && !self.broken_stdout {
-            let mut out = io::stdout().lock();
-            if out.write_all(buf).and_then(|_| out.flush()).is_err() {
-                // A closed stdout must not stop the guest (or the log file).
-                self.broken_stdout = true;
-                log::debug!("stdout is closed; guest console output now goes only to files");
-            }
-        }
-        for f in &mut self.files {
-            f.write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        // Files are line-buffered; stdout was flushed in write().
-        Ok(())
-    }
-}
-
-impl ConsoleOutput {
-    /// Pushes out everything still buffered (a last line without newline).
-    pub fn sync(&mut self) -> io::Result<()> {
-        for f in &mut self.files {
-            f.flush()?;
-        }
-        Ok(())
-    }
-}
-
-/// The console sinks, shared by every device that prints to the console
-/// (the UART, and virtio-console when there is one).
-#[derive(Clone, Default)]
-pub struct SharedOutput(Arc<Mutex<ConsoleOutput>>);
-
-impl SharedOutput {
-    pub fn new(stdout: bool) -> Self {
-        SharedOutput(Arc::new(Mutex::new(ConsoleOutput::new(stdout))))
-    }
-
-    pub fn add_file(&self, file: File) {
-        super::bus::lock(&self.0).add_file(file);
-    }
-
-    /// Writes guest output; a failing file is reported once per call, never fatal.
-    pub fn write_bytes(&self, bytes: &[u8]) {
-        if let Err(e) = super::bus::lock(&self.0).write_all(bytes) {
-            log::warn!("console output: {e}");
-        }
-    }
-
-    /// Flushes the files (at exit).
-    pub fn sync(&self) {
-        if let Err(e) = super::bus::lock(&self.0).sync() {
-            log::warn!("cannot flush the console log: {e}");
-        }
-    }
-}
-
-impl Write for SharedOutput {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        super::bus::lock(&self.0).write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -183,6 +90,7 @@ impl BusDevice for SerialDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Read;
 
     const LSR: u64 = 5;
@@ -220,7 +128,7 @@ mod tests {
         for b in b"hello\nno newline" {
             d.write(0, &[*b]);
         }
-        out.sync();
+        out.drain();
         let mut s = String::new();
         File::open(&path).unwrap().read_to_string(&mut s).unwrap();
         std::fs::remove_file(&path).unwrap();

@@ -3,9 +3,9 @@
 //! and reset, and pvpanic (a guest kernel panic).
 
 use super::bus::BusDevice;
+use super::events::{GuestEvent, GuestEvents};
 use crate::arch::x86_64::acpi::{RESET_VALUE, S5_SLEEP_TYPE};
 use crate::timeline;
-use crate::vmm::exit::{ExitReason, ExitSender};
 
 /// The debug-exit port: writing byte N ends hvm with exit code N.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -16,7 +16,7 @@ pub const PVPANIC_PORT: u16 = 0x505;
 
 /// Port 0xf4: the guest's exit code (like QEMU's isa-debug-exit, but the
 /// byte is the code as it is, so a guest can report success as 0).
-pub struct DebugExit(pub ExitSender);
+pub struct DebugExit(pub GuestEvents);
 
 impl BusDevice for DebugExit {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
@@ -24,7 +24,7 @@ impl BusDevice for DebugExit {
     }
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if let Some(&code) = data.first() {
-            self.0.send(ExitReason::DebugExit(code));
+            self.0.send(GuestEvent::DebugExit(code));
         }
     }
 }
@@ -54,7 +54,7 @@ impl BusDevice for BootMarker {
 }
 
 /// Ports 0x600..=0x602: ACPI sleep control, sleep status, reset register.
-pub struct AcpiPm(pub ExitSender);
+pub struct AcpiPm(pub GuestEvents);
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
@@ -67,19 +67,19 @@ impl BusDevice for AcpiPm {
             0 if value & SLP_EN != 0 => {
                 let sleep_type = (value >> 2) & 0x7;
                 if sleep_type == S5_SLEEP_TYPE {
-                    self.0.send(ExitReason::PowerOff);
+                    self.0.send(GuestEvent::PowerOff);
                 } else {
                     log::debug!("guest asked for ACPI sleep type {sleep_type}; only S5 is offered");
                 }
             }
-            2 if value == RESET_VALUE => self.0.send(ExitReason::Reset),
+            2 if value == RESET_VALUE => self.0.send(GuestEvent::Reset),
             _ => {}
         }
     }
 }
 
 /// Port 0x505: pvpanic. Bit 0 of a write means "guest panicked".
-pub struct PvPanic(pub ExitSender);
+pub struct PvPanic(pub GuestEvents);
 
 impl BusDevice for PvPanic {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
@@ -91,7 +91,7 @@ impl BusDevice for PvPanic {
     }
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if data.first().is_some_and(|v| v & 1 != 0) {
-            self.0.send(ExitReason::GuestPanic);
+            self.0.send(GuestEvent::Panic);
         }
     }
 }
@@ -99,22 +99,23 @@ impl BusDevice for PvPanic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::events::test_channel;
 
     #[test]
     fn debug_exit_carries_the_byte() {
-        let (tx, rx) = ExitSender::channel();
+        let (tx, rx) = test_channel();
         DebugExit(tx).write(0, &[42, 0, 0, 0]);
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::DebugExit(42));
+        assert_eq!(rx.try_recv().unwrap(), GuestEvent::DebugExit(42));
     }
 
     #[test]
     fn acpi_s5_powers_off_and_reset_register_resets() {
-        let (tx, rx) = ExitSender::channel();
+        let (tx, rx) = test_channel();
         let mut pm = AcpiPm(tx);
         pm.write(0, &[(5 << 2) | (1 << 5)]);
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
+        assert_eq!(rx.try_recv().unwrap(), GuestEvent::PowerOff);
         pm.write(2, &[RESET_VALUE]);
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::Reset);
+        assert_eq!(rx.try_recv().unwrap(), GuestEvent::Reset);
         pm.write(0, &[(3 << 2) | (1 << 5)]);
         pm.write(0, &[5 << 2]);
         pm.write(2, &[7]);
@@ -124,7 +125,7 @@ mod tests {
 
     #[test]
     fn pvpanic_reports_a_guest_panic() {
-        let (tx, rx) = ExitSender::channel();
+        let (tx, rx) = test_channel();
         let mut p = PvPanic(tx);
         let mut d = [0u8];
         p.read(0, &mut d);
@@ -132,6 +133,6 @@ mod tests {
         p.write(0, &[2]);
         assert!(rx.try_recv().is_err());
         p.write(0, &[1]);
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::GuestPanic);
+        assert_eq!(rx.try_recv().unwrap(), GuestEvent::Panic);
     }
 }

@@ -372,7 +372,8 @@ mod tests {
                 true,
                 &[MmioWindow {
                     base: 0xd000_0000,
-                    irq: 5
+                    irq: 5,
+                    label: "virtio-blk".into(),
                 }]
             ),
             "virtio_mmio.device=4K@0xd0000000:5 init=/bin/sh"

@@ -1,24 +1,27 @@
-//! The device event loop: one thread that waits (epoll) on stdin and on
-//! the termination signals, feeds keyboard input to the UART and turns a
-//! signal or the console escape into a reason to stop.
+//! The device loop: one thread that waits (epoll) on the virtio queue
+//! notifications, the backends (taps) and stdin, serves the queues within a
+//! work budget, feeds keyboard input to the console and turns the console
+//! escape into a reason to stop. The control loop pauses, resumes and stops
+//! it; signals and the timeout are not its business, so a busy device can
+//! never keep hvm from stopping.
 
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::console::{Console, PendingInput, RECEIVE_QUEUE};
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::vmm::exit::{ExitReason, ExitSender};
+use crate::vmm::exit::{ExitReason, ExitRequests};
 use crate::vmm::terminal::{EscapeFilter, HELP};
 use crate::vmm::virtio::QueueNotifier;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-
-/// Signals that end the VM cleanly (exit code 128 + n).
-pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+use vmm_sys_util::eventfd::EventFd;
 
 const TOKEN_STDIN: u64 = 1;
-const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_CONTROL: u64 = 2;
 /// Virtio queue notifier `i` has token `TOKEN_QUEUE_BASE + i`.
 const TOKEN_QUEUE_BASE: u64 = 16;
 /// Backend fd `i` (a tap) has token `TOKEN_BACKEND_BASE + i`.
@@ -27,33 +30,10 @@ const TOKEN_BACKEND_BASE: u64 = 1 << 32;
 /// Errors while starting the event loop.
 #[derive(Debug, thiserror::Error)]
 pub enum EventLoopError {
-    #[error("cannot set up signal handling: {0}")]
-    Signals(std::io::Error),
     #[error("cannot create the event loop's epoll: {0}")]
     Epoll(std::io::Error),
     #[error("cannot start the event loop thread: {0}")]
     Spawn(std::io::Error),
-}
-
-/// Blocks the stop signals in this thread (and every thread started after)
-/// and returns a signalfd that receives them instead.
-pub fn take_stop_signals() -> Result<OwnedFd, EventLoopError> {
-    // SAFETY: sigset_t is plain data; the libc calls only fill and read it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in STOP_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(EventLoopError::Signals(std::io::Error::last_os_error()));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(EventLoopError::Signals(std::io::Error::last_os_error()));
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }
 
 /// How stdin feeds the guest console.
@@ -77,12 +57,63 @@ pub enum InputTarget {
 }
 
 impl InputTarget {
-    fn queue_input(&self, bytes: &[u8]) {
+    /// Hands keyboard input to the console device; a virtio console takes
+    /// it from guest buffers, which only happens while the VM runs.
+    fn queue_input(&self, bytes: &[u8], running: bool) {
         match self {
             InputTarget::Serial(serial) => lock(serial).queue_input(bytes),
             InputTarget::Virtio { pending, transport } => {
                 Console::queue_input(pending, bytes);
-                lock(transport).notify(RECEIVE_QUEUE);
+                if running {
+                    lock(transport).notify(RECEIVE_QUEUE);
+                }
+            }
+        }
+    }
+
+    /// After a pause: deliver what was typed meanwhile.
+    fn resume(&self) {
+        if let InputTarget::Virtio { transport, .. } = self {
+            lock(transport).notify(RECEIVE_QUEUE);
+        }
+    }
+}
+
+/// What the control loop asks of the device loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopCommand {
+    /// Stop serving queues and backends (stdin stays: Ctrl-A x still works).
+    Pause,
+    Resume,
+    /// Leave the thread.
+    Stop,
+}
+
+/// The control loop's side of the device loop.
+pub struct DeviceLoopHandle {
+    commands: mpsc::Sender<LoopCommand>,
+    wake: EventFd,
+    acks: mpsc::Receiver<LoopCommand>,
+    thread: JoinHandle<()>,
+}
+
+impl DeviceLoopHandle {
+    /// Asks the loop to obey `command` and waits up to `limit` for it to
+    /// have done so (it finishes the request in hand first, which the
+    /// device limits keep short). Returns whether it did in time.
+    pub fn command(&self, command: LoopCommand, limit: Duration) -> bool {
+        if self.thread.is_finished() || self.commands.send(command).is_err() {
+            return true;
+        }
+        let _ = self.wake.write(1);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(done) if done == command => return true,
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
             }
         }
     }
@@ -90,45 +121,69 @@ impl InputTarget {
 
 pub struct EventLoop {
     pub target: InputTarget,
-    pub exit: ExitSender,
-    pub signals: OwnedFd,
+    pub exit: ExitRequests,
     pub input: Input,
     pub notifiers: Vec<QueueNotifier>,
-    pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
+    pub backends: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
+}
+
+/// The loop's own state while it runs.
+struct Running {
+    epoll: Epoll,
+    commands: mpsc::Receiver<LoopCommand>,
+    wake: EventFd,
+    acks: mpsc::Sender<LoopCommand>,
+    reading_stdin: bool,
+    paused: bool,
 }
 
 impl EventLoop {
-    /// Starts the loop on its own thread; it lives until the process exits.
-    pub fn spawn(self) -> Result<(), EventLoopError> {
-        let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                self.signals.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_SIGNAL),
-            )
-            .map_err(EventLoopError::Epoll)?;
+    /// Watches (or stops watching) the queue notifiers and backends: all of
+    /// them go while the VM is paused, so no device touches guest memory.
+    fn watch_devices(&self, epoll: &Epoll, on: bool) -> Result<(), std::io::Error> {
+        let op = || {
+            if on {
+                ControlOperation::Add
+            } else {
+                ControlOperation::Delete
+            }
+        };
         for (i, n) in self.notifiers.iter().enumerate() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    n.evt.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
-                )
-                .map_err(EventLoopError::Epoll)?;
+            epoll.ctl(
+                op(),
+                n.evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
+            )?;
         }
         for (i, (fd, _)) in self.backends.iter().enumerate() {
             // Edge-triggered: the device reads until the tap is empty or the
             // guest has no buffers; a later queue notification resumes it.
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    *fd,
-                    EpollEvent::new(
-                        EventSet::IN | EventSet::EDGE_TRIGGERED,
-                        TOKEN_BACKEND_BASE + i as u64,
-                    ),
-                )
+            epoll.ctl(
+                op(),
+                *fd,
+                EpollEvent::new(
+                    EventSet::IN | EventSet::EDGE_TRIGGERED,
+                    TOKEN_BACKEND_BASE + i as u64,
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts the loop on its own thread, serving devices at once unless
+    /// `paused` (the control loop resumes it).
+    pub fn spawn(self, paused: bool) -> Result<DeviceLoopHandle, EventLoopError> {
+        let epoll = Epoll::new().map_err(EventLoopError::Epoll)?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::Epoll)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                wake.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_CONTROL),
+            )
+            .map_err(EventLoopError::Epoll)?;
+        if !paused {
+            self.watch_devices(&epoll, true)
                 .map_err(EventLoopError::Epoll)?;
         }
         let mut reading_stdin = false;
@@ -145,11 +200,26 @@ impl EventLoop {
                 Err(e) => log::warn!("not reading stdin: {e}"),
             }
         }
-        std::thread::Builder::new()
-            .name("hvm-events".into())
-            .spawn(move || self.run(epoll, reading_stdin))
-            .map(|_| ())
-            .map_err(EventLoopError::Spawn)
+        let (commands_tx, commands) = mpsc::channel();
+        let (acks, acks_rx) = mpsc::channel();
+        let state = Running {
+            epoll,
+            commands,
+            wake: wake.try_clone().map_err(EventLoopError::Epoll)?,
+            acks,
+            reading_stdin,
+            paused,
+        };
+        let thread = std::thread::Builder::new()
+            .name("hvm-devices".into())
+            .spawn(move || self.run(state))
+            .map_err(EventLoopError::Spawn)?;
+        Ok(DeviceLoopHandle {
+            commands: commands_tx,
+            wake,
+            acks: acks_rx,
+            thread,
+        })
     }
 
     fn read_stdin_file(&self) {
@@ -158,15 +228,45 @@ impl EventLoop {
         if let Err(e) = std::io::Read::read_to_end(&mut stdin, &mut buf) {
             log::warn!("cannot read stdin: {e}");
         }
-        self.target.queue_input(&buf);
+        self.target.queue_input(&buf, false);
     }
 
-    fn run(self, epoll: Epoll, mut reading_stdin: bool) {
-        let mut events = vec![EpollEvent::default(); 8 + self.notifiers.len()];
+    /// Follows the control loop's commands; false when the loop must end.
+    fn obey(&self, st: &mut Running) -> bool {
+        let _ = st.wake.read();
+        while let Ok(command) = st.commands.try_recv() {
+            let ok = match command {
+                LoopCommand::Pause if !st.paused => {
+                    st.paused = true;
+                    self.watch_devices(&st.epoll, false)
+                }
+                LoopCommand::Resume if st.paused => {
+                    st.paused = false;
+                    let r = self.watch_devices(&st.epoll, true);
+                    self.target.resume();
+                    r
+                }
+                LoopCommand::Stop => {
+                    let _ = st.acks.send(command);
+                    return false;
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = ok {
+                log::warn!("device loop: cannot {command:?} the devices: {e}");
+            }
+            let _ = st.acks.send(command);
+        }
+        true
+    }
+
+    fn run(self, mut st: Running) {
+        let mut events =
+            vec![EpollEvent::default(); 8 + self.notifiers.len() + self.backends.len()];
         let mut filter = EscapeFilter::default();
         let mut buf = [0u8; 4096];
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match st.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -176,12 +276,9 @@ impl EventLoop {
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    TOKEN_SIGNAL => {
-                        if let Some(signo) = read_signal(&self.signals) {
-                            self.exit.send(ExitReason::Signal(signo));
-                        }
-                    }
-                    TOKEN_STDIN if reading_stdin => {
+                    TOKEN_CONTROL if !self.obey(&mut st) => return,
+                    TOKEN_CONTROL => {}
+                    TOKEN_STDIN if st.reading_stdin => {
                         // SAFETY: reads into a live buffer of the given length.
                         let got = unsafe {
                             libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
@@ -193,12 +290,12 @@ impl EventLoop {
                             }
                             // End of input (or a hung-up terminal): the guest keeps running.
                             log::debug!("stdin closed ({got}, {err}); no more console input");
-                            let _ = epoll.ctl(
+                            let _ = st.epoll.ctl(
                                 ControlOperation::Delete,
                                 libc::STDIN_FILENO,
                                 EpollEvent::default(),
                             );
-                            reading_stdin = false;
+                            st.reading_stdin = false;
                             continue;
                         }
                         let bytes = &buf[..got as usize];
@@ -208,14 +305,15 @@ impl EventLoop {
                                 if f.help {
                                     let _ = std::io::stderr().write_all(HELP.as_bytes());
                                 }
-                                self.target.queue_input(&f.to_guest);
+                                self.target.queue_input(&f.to_guest, !st.paused);
                                 if f.quit {
                                     self.exit.send(ExitReason::UserQuit);
                                 }
                             }
-                            _ => self.target.queue_input(bytes),
+                            _ => self.target.queue_input(bytes, !st.paused),
                         }
                     }
+                    _ if st.paused => {}
                     token if token >= TOKEN_BACKEND_BASE => {
                         if let Some((_, transport)) =
                             self.backends.get((token - TOKEN_BACKEND_BASE) as usize)
@@ -227,26 +325,16 @@ impl EventLoop {
                         if let Some(n) = self.notifiers.get((token - TOKEN_QUEUE_BASE) as usize) {
                             // Reading resets the counter; several kicks are served by one pass.
                             let _ = n.evt.read();
-                            lock(&n.transport).notify(n.queue);
+                            if lock(&n.transport).notify(n.queue) {
+                                // Budget spent with work left: come back after
+                                // whatever else is ready (other queues, stdin).
+                                let _ = n.evt.write(1);
+                            }
                         }
                     }
                     _ => {}
                 }
             }
         }
-    }
-}
-
-fn read_signal(fd: &OwnedFd) -> Option<i32> {
-    // SAFETY: signalfd_siginfo is plain data; read fills at most its size.
-    unsafe {
-        let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let n = libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            size,
-        );
-        (n as usize == size).then_some(info.ssi_signo as i32)
     }
 }

@@ -1,8 +1,9 @@
 //! Why a VM stopped, and the exit code hvm reports for it. The codes are
 //! part of hvm's interface (README.md lists them): scripts depend on them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::devices::events::GuestEvent;
 use std::sync::{mpsc, Arc};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Exit codes hvm itself uses. A guest's debug-exit byte is passed through as is.
 pub mod code {
@@ -18,12 +19,16 @@ pub mod code {
     pub const BAD_INPUT: i32 = 4;
     /// KVM is unavailable, or refused to build the VM.
     pub const KVM: i32 = 5;
+    /// `hvm pause|resume|stop|info NAME`: no such VM, or it refused.
+    pub const CONTROL: i32 = 6;
     /// `--timeout` expired.
     pub const TIMEOUT: i32 = 124;
     /// The guest crashed: triple fault, panic, KVM internal error, failed entry.
     pub const GUEST_CRASH: i32 = 125;
     /// Killed by signal N: 128 + N.
     pub const SIGNAL_BASE: i32 = 128;
+    /// Ended at once by `hvm stop --force` (as if killed: 128 + SIGKILL).
+    pub const FORCED_STOP: i32 = 137;
 }
 
 /// Why the VM stopped.
@@ -35,11 +40,24 @@ pub enum ExitReason {
     Timeout,
     Signal(i32),
     UserQuit,
+    /// `hvm stop --force`, or a graceful stop the guest did not honour in time.
+    ForcedStop,
     GuestPanic,
-    TripleFault { vcpu: u32 },
-    InternalError { vcpu: u32, suberror: u32 },
-    FailEntry { vcpu: u32, reason: u64 },
-    VcpuFailed { vcpu: u32, message: String },
+    TripleFault {
+        vcpu: u32,
+    },
+    InternalError {
+        vcpu: u32,
+        suberror: u32,
+    },
+    FailEntry {
+        vcpu: u32,
+        reason: u64,
+    },
+    VcpuFailed {
+        vcpu: u32,
+        message: String,
+    },
 }
 
 impl ExitReason {
@@ -50,6 +68,7 @@ impl ExitReason {
             ExitReason::DebugExit(n) => i32::from(*n),
             ExitReason::Timeout => code::TIMEOUT,
             ExitReason::Signal(n) => code::SIGNAL_BASE + n,
+            ExitReason::ForcedStop => code::FORCED_STOP,
             ExitReason::GuestPanic
             | ExitReason::TripleFault { .. }
             | ExitReason::InternalError { .. }
@@ -65,6 +84,7 @@ impl ExitReason {
             ExitReason::UserQuit => "console: quit (Ctrl-A x)".into(),
             ExitReason::Timeout => "timeout: the guest was still running; stopped it".into(),
             ExitReason::Signal(n) => format!("stopped by signal {n}"),
+            ExitReason::ForcedStop => "stopped by `hvm stop` without the guest's consent".into(),
             ExitReason::GuestPanic => "guest kernel panicked (pvpanic)".into(),
             ExitReason::TripleFault { vcpu } => {
                 format!("guest crashed: triple fault on vCPU {vcpu} (KVM_EXIT_SHUTDOWN)")
@@ -81,35 +101,34 @@ impl ExitReason {
     }
 }
 
-/// How devices and vCPU threads ask the VM to stop. The first reason wins;
-/// once one is sent, vCPUs stop running guest code at their next exit.
+/// How hvm's own threads (the device loop: Ctrl-A x) ask the control loop
+/// to end the VM: a reason, and a wake-up of its epoll.
 #[derive(Clone)]
-pub struct ExitSender {
+pub struct ExitRequests {
     tx: mpsc::Sender<ExitReason>,
-    stopping: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
 }
 
-impl ExitSender {
-    pub fn channel() -> (ExitSender, mpsc::Receiver<ExitReason>) {
+impl ExitRequests {
+    pub fn channel(wake: Arc<EventFd>) -> (ExitRequests, mpsc::Receiver<ExitReason>) {
         let (tx, rx) = mpsc::channel();
-        (
-            ExitSender {
-                tx,
-                stopping: Arc::new(AtomicBool::new(false)),
-            },
-            rx,
-        )
+        (ExitRequests { tx, wake }, rx)
     }
 
     pub fn send(&self, reason: ExitReason) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // The receiver is gone only while the process is exiting anyway.
         let _ = self.tx.send(reason);
+        let _ = self.wake.write(1);
     }
+}
 
-    /// Whether the VM has been asked to stop.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
+impl From<GuestEvent> for ExitReason {
+    fn from(event: GuestEvent) -> ExitReason {
+        match event {
+            GuestEvent::PowerOff => ExitReason::PowerOff,
+            GuestEvent::Reset => ExitReason::Reset,
+            GuestEvent::DebugExit(code) => ExitReason::DebugExit(code),
+            GuestEvent::Panic => ExitReason::GuestPanic,
+        }
     }
 }
 
@@ -139,13 +158,11 @@ mod tests {
     }
 
     #[test]
-    fn sending_a_reason_marks_the_vm_stopping() {
-        let (tx, rx) = ExitSender::channel();
-        let other = tx.clone();
-        assert!(!other.stopping());
-        tx.send(ExitReason::Reset);
-        assert!(other.stopping());
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::Reset);
+    fn guest_events_become_their_exit_reasons() {
+        assert_eq!(ExitReason::from(GuestEvent::Panic).exit_code(), 125);
+        assert_eq!(ExitReason::from(GuestEvent::DebugExit(9)).exit_code(), 9);
+        assert_eq!(ExitReason::from(GuestEvent::PowerOff).exit_code(), 0);
+        assert_eq!(ExitReason::ForcedStop.exit_code(), 137);
     }
 
     #[test]

@@ -2,40 +2,48 @@
 //! ACPI, kernel, devices, vCPUs), then run until it has a reason to stop.
 
 pub mod boot;
+pub mod control;
 pub mod event_loop;
 pub mod exit;
+pub mod gdb;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
 
+use crate::api::{ApiError, ControlSocket, DeviceInfo};
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 use crate::arch::x86_64::regs;
+use crate::devices::bus::BusDevice;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
+use crate::devices::console_output::SharedOutput;
+use crate::devices::events::GuestEvents;
+use crate::devices::ged::{self, GedTrigger, GED_IRQ, GED_PORT};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT};
 use crate::devices::pci_root::{PciRoot, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
-use crate::devices::serial::{SerialDevice, SharedOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
 };
 use crate::devices::virtio::MMIO_WINDOW;
 use crate::spec::{SerialOutput, Spec};
 use crate::timeline;
+use control::{Control, ControlError, Identity, Inbox, Parts};
 use event_loop::{EventLoop, EventLoopError, Input, InputTarget};
-use exit::{ExitReason, ExitSender};
+use exit::{ExitReason, ExitRequests};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use vcpu::{Vcpu, VcpuContext, VcpuError};
+use std::time::Duration;
+use vcpu::{Vcpu, VcpuContext, VcpuError, VcpuEvents};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Errors while building or starting a VM. `main` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,12 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error(transparent)]
     Virtio(#[from] virtio::VirtioError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Gdb(#[from] gdb::GdbError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -86,16 +100,25 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct RunOptions {
     pub timeout: Option<Duration>,
     pub serial_log: Option<PathBuf>,
+    /// The spec file (shown by `hvm ps`).
+    pub spec_path: PathBuf,
+    /// The VM's name for the control socket; None derives one from the spec.
+    pub name: Option<String>,
+    /// No control socket at all.
+    pub no_control: bool,
+    /// Where the GDB stub listens (`HOST:PORT` or a Unix socket path).
+    pub gdb: Option<String>,
 }
 
 /// A built VM, not yet running.
 pub struct Vm {
     _kvm: Kvm,
     _vm: VmFd,
-    _memory: GuestMemoryMmap,
+    memory: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
-    exits: Receiver<ExitReason>,
+    inbox: Inbox,
+    exit_requests: ExitRequests,
     output: SharedOutput,
     input: Input,
     target: InputTarget,
@@ -104,6 +127,42 @@ pub struct Vm {
         std::os::fd::RawFd,
         Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>,
     )>,
+    ged: GedTrigger,
+    identity: Identity,
+}
+
+/// The device registry as it is being built: each device gets an id, a
+/// label for logs and `hvm info`, and its place on a bus.
+#[derive(Default)]
+struct Registry(Vec<DeviceInfo>);
+
+impl Registry {
+    fn add(&mut self, label: impl Into<String>, bus: &str, base: u64, len: u64, irq: Option<u32>) {
+        let id = self.0.len() as u32;
+        self.0.push(DeviceInfo {
+            id,
+            label: label.into(),
+            bus: bus.into(),
+            base,
+            len,
+            irq,
+        });
+    }
+
+    /// Puts `device` on the port bus and in the registry.
+    fn port(
+        &mut self,
+        pio: &mut Bus,
+        label: &str,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u16,
+        len: u64,
+        irq: Option<u32>,
+    ) -> Result<(), VmError> {
+        pio.insert(device, base.into(), len)?;
+        self.add(label, "pio", base.into(), len, irq);
+        Ok(())
+    }
 }
 
 /// Opens /dev/kvm, saying what to do when that fails.
@@ -262,9 +321,16 @@ impl Vm {
         let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
         timeline::mark("kernel loaded");
 
-        let (exit, exits) = ExitSender::channel();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
+        let (guest, guest_events) = GuestEvents::channel(wake.clone());
+        let (vcpu_events, vcpu_rx) = VcpuEvents::channel(wake.clone());
+        let (exit_requests, requests) = ExitRequests::channel(wake.clone());
+        let mut registry = Registry::default();
         let serial = Self::serial(&vm, output.clone())?;
-        let pio = Self::port_devices(&serial, &exit)?;
+        let (pio, ged) = Self::port_devices(&vm, &serial, &guest, &mut registry)?;
+        for w in &attached.windows {
+            registry.add(&w.label, "mmio", w.base, MMIO_WINDOW, Some(w.irq));
+        }
         let target = match (console_input, attached.console) {
             (Some(pending), Some(transport)) => InputTarget::Virtio { pending, transport },
             _ => InputTarget::Serial(serial),
@@ -272,7 +338,8 @@ impl Vm {
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
-            exit,
+            guest,
+            events: vcpu_events,
         };
 
         let supported = kvm
@@ -286,15 +353,28 @@ impl Vm {
         Ok(Vm {
             _kvm: kvm,
             _vm: vm,
-            _memory: memory,
+            memory,
             vcpus,
             ctx,
-            exits,
+            inbox: Inbox {
+                wake,
+                guest: guest_events,
+                vcpus: vcpu_rx,
+                requests,
+            },
+            exit_requests,
             output,
             input,
             target,
             notifiers: attached.notifiers,
             backends: attached.backends,
+            ged,
+            identity: Identity {
+                spec: opts.spec_path.clone(),
+                vcpus: spec.vcpus,
+                memory: spec.memory,
+                devices: registry.0,
+            },
         })
     }
 
@@ -338,53 +418,100 @@ impl Vm {
         Ok(Arc::new(Mutex::new(SerialDevice::new(irq, output))))
     }
 
-    /// The port-I/O bus: COM1, i8042, CMOS, PCI config and hvm's system ports.
-    fn port_devices(serial: &Arc<Mutex<SerialDevice>>, exit: &ExitSender) -> Result<Bus, VmError> {
+    /// The port-I/O bus: COM1, i8042, CMOS, PCI config, hvm's system
+    /// ports and the ACPI GED (whose trigger is returned: it presses the
+    /// power button).
+    fn port_devices(
+        vm: &VmFd,
+        serial: &Arc<Mutex<SerialDevice>>,
+        guest: &GuestEvents,
+        registry: &mut Registry,
+    ) -> Result<(Bus, GedTrigger), VmError> {
         let mut pio = Bus::new();
-        pio.insert(serial.clone(), COM1_PORT.into(), COM1_LEN)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            I8042_DATA_PORT.into(),
+        let r = registry;
+        r.port(
+            &mut pio,
+            "serial COM1 (16550)",
+            serial.clone(),
+            COM1_PORT,
+            COM1_LEN,
+            Some(COM1_IRQ),
+        )?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(guest.clone())));
+        r.port(
+            &mut pio,
+            "i8042 (reset only)",
+            i8042,
+            I8042_DATA_PORT,
             5,
+            None,
         )?;
-        pio.insert(
-            Arc::new(Mutex::new(Cmos::default())),
-            CMOS_PORT.into(),
-            CMOS_LEN,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(PciRoot::default())),
-            PCI_CONFIG_PORT.into(),
+        let cmos = Arc::new(Mutex::new(Cmos::default()));
+        r.port(&mut pio, "cmos rtc", cmos, CMOS_PORT, CMOS_LEN, None)?;
+        let pci = Arc::new(Mutex::new(PciRoot::default()));
+        r.port(
+            &mut pio,
+            "pci host bridge",
+            pci,
+            PCI_CONFIG_PORT,
             PCI_CONFIG_LEN,
+            None,
         )?;
-        pio.insert(
-            Arc::new(Mutex::new(DebugExit(exit.clone()))),
-            DEBUG_EXIT_PORT.into(),
-            1,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(BootMarker::default())),
-            BOOT_MARKER_PORT.into(),
-            1,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(PvPanic(exit.clone()))),
-            PVPANIC_PORT.into(),
-            1,
-        )?;
+        let debug_exit = Arc::new(Mutex::new(DebugExit(guest.clone())));
+        r.port(&mut pio, "debug-exit", debug_exit, DEBUG_EXIT_PORT, 1, None)?;
+        let marker = Arc::new(Mutex::new(BootMarker::default()));
+        r.port(&mut pio, "boot marker", marker, BOOT_MARKER_PORT, 1, None)?;
+        let pvpanic = Arc::new(Mutex::new(PvPanic(guest.clone())));
+        r.port(&mut pio, "pvpanic", pvpanic, PVPANIC_PORT, 1, None)?;
         let pm_len = u64::from(RESET_PORT - SLEEP_CONTROL_PORT) + 1;
-        pio.insert(
-            Arc::new(Mutex::new(AcpiPm(exit.clone()))),
-            SLEEP_CONTROL_PORT.into(),
+        let pm = Arc::new(Mutex::new(AcpiPm(guest.clone())));
+        r.port(
+            &mut pio,
+            "acpi sleep/reset",
+            pm,
+            SLEEP_CONTROL_PORT,
             pm_len,
+            None,
         )?;
-        Ok(pio)
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        vm.register_irqfd(&irq, GED_IRQ)
+            .map_err(kvm_err("register the GED irqfd"))?;
+        let (ged, trigger) = ged::ged(irq);
+        let ged = Arc::new(Mutex::new(ged));
+        r.port(
+            &mut pio,
+            "acpi ged (power button)",
+            ged,
+            GED_PORT,
+            1,
+            Some(GED_IRQ),
+        )?;
+        Ok((pio, trigger))
     }
 
-    /// Runs the VM until it stops, and says why. Restores the terminal and
-    /// flushes the console files before returning.
+    /// Runs the VM until it stops, and says why: starts the device loop
+    /// and the vCPU threads, then hands everything to the control loop.
+    /// Restores the terminal and flushes the console before returning.
     pub fn run(self, opts: &RunOptions) -> Result<ExitReason, VmError> {
-        let signals = event_loop::take_stop_signals()?;
+        let signals = control::take_stop_signals()?;
+        vcpu::install_kick_handler()?;
+        let socket = if opts.no_control {
+            None
+        } else {
+            Some(match &opts.name {
+                Some(name) => ControlSocket::claim(name, false)?,
+                None => ControlSocket::claim(&crate::api::name_from_spec(&opts.spec_path), true)?,
+            })
+        };
+        if let Some(s) = &socket {
+            log::info!("control socket {} (name {})", s.path().display(), s.name);
+        }
+        let gdb = opts
+            .gdb
+            .as_deref()
+            .map(|addr| gdb::GdbServer::listen(addr, self.memory.clone(), self.vcpus.len() as u32))
+            .transpose()?;
+        let start_paused = gdb.is_some();
         let _raw = match self.input {
             Input::Terminal => match terminal::RawMode::enter() {
                 Ok(guard) => {
@@ -398,38 +525,39 @@ impl Vm {
             },
             _ => None,
         };
-        EventLoop {
+        let devices = EventLoop {
             target: self.target,
-            exit: self.ctx.exit.clone(),
-            signals,
+            exit: self.exit_requests,
             input: self.input,
             notifiers: self.notifiers,
             backends: self.backends,
         }
-        .spawn()?;
-        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        .spawn(start_paused)?;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
-            vcpu.spawn(self.ctx.clone())?;
+            vcpus.push(vcpu.spawn(self.ctx.clone(), start_paused)?);
         }
-        let reason = match deadline {
-            None => self.exits.recv().unwrap_or(ExitReason::VcpuFailed {
-                vcpu: 0,
-                message: "all vCPUs vanished".into(),
-            }),
-            Some(d) => match self
-                .exits
-                .recv_timeout(d.saturating_duration_since(Instant::now()))
-            {
-                Ok(r) => r,
-                Err(RecvTimeoutError::Timeout) => ExitReason::Timeout,
-                Err(RecvTimeoutError::Disconnected) => ExitReason::VcpuFailed {
-                    vcpu: 0,
-                    message: "all vCPUs vanished".into(),
-                },
-            },
-        };
-        timeline::mark("VM stopped");
-        self.output.sync();
+        if let Some(g) = &gdb {
+            eprintln!(
+                "hvm: waiting for gdb on {} before the first instruction (target remote {})",
+                g.address(),
+                g.address()
+            );
+        }
+        let control = Control::new(Parts {
+            inbox: self.inbox,
+            signals,
+            timeout: opts.timeout,
+            vcpus,
+            guest: self.ctx.guest.clone(),
+            devices,
+            socket,
+            gdb,
+            ged: self.ged,
+            output: self.output,
+            identity: self.identity,
+        })?;
+        let reason = control.run();
         terminal::restore();
         Ok(reason)
     }
@@ -438,6 +566,10 @@ impl Vm {
 /// Devices the DSDT describes (distro kernels find them there).
 fn dsdt_devices() -> Vec<DsdtDevice> {
     vec![
+        DsdtDevice::PowerButton {
+            port: GED_PORT,
+            irq: GED_IRQ,
+        },
         DsdtDevice::Ports {
             name: "COM1",
             hid: "PNP0501",

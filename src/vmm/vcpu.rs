@@ -3,12 +3,16 @@
 
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::devices::events::GuestEvents;
 use crate::timeline;
-use crate::vmm::exit::{ExitReason, ExitSender};
+use crate::vmm::exit::ExitReason;
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,8 @@ pub enum VcpuError {
     Regs { id: u32, source: regs::RegsError },
     #[error("cannot start the thread of vCPU {id}: {source}")]
     Spawn { id: u32, source: std::io::Error },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(std::io::Error),
 }
 
 /// What every vCPU thread shares.
@@ -28,13 +34,156 @@ pub enum VcpuError {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    pub exit: ExitSender,
+    /// Raised once the guest asked to stop: run no more guest code.
+    pub guest: GuestEvents,
+    /// Where vCPU threads report to the control loop.
+    pub events: VcpuEvents,
 }
 
 /// One configured vCPU, ready to run.
 pub struct Vcpu {
     id: u32,
     fd: VcpuFd,
+}
+
+/// What the control loop asks of a vCPU thread.
+pub enum VcpuCommand {
+    /// Leave KVM_RUN and wait for the next command.
+    Pause,
+    /// Run the guest again.
+    Resume,
+    /// Leave for good.
+    Stop,
+    /// Run `f` on the vCPU's own thread (registers, debug state): vCPU
+    /// ioctls belong to the thread that runs the vCPU.
+    Call(Box<dyn FnOnce(&mut VcpuFd) + Send>),
+}
+
+/// What a vCPU thread tells the control loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Out of KVM_RUN and waiting (after a Pause, or a debug exit).
+    Paused { id: u32 },
+    /// Running the guest again.
+    Resumed { id: u32 },
+    /// The guest stopped on a breakpoint, watchpoint or single step; the
+    /// vCPU waits paused. `dr6` says which debug register fired.
+    Debug { id: u32, exception: u32, dr6: u64 },
+    /// The guest did something that ends the VM.
+    Exit { id: u32, reason: ExitReason },
+    /// The thread has left.
+    Stopped { id: u32 },
+}
+
+/// The sending side of vCPU events; wakes the control loop's epoll.
+#[derive(Clone)]
+pub struct VcpuEvents {
+    tx: mpsc::Sender<VcpuEvent>,
+    wake: Arc<EventFd>,
+}
+
+impl VcpuEvents {
+    pub fn channel(wake: Arc<EventFd>) -> (VcpuEvents, mpsc::Receiver<VcpuEvent>) {
+        let (tx, rx) = mpsc::channel();
+        (VcpuEvents { tx, wake }, rx)
+    }
+
+    fn send(&self, event: VcpuEvent) {
+        let _ = self.tx.send(event);
+        let _ = self.wake.write(1);
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal's delivery makes KVM_RUN return EINTR, and
+    // immediate_exit (set before the signal) covers a thread not yet inside it.
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .map_err(|e| e.errno())
+        })
+        .map_err(|errno| VcpuError::KickHandler(std::io::Error::from_raw_os_error(errno)))
+}
+
+/// The control loop's side of one vCPU thread.
+pub struct VcpuHandle {
+    pub id: u32,
+    pub state: VcpuState,
+    commands: mpsc::Sender<VcpuCommand>,
+    attention: Arc<AtomicBool>,
+    /// `kvm_run.immediate_exit` of this vCPU. Its mapping lives as long as
+    /// the vCPU's fd, which the thread hands back as its result: the join
+    /// handle keeps it (and so the mapping) alive for as long as this handle.
+    immediate_exit: *const AtomicU8,
+    thread: JoinHandle<Vcpu>,
+}
+
+// SAFETY: `immediate_exit` points into the vCPU's kvm_run mapping, which is
+// shared with the kernel and written atomically; it is only a flag.
+unsafe impl Send for VcpuHandle {}
+
+/// The vCPU's state as the control loop knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuState {
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl VcpuState {
+    pub fn name(self) -> &'static str {
+        match self {
+            VcpuState::Running => "running",
+            VcpuState::Paused => "paused",
+            VcpuState::Stopped => "stopped",
+        }
+    }
+}
+
+impl VcpuHandle {
+    /// Sends `command` and kicks the thread out of KVM_RUN to read it.
+    pub fn send(&self, command: VcpuCommand) {
+        if self.state == VcpuState::Stopped {
+            return;
+        }
+        if self.commands.send(command).is_err() {
+            return;
+        }
+        self.attention.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    /// Forces the thread out of KVM_RUN now (or makes its next KVM_RUN return at once).
+    fn kick(&self) {
+        if !self.thread.is_finished() {
+            // SAFETY: the kvm_run mapping outlives this handle (see the
+            // field); the flag is a byte KVM reads at its next KVM_RUN.
+            unsafe { (*self.immediate_exit).store(1, Ordering::SeqCst) };
+            if let Err(e) = self.thread.kill(kick_signal()) {
+                log::debug!("vCPU {}: kick failed: {e}", self.id);
+            }
+        }
+    }
+
+    /// A sender for commands to a paused vCPU (it waits on them; no kick needed).
+    pub fn commander(&self) -> mpsc::Sender<VcpuCommand> {
+        self.commands.clone()
+    }
+
+    /// Whether the thread has left.
+    pub fn finished(&self) -> bool {
+        self.thread.is_finished()
+    }
 }
 
 impl Vcpu {
@@ -66,35 +215,129 @@ impl Vcpu {
         Ok(Vcpu { id, fd })
     }
 
-    /// Starts the vCPU's thread.
-    pub fn spawn(self, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the vCPU's thread; with `paused`, it waits for a Resume
+    /// before its first instruction (a debugger attaches first).
+    pub fn spawn(mut self, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
+        let (commands, rx) = mpsc::channel();
+        let attention = Arc::new(AtomicBool::new(false));
+        let run = self.fd.get_kvm_run();
+        let immediate_exit = (&mut run.immediate_exit as *mut u8).cast::<AtomicU8>();
+        let flag = attention.clone();
+        let thread = std::thread::Builder::new()
             .name(format!("hvm-vcpu{id}"))
-            .spawn(move || self.run(ctx))
-            .map_err(|source| VcpuError::Spawn { id, source })
+            .spawn(move || self.run(ctx, rx, flag, paused))
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        Ok(VcpuHandle {
+            id,
+            state: if paused {
+                VcpuState::Paused
+            } else {
+                VcpuState::Running
+            },
+            commands,
+            attention,
+            immediate_exit,
+            thread,
+        })
     }
 
-    fn run(mut self, ctx: VcpuContext) {
-        if self.id == 0 {
+    fn run(
+        mut self,
+        ctx: VcpuContext,
+        commands: mpsc::Receiver<VcpuCommand>,
+        attention: Arc<AtomicBool>,
+        mut paused: bool,
+    ) -> Vcpu {
+        let id = self.id;
+        if id == 0 && !paused {
             timeline::mark("first KVM_RUN");
         }
         loop {
-            if let Some(reason) = self.step(&ctx) {
-                log::debug!("vCPU {} stops: {reason:?}", self.id);
-                ctx.exit.send(reason);
-                return;
+            if paused || attention.swap(false, Ordering::SeqCst) {
+                match self.obey(&ctx, &commands, &mut paused) {
+                    Obey::Go => {}
+                    Obey::Leave => break,
+                }
+                if paused {
+                    continue;
+                }
             }
-            if ctx.exit.stopping() {
-                // A device or another vCPU ended the VM: run no more guest code.
-                return;
+            if ctx.guest.stopping() {
+                // The guest ended the VM: run no more guest code.
+                break;
+            }
+            match self.step(&ctx) {
+                Step::Continue => {}
+                Step::Exit(reason) => {
+                    log::debug!("vCPU {id} stops: {reason:?}");
+                    ctx.events.send(VcpuEvent::Exit { id, reason });
+                    break;
+                }
+                Step::Debug { exception, dr6 } => {
+                    paused = true;
+                    ctx.events.send(VcpuEvent::Debug { id, exception, dr6 });
+                }
+            }
+        }
+        ctx.events.send(VcpuEvent::Stopped { id });
+        self
+    }
+
+    /// Follows the control loop's commands: all that are queued, and while
+    /// paused, blocks for the next.
+    fn obey(
+        &mut self,
+        ctx: &VcpuContext,
+        commands: &mpsc::Receiver<VcpuCommand>,
+        paused: &mut bool,
+    ) -> Obey {
+        let id = self.id;
+        loop {
+            let command = if *paused {
+                match commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => return Obey::Leave,
+                }
+            } else {
+                match commands.try_recv() {
+                    Ok(c) => c,
+                    Err(mpsc::TryRecvError::Empty) => return Obey::Go,
+                    Err(mpsc::TryRecvError::Disconnected) => return Obey::Leave,
+                }
+            };
+            match command {
+                VcpuCommand::Pause => {
+                    if !*paused {
+                        *paused = true;
+                        // Tell a kvmclock guest it was stopped, so its
+                        // watchdogs do not see the pause as a lockup.
+                        if let Err(e) = self.fd.kvmclock_ctrl() {
+                            log::trace!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
+                        }
+                    }
+                    ctx.events.send(VcpuEvent::Paused { id });
+                }
+                VcpuCommand::Resume => {
+                    if *paused {
+                        *paused = false;
+                        ctx.events.send(VcpuEvent::Resumed { id });
+                        if id == 0 {
+                            timeline::mark("vCPU 0 resumed");
+                        }
+                    }
+                    return Obey::Go;
+                }
+                VcpuCommand::Stop => return Obey::Leave,
+                VcpuCommand::Call(f) => f(&mut self.fd),
             }
         }
     }
 
-    /// Runs the guest until one exit; returns a reason when the VM must stop.
-    fn step(&mut self, ctx: &VcpuContext) -> Option<ExitReason> {
+    /// Runs the guest until one exit, and says what follows.
+    fn step(&mut self, ctx: &VcpuContext) -> Step {
         let vcpu = self.id;
+        let exit = |reason| Step::Exit(reason);
         match self.fd.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !ctx.pio.write(u64::from(port), data) {
@@ -117,46 +360,68 @@ impl Vcpu {
                     data.fill(0xff);
                 }
             }
-            Ok(VcpuExit::Shutdown) => return Some(ExitReason::TripleFault { vcpu }),
+            Ok(VcpuExit::Shutdown) => return exit(ExitReason::TripleFault { vcpu }),
             Ok(VcpuExit::Hlt) => {
                 // The in-kernel LAPIC handles HLT; an exit here is spurious. Yield, go on.
                 std::thread::yield_now();
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => {
-                return Some(match kind {
+                return exit(match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
                     kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic,
                     _ => ExitReason::PowerOff,
                 })
             }
             Ok(VcpuExit::FailEntry(reason, _cpu)) => {
-                return Some(ExitReason::FailEntry { vcpu, reason })
+                return exit(ExitReason::FailEntry { vcpu, reason })
             }
             Ok(VcpuExit::InternalError) => {
                 let suberror = self.fd.get_kvm_run().exit_reason;
                 // SAFETY: KVM filled the internal-error member of the exit union for this exit.
                 let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 log::debug!("vCPU {vcpu}: internal error, exit reason {suberror}, suberror {sub}");
-                return Some(ExitReason::InternalError {
+                return exit(ExitReason::InternalError {
                     vcpu,
                     suberror: sub,
                 });
             }
-            Ok(VcpuExit::Intr) => {}
+            Ok(VcpuExit::Debug(arch)) => {
+                return Step::Debug {
+                    exception: arch.exception,
+                    dr6: arch.dr6,
+                }
+            }
+            Ok(VcpuExit::Intr) => self.fd.set_kvm_immediate_exit(0),
             Ok(other) => {
-                return Some(ExitReason::VcpuFailed {
+                return exit(ExitReason::VcpuFailed {
                     vcpu,
                     message: format!("unexpected KVM exit {other:?}"),
                 })
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // Kicked by the control loop: clear the flag, then obey.
+                self.fd.set_kvm_immediate_exit(0);
+            }
             Err(e) => {
-                return Some(ExitReason::VcpuFailed {
+                return exit(ExitReason::VcpuFailed {
                     vcpu,
                     message: format!("KVM_RUN failed: {e}"),
                 })
             }
         }
-        None
+        Step::Continue
     }
+}
+
+/// What one KVM_RUN led to.
+enum Step {
+    Continue,
+    Exit(ExitReason),
+    Debug { exception: u32, dr6: u64 },
+}
+
+/// Whether a vCPU thread goes on after its commands.
+enum Obey {
+    Go,
+    Leave,
 }

@@ -5,7 +5,7 @@
 
 use crate::arch::x86_64::layout::VIRTIO_MMIO_START;
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::serial::SharedOutput;
+use crate::devices::console_output::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-/// ISA/IOAPIC lines free for virtio devices (0-2 timer/keyboard/cascade, 4 COM1, 8 RTC).
-const IRQS: [u32; 18] = [
-    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+/// ISA/IOAPIC lines free for virtio devices (0-2 timer/keyboard/cascade,
+/// 4 COM1, 8 RTC, 23 the ACPI GED).
+const IRQS: [u32; 17] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
 ];
 
 /// Errors while attaching virtio devices.
@@ -53,10 +54,12 @@ pub struct QueueNotifier {
 
 /// Where one device sits: its 4 KiB MMIO window and its interrupt line.
 /// The DSDT and the kernel command line both describe devices from this.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MmioWindow {
     pub base: u64,
     pub irq: u32,
+    /// The device's label (logs, `hvm info`).
+    pub label: String,
 }
 
 /// The attached devices, as the rest of the build needs them.
@@ -173,10 +176,12 @@ pub fn attach(
         if let Some(fd) = crate::devices::bus::lock(&transport).backend_fd() {
             out.backends.push((fd, transport.clone()));
         }
+        let label = crate::devices::bus::lock(&transport).label();
         mmio.insert(transport, base, MMIO_WINDOW)?;
         out.windows.push(MmioWindow {
             base,
             irq: irq_line,
+            label,
         });
     }
     Ok(out)

@@ -46,6 +46,10 @@ pub enum DsdtDevice {
         len: u8,
         irq: Option<u32>,
     },
+    /// The power button (`PNP0C0C`) and the Generic Event Device (`ACPI0013`)
+    /// that notifies it: `_EVT` reads the event register at `port`, and
+    /// bit 0 means "power button pressed".
+    PowerButton { port: u16, irq: u32 },
     /// A virtio-mmio device (`_HID` LNRO0005) with its window and interrupt.
     VirtioMmio {
         index: u32,
@@ -89,6 +93,7 @@ impl DsdtDevice {
                 )
                 .to_aml_bytes(sink);
             }
+            DsdtDevice::PowerButton { port, irq } => power_button_aml(*port, *irq, sink),
             DsdtDevice::VirtioMmio {
                 index,
                 base,
@@ -111,6 +116,55 @@ impl DsdtDevice {
             }
         }
     }
+}
+
+/// `PWRB` (the button) and `GED0`, whose `_EVT` method is, in ASL:
+/// `Local0 = GDAT; If (Local0 & 1) { Notify (PWRB, 0x80) }`.
+fn power_button_aml(port: u16, irq: u32, sink: &mut dyn acpi_tables::AmlSink) {
+    let button_hid = aml::EISAName::new("PNP0C0C");
+    aml::Device::new(
+        "PWRB".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &button_hid),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )
+    .to_aml_bytes(sink);
+    let int = aml::Interrupt::new(true, true, false, false, irq);
+    let crs = aml::ResourceTemplate::new(vec![&int]);
+    let port = u64::from(port);
+    let region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemIO,
+        &port,
+        &aml::ONE,
+    );
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let (gdat, pwrb) = (aml::Path::new("GDAT"), aml::Path::new("PWRB"));
+    let read = aml::Store::new(&aml::Local(0), &gdat);
+    let masked = aml::And::new(&aml::Local(1), &aml::Local(0), &aml::ONE);
+    let pressed = aml::Equal::new(&masked, &aml::ONE);
+    let notify = aml::Notify::new(&pwrb, &0x80u8);
+    let when = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &when]);
+    aml::Device::new(
+        "GED0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_CRS".into(), &crs),
+            &region,
+            &field,
+            &evt,
+        ],
+    )
+    .to_aml_bytes(sink);
 }
 
 /// "PNP0501"-style IDs are compressed EISA IDs; anything else is a string.

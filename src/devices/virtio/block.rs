@@ -3,7 +3,7 @@
 //! write one disk; the error names the process that holds it.
 
 use super::{
-    drain_queue, read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1,
+    drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use std::fs::{File, OpenOptions};
@@ -20,6 +20,9 @@ pub const SECTOR_SIZE: u64 = 512;
 const CHUNK: usize = 256 * 1024;
 /// Segments per request the driver may use (VIRTIO_BLK_F_SEG_MAX).
 const SEG_MAX: u32 = 126;
+/// Largest segment (VIRTIO_BLK_F_SIZE_MAX). With SEG_MAX this bounds one
+/// request at 126 MiB, so no request holds the device loop for long.
+const SIZE_MAX: u32 = 1 << 20;
 /// Largest discard / write-zeroes range, in sectors (one segment per request).
 const MAX_ZERO_SECTORS: u32 = 0x3f_ffff;
 const CONFIG_LEN: usize = 60;
@@ -98,6 +101,21 @@ fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
     }
 }
 
+/// Whether a request keeps to the limits hvm advertises: header and status
+/// plus at most SEG_MAX data segments, none larger than SIZE_MAX. A chain
+/// beyond them (say 65 descriptors of 64 MiB aliasing the same RAM) would
+/// otherwise hold the device loop for seconds.
+fn within_limits(chain: DescriptorChain<&GuestMemoryMmap>) -> bool {
+    let mut count = 0u32;
+    for desc in chain {
+        count += 1;
+        if count > SEG_MAX + 2 || desc.len() > SIZE_MAX {
+            return false;
+        }
+    }
+    true
+}
+
 /// The 20-byte device ID the guest reads (VIRTIO_BLK_T_GET_ID), e.g. /sys/block/vda/serial.
 fn device_id(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     let mut out = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -108,6 +126,7 @@ fn device_id(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
 }
 
 pub struct Block {
+    label: String,
     file: File,
     read_only: bool,
     size: u64,
@@ -143,6 +162,7 @@ impl Block {
         lock(&file, path, read_only)?;
         let mut config = [0u8; CONFIG_LEN];
         let mut put = |at: usize, v: u32| config[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(8, SIZE_MAX); // size_max
         put(12, SEG_MAX); // seg_max
         put(20, SECTOR_SIZE as u32); // blk_size
         put(36, MAX_ZERO_SECTORS); // max_discard_sectors
@@ -153,6 +173,7 @@ impl Block {
         config[56] = 1; // write_zeroes_may_unmap
         config[0..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes()); // capacity
         Ok(Block {
+            label: format!("virtio-blk {id} ({})", path.display()),
             file,
             read_only,
             size,
@@ -164,6 +185,7 @@ impl Block {
 
     /// Serves one request; returns the bytes written into guest buffers.
     fn request(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+        let oversized = !within_limits(chain.clone());
         let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
         else {
             return 0;
@@ -177,6 +199,8 @@ impl Block {
         };
         let mut header = [0u8; 16];
         let code = match reader.read_exact(&mut header) {
+            // Larger than advertised: refused before any data is touched.
+            _ if oversized => VIRTIO_BLK_S_IOERR,
             Err(_) => VIRTIO_BLK_S_IOERR,
             Ok(()) => {
                 let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -313,11 +337,16 @@ impl VirtioDevice for Block {
         virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK
     }
 
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+
     fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | (1 << VIRTIO_BLK_F_FLUSH)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
             | (1 << VIRTIO_BLK_F_BLK_SIZE);
         if self.read_only {
             f |= 1 << VIRTIO_BLK_F_RO;
@@ -340,7 +369,7 @@ impl VirtioDevice for Block {
         _index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Served, QueueError> {
         drain_queue(queue, mem, |chain| self.request(chain, mem))
     }
 }

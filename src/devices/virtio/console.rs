@@ -2,8 +2,8 @@
 //! transmit queue goes to the console sinks; keyboard input queued by the
 //! event loop fills the guest's receive buffers.
 
-use super::{drain_queue, read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::devices::serial::SharedOutput;
+use super::{drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::console_output::SharedOutput;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
@@ -12,6 +12,9 @@ use vm_memory::GuestMemoryMmap;
 
 pub const RECEIVE_QUEUE: usize = 0;
 pub const TRANSMIT_QUEUE: usize = 1;
+/// Output taken from one transmit chain (Linux sends at most a page);
+/// the rest of a larger chain is ignored.
+const MAX_CHAIN_OUTPUT: usize = 64 * 1024;
 /// Input hvm holds while the guest has no receive buffers.
 const MAX_PENDING: usize = 1 << 20;
 
@@ -42,6 +45,10 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
+    fn label(&self) -> String {
+        "virtio-console hvc0".into()
+    }
+
     fn device_id(&self) -> u32 {
         virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE
     }
@@ -61,7 +68,7 @@ impl VirtioDevice for Console {
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Served, QueueError> {
         match index {
             TRANSMIT_QUEUE => {
                 let (output, buf) = (&self.output, &mut self.buf);
@@ -69,10 +76,13 @@ impl VirtioDevice for Console {
                     let Ok(mut reader) = chain.reader(mem) else {
                         return 0;
                     };
-                    // In pieces: a chain may span all of guest RAM.
+                    // In pieces, and no more than a sane chain's worth: a
+                    // chain may span all of guest RAM.
                     buf.resize(4096, 0);
-                    while let Ok(n @ 1..) = reader.read(buf) {
+                    let mut left = MAX_CHAIN_OUTPUT;
+                    while let Ok(n @ 1..) = reader.read(&mut buf[..left.min(4096)]) {
                         output.write_bytes(&buf[..n]);
+                        left -= n;
                     }
                     0
                 })
@@ -80,7 +90,7 @@ impl VirtioDevice for Console {
             RECEIVE_QUEUE => {
                 let mut pending = crate::devices::bus::lock(&self.pending);
                 if pending.is_empty() {
-                    return Ok(false);
+                    return Ok(Served::default());
                 }
                 let mut used = false;
                 // Only take buffers while there is input for them.
@@ -104,9 +114,9 @@ impl VirtioDevice for Console {
                     virtio_queue::QueueT::add_used(queue, mem, head, written)?;
                     used = true;
                 }
-                Ok(used)
+                Ok(Served::done(used))
             }
-            _ => Ok(false),
+            _ => Ok(Served::default()),
         }
     }
 }
@@ -135,7 +145,7 @@ mod tests {
             .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         c.process_queue(TRANSMIT_QUEUE, &mut queue, &m).unwrap();
-        out.sync();
+        out.drain();
         assert_eq!(std::fs::read(&path).unwrap(), b"login: ");
         std::fs::remove_file(path).unwrap();
     }
@@ -150,9 +160,9 @@ mod tests {
             .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         // No input yet: the buffer stays with the device.
-        assert!(!c.process_queue(RECEIVE_QUEUE, &mut queue, &m).unwrap());
+        assert!(!c.process_queue(RECEIVE_QUEUE, &mut queue, &m).unwrap().used);
         Console::queue_input(&pending, b"root\n");
-        assert!(c.process_queue(RECEIVE_QUEUE, &mut queue, &m).unwrap());
+        assert!(c.process_queue(RECEIVE_QUEUE, &mut queue, &m).unwrap().used);
         let mut got = [0u8; 5];
         m.read_slice(&mut got, GuestAddress(0x20000)).unwrap();
         assert_eq!(&got, b"root\n");

@@ -98,6 +98,10 @@ impl MmioTransport {
         self.device.device_id()
     }
 
+    pub fn label(&self) -> String {
+        self.device.label()
+    }
+
     /// The backend fd to watch, if the device has one.
     pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
         self.device.backend_fd()
@@ -108,6 +112,11 @@ impl MmioTransport {
         if let Some(index) = self.device.input_queue() {
             self.notify(index);
         }
+    }
+
+    /// The queue host input goes to, if the device has one.
+    pub fn input_queue(&self) -> Option<usize> {
+        self.device.input_queue()
     }
 
     fn raise(&mut self, bits: u32) {
@@ -129,25 +138,33 @@ impl MmioTransport {
         }
     }
 
-    /// Serves queue `index` after the guest notified it (event loop thread).
-    pub fn notify(&mut self, index: usize) {
+    /// Serves queue `index` after the guest notified it (event loop
+    /// thread). Returns true when work is left for another pass.
+    pub fn notify(&mut self, index: usize) -> bool {
         if self.status & DRIVER_OK == 0 || self.status & NEEDS_RESET != 0 {
-            return;
+            return false;
         }
         let Some(queue) = self.queues.get_mut(index) else {
-            return;
+            return false;
         };
         if !queue.ready() {
-            return;
+            return false;
         }
         match self.device.process_queue(index, queue, &self.mem) {
-            Ok(true) => match queue.needs_notification(&self.mem) {
-                Ok(true) => self.raise(INT_USED_BUFFER),
-                Ok(false) => {}
-                Err(e) => self.needs_reset(&e.to_string()),
-            },
-            Ok(false) => {}
-            Err(e) => self.needs_reset(&e.to_string()),
+            Ok(served) => {
+                if served.used {
+                    match queue.needs_notification(&self.mem) {
+                        Ok(true) => self.raise(INT_USED_BUFFER),
+                        Ok(false) => {}
+                        Err(e) => self.needs_reset(&e.to_string()),
+                    }
+                }
+                served.more && self.status & NEEDS_RESET == 0
+            }
+            Err(e) => {
+                self.needs_reset(&e.to_string());
+                false
+            }
         }
     }
 
@@ -349,7 +366,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::QueueError;
+    use crate::devices::virtio::{QueueError, Served};
     use vm_memory::GuestAddress;
 
     struct Dummy {
@@ -374,9 +391,9 @@ mod tests {
             _i: usize,
             _q: &mut Queue,
             _m: &GuestMemoryMmap,
-        ) -> Result<bool, QueueError> {
+        ) -> Result<Served, QueueError> {
             self.processed += 1;
-            Ok(false)
+            Ok(Served::default())
         }
     }
 

@@ -32,6 +32,10 @@ pub enum QueueError {
 pub trait VirtioDevice: Send {
     /// The virtio device ID (2 = block, 4 = entropy, ...).
     fn device_id(&self) -> u32;
+    /// A label for logs and `hvm info`, such as `virtio-blk rootfs (disk.img)`.
+    fn label(&self) -> String {
+        format!("virtio device type {}", self.device_id())
+    }
     /// Feature bits offered (VERSION_1 included).
     fn features(&self) -> u64;
     /// Maximum size of each queue.
@@ -40,14 +44,14 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// The driver finished feature negotiation and set DRIVER_OK.
     fn activate(&mut self, _features: u64) {}
-    /// Turns the available buffers of queue `index` into used ones;
-    /// returns whether any were used.
+    /// Turns the available buffers of queue `index` into used ones, within
+    /// a work budget; says whether any were used and whether work is left.
     fn process_queue(
         &mut self,
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError>;
+    ) -> Result<Served, QueueError>;
     /// The driver reset the device.
     fn reset(&mut self) {}
     /// A host file descriptor (a tap) whose input the event loop should
@@ -74,18 +78,42 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Pops every available chain of `queue`, lets `handle` serve it and
-/// returns the number of bytes it wrote, and puts it on the used ring.
+/// What one pass over a queue did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// Buffers went to the used ring (the guest may need an interrupt).
+    pub used: bool,
+    /// The budget ran out with requests still waiting: serve the queue again
+    /// after other work (other devices, stdin, the guest's next kick).
+    pub more: bool,
+}
+
+impl Served {
+    /// A pass that finished everything there was.
+    pub fn done(used: bool) -> Served {
+        Served { used, more: false }
+    }
+}
+
+/// Time one pass over a queue may take before it yields to other work,
+/// so that a guest keeping a queue full cannot starve the rest of hvm.
+pub const PASS_BUDGET: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Pops available chains of `queue`, lets `handle` serve each and return
+/// the number of bytes it wrote, and puts it on the used ring. Stops after
+/// a queue's worth of chains or [`PASS_BUDGET`], whichever comes first.
 /// With EVENT_IDX, notifications are re-enabled and the ring re-checked so
-/// no buffer is missed. Returns whether any buffer was used.
+/// no buffer is missed.
 pub fn drain_queue<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     mut handle: F,
-) -> Result<bool, QueueError>
+) -> Result<Served, QueueError>
 where
     F: FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 {
+    let start = std::time::Instant::now();
+    let mut left = queue.size();
     let mut used = false;
     loop {
         queue.disable_notification(mem)?;
@@ -94,9 +122,14 @@ where
             let len = handle(chain);
             queue.add_used(mem, head, len)?;
             used = true;
+            left = left.saturating_sub(1);
+            if left == 0 || start.elapsed() >= PASS_BUDGET {
+                // Notifications stay off: hvm comes back to this queue itself.
+                return Ok(Served { used, more: true });
+            }
         }
         if !queue.enable_notification(mem)? {
-            return Ok(used);
+            return Ok(Served::done(used));
         }
     }
 }

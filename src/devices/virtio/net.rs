@@ -3,7 +3,7 @@
 //! The virtio-net header passes through to the tap (IFF_VNET_HDR), so
 //! checksum and TSO offloads work end to end where the tap allows them.
 
-use super::{drain_queue, read_config_bytes, QueueError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 use libc::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -269,7 +269,7 @@ impl Net {
         }
     }
 
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Served, QueueError> {
         let (tap, buf, dropped) = (&mut self.tap, &mut self.tx_buf, &mut self.dropped);
         drain_queue(queue, mem, |chain| {
             buf.clear();
@@ -294,6 +294,10 @@ impl Net {
 impl VirtioDevice for Net {
     fn device_id(&self) -> u32 {
         virtio_bindings::virtio_ids::VIRTIO_ID_NET
+    }
+
+    fn label(&self) -> String {
+        format!("virtio-net (tap {})", self.tap.name)
     }
 
     fn features(&self) -> u64 {
@@ -348,11 +352,11 @@ impl VirtioDevice for Net {
         index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Served, QueueError> {
         match index {
-            RX_QUEUE => self.receive(queue, mem),
+            RX_QUEUE => self.receive(queue, mem).map(Served::done),
             TX_QUEUE => self.transmit(queue, mem),
-            _ => Ok(false),
+            _ => Ok(Served::default()),
         }
     }
 
@@ -448,7 +452,7 @@ mod tests {
         ))])
         .unwrap();
         let mut tx: Queue = txq.create_queue().unwrap();
-        assert!(net.transmit(&mut tx, &m).unwrap());
+        assert!(net.transmit(&mut tx, &m).unwrap().used);
 
         let rxq = MockSplitQueue::new(&m, 16);
         rxq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(

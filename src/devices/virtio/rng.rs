@@ -1,7 +1,9 @@
 //! virtio-rng (entropy device): fills the guest's buffers from the host's
 //! getrandom(2).
 
-use super::{drain_queue, QueueError, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::{
+    drain_queue, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
 use std::io::Write;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -33,6 +35,10 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
+    fn label(&self) -> String {
+        "virtio-rng".into()
+    }
+
     fn device_id(&self) -> u32 {
         virtio_bindings::virtio_ids::VIRTIO_ID_RNG
     }
@@ -51,7 +57,7 @@ impl VirtioDevice for Rng {
         _index: usize,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Served, QueueError> {
         let buf = &mut self.buf;
         drain_queue(queue, mem, |chain| {
             let Ok(mut writer) = chain.writer(mem) else {

@@ -1,0 +1,246 @@
+//! Where the guest's console output goes (stdout, files), through a bounded
+//! buffer that a writer thread drains. A vCPU printing a byte only copies
+//! it into the buffer: a terminal that scrolls slowly or a pipe nobody
+//! reads can never block a vCPU (and with it pause, stop or the timeout).
+//! What does not fit is dropped and counted; hvm reports the count at exit.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Guest output held for a slow consumer before bytes are dropped.
+const BUFFER_LIMIT: usize = 4 << 20;
+/// At exit, how long the drain may make no progress before hvm gives up on it.
+const DRAIN_STALL: Duration = Duration::from_millis(500);
+
+/// One file the output is copied to; a failing file is dropped alone.
+struct Sink {
+    file: File,
+    failed: bool,
+}
+
+#[derive(Default)]
+struct State {
+    buf: VecDeque<u8>,
+    dropped: u64,
+    /// Bytes the writer has taken but not yet written.
+    in_flight: usize,
+    writer_waiting: bool,
+    writer_started: bool,
+    stdout: bool,
+    stdout_broken: bool,
+    sinks: Vec<Sink>,
+    delivered: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    /// Signals the writer (new bytes) and drainers (progress).
+    changed: Condvar,
+}
+
+/// The console sinks, shared by every device that prints to the console
+/// (the UART, and virtio-console when there is one).
+#[derive(Clone, Default)]
+pub struct SharedOutput(Arc<Inner>);
+
+/// What became of the guest's output, for the report at exit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OutputReport {
+    /// Dropped because the buffer was full (the consumer was too slow).
+    pub dropped: u64,
+    /// Still buffered when hvm gave up waiting for the consumer.
+    pub undelivered: u64,
+}
+
+impl SharedOutput {
+    pub fn new(stdout: bool) -> Self {
+        let out = SharedOutput::default();
+        out.state().stdout = stdout;
+        out
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        super::bus::lock(&self.0.state)
+    }
+
+    /// Also copies everything into `file`.
+    pub fn add_file(&self, file: File) {
+        self.state().sinks.push(Sink {
+            file,
+            failed: false,
+        });
+    }
+
+    /// Queues guest output; never blocks on the consumer.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        let mut s = self.state();
+        if !s.stdout && s.sinks.is_empty() {
+            return;
+        }
+        let room = BUFFER_LIMIT.saturating_sub(s.buf.len());
+        let n = bytes.len().min(room);
+        s.buf.extend(&bytes[..n]);
+        s.dropped += (bytes.len() - n) as u64;
+        if !s.writer_started {
+            s.writer_started = true;
+            let me = self.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("hvm-console".into())
+                .spawn(move || me.writer())
+            {
+                log::warn!("cannot start the console writer: {e}; guest output is lost");
+            }
+        } else if s.writer_waiting {
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// The writer thread: takes what is buffered and writes it out, with
+    /// no lock held while it writes.
+    fn writer(self) {
+        let mut chunk = Vec::new();
+        loop {
+            let (stdout, mut sinks) = {
+                let mut s = self.state();
+                while s.buf.is_empty() {
+                    s.writer_waiting = true;
+                    s = self.0.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                s.writer_waiting = false;
+                chunk.clear();
+                chunk.extend(s.buf.drain(..));
+                s.in_flight = chunk.len();
+                (s.stdout && !s.stdout_broken, std::mem::take(&mut s.sinks))
+            };
+            let mut stdout_broken = false;
+            if stdout {
+                let mut out = io::stdout().lock();
+                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                    // A closed stdout must not stop the guest (or the log files).
+                    stdout_broken = true;
+                    log::debug!("stdout is closed; guest console output now goes only to files");
+                }
+            }
+            for sink in sinks.iter_mut().filter(|s| !s.failed) {
+                if let Err(e) = sink.file.write_all(&chunk) {
+                    log::warn!("console output file: {e}; no more output goes to it");
+                    sink.failed = true;
+                }
+            }
+            let mut s = self.state();
+            // Files added meanwhile follow the ones we had.
+            sinks.append(&mut s.sinks);
+            s.sinks = sinks;
+            s.stdout_broken |= stdout_broken;
+            s.delivered += chunk.len() as u64;
+            s.in_flight = 0;
+            self.0.changed.notify_all();
+        }
+    }
+
+    /// Waits until everything buffered is written, giving up when the
+    /// consumer makes no progress for a while (a pipe nobody reads).
+    pub fn drain(&self) -> OutputReport {
+        let mut s = self.state();
+        let mut last = (s.delivered, Instant::now());
+        while s.writer_started && (!s.buf.is_empty() || s.in_flight > 0) {
+            if s.delivered != last.0 {
+                last = (s.delivered, Instant::now());
+            }
+            let Some(left) = DRAIN_STALL.checked_sub(last.1.elapsed()) else {
+                break;
+            };
+            s = self
+                .0
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        OutputReport {
+            dropped: s.dropped,
+            undelivered: (s.buf.len() + s.in_flight) as u64,
+        }
+    }
+}
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_bytes(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("hvm-out-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn output_reaches_every_file_in_order() {
+        let (a, b) = (temp("a"), temp("b"));
+        let out = SharedOutput::new(false);
+        out.add_file(File::create(&a).unwrap());
+        out.add_file(File::create(&b).unwrap());
+        for i in 0..1000 {
+            out.write_bytes(format!("line {i}\n").as_bytes());
+        }
+        assert_eq!(out.drain(), OutputReport::default());
+        let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), expected);
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), expected);
+        std::fs::remove_file(a).unwrap();
+        std::fs::remove_file(b).unwrap();
+    }
+
+    #[test]
+    fn a_failing_file_does_not_stop_the_others() {
+        let good = temp("good");
+        let out = SharedOutput::new(false);
+        // Opened read-only: every write fails.
+        out.add_file(File::open("/dev/null").unwrap());
+        out.add_file(File::create(&good).unwrap());
+        out.write_bytes(b"first\n");
+        out.drain();
+        out.write_bytes(b"second\n");
+        out.drain();
+        assert_eq!(std::fs::read_to_string(&good).unwrap(), "first\nsecond\n");
+        std::fs::remove_file(good).unwrap();
+    }
+
+    #[test]
+    fn without_sinks_nothing_is_kept() {
+        let out = SharedOutput::new(false);
+        out.write_bytes(&[0; 100]);
+        assert_eq!(out.drain(), OutputReport::default());
+    }
+
+    #[test]
+    fn a_stuck_consumer_makes_output_drop_not_block() {
+        // A socket whose reader never reads: the writer blocks once it is full.
+        let (writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let out = SharedOutput::new(false);
+        out.add_file(file);
+        let start = Instant::now();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..16 {
+            out.write_bytes(&block);
+        }
+        assert!(start.elapsed() < Duration::from_secs(2), "writing blocked");
+        let report = out.drain();
+        assert!(report.dropped > 0, "{report:?}");
+        assert!(report.undelivered > 0, "{report:?}");
+        drop(reader);
+    }
+}
