@@ -25,7 +25,9 @@ fn init_logging(cli: &Cli) {
             _ => "trace",
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // gdbstub logs every packet it does not know at info: keep it quieter.
+    let filter = format!("{level},gdbstub=warn");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_target(false)
         .format_timestamp(None)
         .init();

@@ -153,3 +153,38 @@ fn bad_usage_exits_2() {
         .assert_code(2)
         .assert_stderr("not a duration");
 }
+
+#[test]
+fn every_verb_is_discoverable_through_completions_and_the_man_page() {
+    for verb in ["run", "validate", "ps", "pause", "resume", "stop", "info"] {
+        hvm(&["--help"]).assert_stdout(verb);
+    }
+    hvm(&["completions", "bash"])
+        .assert_code(0)
+        .assert_stdout("_hvm()")
+        .assert_stdout("pause");
+    hvm(&["completions", "zsh"])
+        .assert_code(0)
+        .assert_stdout("#compdef hvm");
+    hvm(&["completions", "fish"])
+        .assert_code(0)
+        .assert_stdout("complete -c hvm");
+    hvm(&["completions", "tcsh"]).assert_code(2);
+    hvm(&["man"])
+        .assert_code(0)
+        .assert_stdout(".TH hvm")
+        .assert_stdout("stop");
+}
+
+#[test]
+fn control_verbs_for_a_vm_that_does_not_run_say_so() {
+    for verb in ["pause", "resume", "stop", "info"] {
+        hvm(&[verb, "no-such-vm-here"])
+            .assert_code(6)
+            .assert_stderr("no running VM named \"no-such-vm-here\"");
+    }
+    hvm(&["stop", "../x"])
+        .assert_code(2)
+        .assert_stderr("invalid VM name");
+    hvm(&["ps"]).assert_code(0).assert_stdout("NAME");
+}

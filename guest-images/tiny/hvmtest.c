@@ -5,9 +5,21 @@
  * then leaves through the debug-exit port with the number of failures.
  *
  * Kernel command line: mode=check|hello|echo|pit|reset|acpi-off|triple|spin|
- * garbage|ioloop|exit; mem=MiB cpus=N initrd_fnv=HEX (what to expect);
- * n=COUNT (ioloop); code=N (exit). Plain integer code only, so that even a
- * software KVM without hardware virtualization can run it. */
+ * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq;
+ * mem=MiB cpus=N initrd_fnv=HEX (what to expect); n=COUNT (ioloop);
+ * code=N (exit). Plain integer code only, so that even a software KVM
+ * without hardware virtualization can run it.
+ *
+ * Modes that never exit: count prints "hvmtest: tick N" every 2^26 TSC
+ * cycles (20-45 ms at 1.5-3.4 GHz); chatter prints "hvmtest: chatter N ..."
+ * lines of ~120 characters as fast as it can; blkflood keeps 85 reads of
+ * 1 MiB in flight on the virtio-blk disk, re-posting each one it gets back
+ * (prints "hvmtest: blkflood running" after the first completion).
+ * The other virtio-blk modes (one drive, the first virtio-mmio window at
+ * 0xd0000000, polled, no interrupts): blkread reads sector 0 (4 KiB) and
+ * prints "hvmtest: blkread status S fnv=0xH"; hugereq posts one read of
+ * 63 x 64 MiB (~4 GiB, all aliasing guest RAM 64..128 MiB) and prints
+ * "hvmtest: hugereq status S used_len L". Both exit 0 once answered. */
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -166,6 +178,9 @@ static void check_cmdline(void) {
     result("cmdline-ptr", ptr != 0 && rd16(bp + BP_HDR_MAGIC) == 0x6448, "ptr=", ptr);
 }
 
+/* FNV-1a 32 of n bytes at guest-physical a. */
+static u32 fnv1a(u64 a, u64 n) { u32 h = 2166136261u; while (n--) h = (h ^ rd8(a++)) * 16777619u; return h; }
+
 static void check_initrd(void) {
     u64 want;
     u32 addr = rd32(bp + BP_RAMDISK_IMAGE), size = rd32(bp + BP_RAMDISK_SIZE);
@@ -173,8 +188,7 @@ static void check_initrd(void) {
         result("initrd-none", addr == 0 && size == 0, "size=", size);
         return;
     }
-    u32 h = 2166136261u;
-    for (u32 i = 0; i < size; i++) h = (h ^ rd8(addr + i)) * 16777619u;
+    u32 h = fnv1a(addr, size);
     puts_("hvmtest: initrd at "); putx(addr); puts_(" size "); putu(size); puts_("\n");
     result("initrd-aligned", (addr & 0xfff) == 0 && addr + size <= low_end, "addr=", addr);
     result("initrd-checksum", h == (u32)want, "fnv=", h);
@@ -301,6 +315,161 @@ static void echo(void) {
     puts_("hvmtest: echo ["); puts_(line); puts_("]\n");
 }
 
+static inline u64 rdtsc(void) { u32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return (u64)hi << 32 | lo; }
+
+/* A tick every 2^26 TSC cycles. The next deadline counts from now, not from
+ * the last one, so that after a pause the ticks resume without a burst. */
+static void count(void) {
+    u64 next = rdtsc();
+    for (u64 n = 0;; n++) {
+        while (rdtsc() < next) {}
+        puts_("hvmtest: tick "); putu(n); puts_("\n");
+        next = rdtsc() + (1UL << 26);
+    }
+}
+
+static void chatter(void) {
+    for (u64 n = 0;; n++) {
+        puts_("hvmtest: chatter "); putu(n);
+        puts_(" .................................................................................................... \n");
+    }
+}
+
+/* ---- virtio-blk over virtio-mmio version 2, polled ---- */
+#define VIO 0xd0000000UL /* the first virtio-mmio window */
+#define VIO_MAGIC 0x000
+#define VIO_VERSION 0x004
+#define VIO_DEVICE_ID 0x008
+#define VIO_DEV_FEATURES 0x010
+#define VIO_DEV_FEATURES_SEL 0x014
+#define VIO_DRV_FEATURES 0x020
+#define VIO_DRV_FEATURES_SEL 0x024
+#define VIO_QUEUE_SEL 0x030
+#define VIO_QUEUE_NUM_MAX 0x034
+#define VIO_QUEUE_NUM 0x038
+#define VIO_QUEUE_READY 0x044
+#define VIO_QUEUE_NOTIFY 0x050
+#define VIO_STATUS 0x070
+#define VIO_QUEUE_DESC 0x080   /* low, high at +4 */
+#define VIO_QUEUE_DRIVER 0x090
+#define VIO_QUEUE_DEVICE 0x0a0
+#define ST_ACK 1
+#define ST_DRIVER 2
+#define ST_DRIVER_OK 4
+#define ST_FEATURES_OK 8
+#define D_NEXT 1
+#define D_WRITE 2
+#define QSIZE 256
+
+struct desc { u64 addr; u32 len; u16 flags, next; };
+struct blkreq { u32 type, reserved; u64 sector; };
+static struct desc vq_desc[QSIZE] __attribute__((aligned(4096)));
+static struct { u16 flags, idx, ring[QSIZE], used_event; } vq_avail __attribute__((aligned(4096)));
+static volatile struct { u16 flags, idx; struct { u32 id, len; } ring[QSIZE]; u16 avail_event; } vq_used __attribute__((aligned(4096)));
+static struct blkreq vq_hdr[QSIZE];
+static volatile u8 vq_status[QSIZE];
+static u16 vq_num, used_seen;
+
+#define barrier() __asm__ volatile("" ::: "memory")
+static void vio_w(u32 reg, u32 v) { wr32(VIO + reg, v); }
+static u32 vio_r(u32 reg) { return rd32(VIO + reg); }
+
+/* Resets and starts the device with VIRTIO_F_VERSION_1 only, queue 0 ready. */
+static void blk_init(void) {
+    if (vio_r(VIO_MAGIC) != 0x74726976 || vio_r(VIO_VERSION) != 2 || vio_r(VIO_DEVICE_ID) != 2) {
+        puts_("hvmtest: no virtio-blk (mmio v2) at "); putx(VIO); puts_("\n");
+        exit_with(93);
+    }
+    vio_w(VIO_STATUS, 0);
+    vio_w(VIO_STATUS, ST_ACK);
+    vio_w(VIO_STATUS, ST_ACK | ST_DRIVER);
+    vio_w(VIO_DEV_FEATURES_SEL, 1);
+    u32 hi = vio_r(VIO_DEV_FEATURES);
+    if (!(hi & 1)) { puts_("hvmtest: virtio-blk without VERSION_1\n"); exit_with(94); }
+    vio_w(VIO_DRV_FEATURES_SEL, 0); vio_w(VIO_DRV_FEATURES, 0);
+    vio_w(VIO_DRV_FEATURES_SEL, 1); vio_w(VIO_DRV_FEATURES, 1); /* bit 32 */
+    vio_w(VIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+    if (!(vio_r(VIO_STATUS) & ST_FEATURES_OK)) { puts_("hvmtest: virtio-blk refused FEATURES_OK\n"); exit_with(95); }
+    vio_w(VIO_QUEUE_SEL, 0);
+    u32 max = vio_r(VIO_QUEUE_NUM_MAX);
+    if (max == 0) { puts_("hvmtest: virtio-blk queue 0 missing\n"); exit_with(96); }
+    vq_num = (u16)(max < QSIZE ? max : QSIZE);
+    vio_w(VIO_QUEUE_NUM, vq_num);
+    u64 d = (u64)vq_desc, a = (u64)&vq_avail, u = (u64)&vq_used;
+    vio_w(VIO_QUEUE_DESC, (u32)d); vio_w(VIO_QUEUE_DESC + 4, (u32)(d >> 32));
+    vio_w(VIO_QUEUE_DRIVER, (u32)a); vio_w(VIO_QUEUE_DRIVER + 4, (u32)(a >> 32));
+    vio_w(VIO_QUEUE_DEVICE, (u32)u); vio_w(VIO_QUEUE_DEVICE + 4, (u32)(u >> 32));
+    vio_w(VIO_QUEUE_READY, 1);
+    vio_w(VIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+}
+
+/* Builds a request in descriptors head..head+segs+1: the 16-byte header,
+ * `segs` data descriptors of `len` bytes at `buf` (device-writable for a
+ * read), then the 1-byte status, the chain's last writable byte, where the
+ * device puts its answer. Header and status are indexed by the head. */
+static u16 blk_build(u16 head, u32 type, u64 sector, u64 buf, u32 len, u32 segs) {
+    vq_hdr[head] = (struct blkreq){type, 0, sector};
+    vq_status[head] = 0xff;
+    u16 i = head;
+    vq_desc[i] = (struct desc){(u64)&vq_hdr[head], 16, D_NEXT, (u16)(i + 1)}; i++;
+    for (u32 s = 0; s < segs; s++, i++)
+        vq_desc[i] = (struct desc){buf, len, (u16)(D_NEXT | (type == 0 ? D_WRITE : 0)), (u16)(i + 1)};
+    vq_desc[i] = (struct desc){(u64)&vq_status[head], 1, D_WRITE, 0};
+    return head;
+}
+
+/* Puts a chain head on the available ring (the device sees it after notify). */
+static void blk_post(u16 head) {
+    vq_avail.ring[vq_avail.idx % vq_num] = head;
+    barrier();
+    *(volatile u16 *)&vq_avail.idx = (u16)(vq_avail.idx + 1);
+}
+static void blk_notify(void) { barrier(); vio_w(VIO_QUEUE_NOTIFY, 0); }
+
+/* Spins until the device has used something we have not seen. */
+static void blk_poll(void) { while (vq_used.idx == used_seen) __asm__ volatile("pause"); barrier(); }
+/* Waits for the next used element; returns its ring slot. */
+static u32 blk_wait(void) { blk_poll(); return used_seen++ % vq_num; }
+
+static void blkread(void) {
+    u64 buf = 16UL << 20;
+    blk_init();
+    blk_post(blk_build(0, 0, 0, buf, 4096, 1));
+    blk_notify();
+    blk_wait();
+    puts_("hvmtest: blkread status "); putu(vq_status[0]); puts_(" fnv="); putx(fnv1a(buf, 4096)); puts_("\n");
+    exit_with(0);
+}
+
+/* One read of 63 x 64 MiB (just under 4 GiB, the most a legal chain may
+ * carry) into the same 64 MiB at 64 MiB: a device that checks its
+ * advertised limits answers it at once with IOERR. */
+static void hugereq(void) {
+    blk_init();
+    if (vq_num < 65) { puts_("hvmtest: virtio-blk queue too small\n"); exit_with(97); }
+    blk_post(blk_build(0, 0, 0, 64UL << 20, 64U << 20, 63));
+    blk_notify();
+    u32 slot = blk_wait();
+    puts_("hvmtest: hugereq status "); putu(vq_status[0]); puts_(" used_len "); putu(vq_used.ring[slot].len); puts_("\n");
+    exit_with(0);
+}
+
+/* As many 1 MiB reads of sector 0 as the queue holds (3 descriptors each),
+ * all into the 1 MiB at 16 MiB; each one answered is posted again. */
+static void blkflood(void) {
+    blk_init();
+    u16 reqs = vq_num / 3;
+    for (u16 r = 0; r < reqs; r++) blk_post(blk_build((u16)(r * 3), 0, 0, 16UL << 20, 1U << 20, 1));
+    blk_notify();
+    blk_poll();
+    puts_("hvmtest: blkflood running\n");
+    for (;;) {
+        blk_poll();
+        while (vq_used.idx != used_seen) blk_post((u16)vq_used.ring[blk_wait()].id);
+        blk_notify();
+    }
+}
+
 /* Entered through the PVH note (QEMU): only the modes a benchmark needs. */
 void hvmtest_pvh(u64 start_info) {
     cmdline = (const char *)rd64(start_info + 0x18);
@@ -341,6 +510,11 @@ void hvmtest_main(u64 boot_params) {
         exit_with(0);
     }
     if (streq(mode, "echo")) { echo(); exit_with(0); }
+    if (streq(mode, "count")) count();
+    if (streq(mode, "chatter")) chatter();
+    if (streq(mode, "blkread")) blkread();
+    if (streq(mode, "hugereq")) hugereq();
+    if (streq(mode, "blkflood")) blkflood();
     if (streq(mode, "pit")) { puts_(pit_present() ? "hvmtest: pit present\n" : "hvmtest: pit absent\n"); exit_with(0); }
 
     puts_("hvmtest: start\n");

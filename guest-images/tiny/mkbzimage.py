@@ -18,5 +18,5 @@ struct.pack_into("<I", setup, 0x22C, 0x7FFFFFFF)  # initrd_addr_max
 struct.pack_into("<I", setup, 0x230, 0x200000)  # kernel_alignment
 struct.pack_into("<H", setup, 0x236, 0x1)  # xloadflags: XLF_KERNEL_64
 struct.pack_into("<I", setup, 0x238, 2047)  # cmdline_size
-struct.pack_into("<I", setup, 0x260, len(payload) + 0x10000)  # init_size
+struct.pack_into("<I", setup, 0x260, len(payload) + 0x40000)  # init_size: payload + bss (page tables, virtqueue, stack)
 open(out, "wb").write(bytes(setup) + payload)

@@ -212,6 +212,9 @@ impl Control {
     pub fn run(mut self) -> ExitReason {
         let reason = self.wait_for_reason();
         timeline::mark("VM stopped");
+        if let Some(gdb) = self.gdb.as_mut() {
+            gdb.report_exit(reason.exit_code());
+        }
         self.teardown();
         reason
     }
@@ -625,6 +628,12 @@ impl Control {
             }
             GdbEvent::Kill => Some(ExitReason::ForcedStop),
         }
+    }
+
+    /// Devices run again (some vCPUs may stay paused: a debugger's step).
+    pub(super) fn resume_devices(&mut self) {
+        let _ = self.devices.command(LoopCommand::Resume, OBEY_LIMIT);
+        self.paused = false;
     }
 
     /// Resumes the whole VM after the debugger let it go.

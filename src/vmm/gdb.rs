@@ -13,8 +13,8 @@ use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
 use gdbstub::stub::{DisconnectReason, GdbStubBuilder, MultiThreadStopReason};
 use gdbstub::target::ext::base::multithread::{
-    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
-    MultiThreadSingleStepOps,
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
@@ -45,6 +45,8 @@ const DEBUG_REGISTERS: usize = 4;
 /// How long gdb waits for a paused vCPU to answer.
 const CALL_LIMIT: Duration = Duration::from_secs(2);
 const PAGE: u64 = 4096;
+/// How long a reply to gdb may wait for gdb to read.
+const WRITE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Errors while setting up the stub.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +104,12 @@ pub struct GdbTarget {
     /// Software breakpoints: guest-physical address -> the byte int3 replaced.
     sw: HashMap<u64, (u64, u8)>,
     slots: [Option<DebugSlot>; DEBUG_REGISTERS],
+    /// Explicit actions; a vCPU without one continues (gdbstub's contract).
     actions: Vec<Option<Action>>,
+    /// gdb resumed the target; the control loop has yet to run it.
+    resume_pending: bool,
+    /// Scheduler locking: vCPUs without an action stay stopped.
+    locked: bool,
     /// The vCPU whose state `monitor` commands show.
     current: u32,
 }
@@ -149,6 +156,8 @@ impl GdbServer {
                 sw: HashMap::new(),
                 slots: [None; DEBUG_REGISTERS],
                 actions: vec![None; vcpus as usize],
+                resume_pending: false,
+                locked: false,
                 current: 0,
             },
         })
@@ -182,7 +191,7 @@ impl GdbServer {
         };
         let mut buf = [0u8; 4096];
         // SAFETY: a read into a live buffer from the session's descriptor.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         if n == 0
             || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
         {
@@ -199,14 +208,16 @@ impl GdbServer {
 
     fn accept(&mut self, control: &mut Control) {
         let stream: Result<(Conn, RawFd), std::io::Error> = match &self.listener {
+            // Blocking writes (bounded: a gdb that stops reading loses its
+            // session), reads without waiting (recv with MSG_DONTWAIT).
             Listener::Tcp(l) => l.accept().and_then(|(s, _)| {
                 s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
+                s.set_write_timeout(Some(WRITE_LIMIT))?;
                 let fd = s.as_raw_fd();
                 Ok((Box::new(s) as Conn, fd))
             }),
             Listener::Unix(l, _) => l.accept().and_then(|(s, _): (UnixStream, _)| {
-                s.set_nonblocking(true)?;
+                s.set_write_timeout(Some(WRITE_LIMIT))?;
                 let fd = s.as_raw_fd();
                 Ok((Box::new(s) as Conn, fd))
             }),
@@ -297,10 +308,12 @@ impl GdbServer {
 
     /// Applies the resume actions: debug state on every vCPU, then run.
     fn start(&mut self, control: &mut Control) {
-        if !self.target.actions.iter().any(Option::is_some) {
+        if !std::mem::take(&mut self.target.resume_pending) {
             return;
         }
-        let stepping = self.target.actions.contains(&Some(Action::Step));
+        // A step runs the stepping vCPU alone (the others stay put), so
+        // what gdb shows next is what that one instruction did.
+        let alone = self.target.locked || self.target.actions.contains(&Some(Action::Step));
         for id in 0..self.target.vcpus.len() {
             let action = self.target.actions.get(id).copied().flatten();
             let debug = self.target.guest_debug(action == Some(Action::Step));
@@ -308,21 +321,20 @@ impl GdbServer {
                 fd.set_guest_debug(&debug).map_err(|e| e.to_string())
             });
         }
-        // A step runs the stepping vCPU alone (the others stay put), so
-        // what gdb shows next is what that one instruction did.
         for v in control.vcpus.iter() {
             let action = self.target.actions.get(v.id as usize).copied().flatten();
             let run = match action {
-                Some(Action::Step) => true,
-                Some(Action::Continue) => !stepping,
-                None => false,
+                Some(_) => true,
+                None => !alone,
             };
             if run {
                 v.send(VcpuCommand::Resume);
             }
         }
-        if !stepping {
+        if !alone {
             control.continue_all();
+        } else {
+            control.resume_devices();
         }
     }
 
@@ -360,7 +372,11 @@ impl GdbServer {
                         watch: Some((kind, _)),
                     }) => MultiThreadStopReason::Watch { tid, kind, addr },
                     Some(DebugSlot { watch: None, .. }) => MultiThreadStopReason::HwBreak(tid),
-                    None => MultiThreadStopReason::DoneStep,
+                    // A single step: say which thread stepped.
+                    None => MultiThreadStopReason::SignalWithThread {
+                        tid,
+                        signal: Signal::SIGTRAP,
+                    },
                 }
             }
         };
@@ -380,6 +396,16 @@ impl GdbServer {
             },
             other => Some(other),
         };
+    }
+
+    /// The VM ended while gdb watched it run: tell gdb the exit code.
+    pub fn report_exit(&mut self, code: i32) {
+        if let Some(GdbStubStateMachine::Running(m)) = self.machine.take() {
+            let reason = MultiThreadStopReason::Exited(code as u8);
+            if let Err(e) = m.report_stop(&mut self.target, reason) {
+                log::debug!("gdb: {e}");
+            }
+        }
     }
 
     /// gdb left: breakpoints out of guest memory, debugging off, VM runs on.
@@ -659,6 +685,7 @@ impl MultiThreadBase for GdbTarget {
 impl MultiThreadResume for GdbTarget {
     fn resume(&mut self) -> Result<(), Self::Error> {
         // The control loop carries the actions out once the stub says Running.
+        self.resume_pending = true;
         Ok(())
     }
 
@@ -666,7 +693,12 @@ impl MultiThreadResume for GdbTarget {
         for a in &mut self.actions {
             *a = None;
         }
+        self.locked = false;
         Ok(())
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
     }
 
     fn set_resume_action_continue(
@@ -700,6 +732,13 @@ impl MultiThreadSingleStep for GdbTarget {
         if let Some(a) = self.actions.get_mut(vcpu_of(tid) as usize) {
             *a = Some(Action::Step);
         }
+        Ok(())
+    }
+}
+
+impl MultiThreadSchedulerLocking for GdbTarget {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<(), Self::Error> {
+        self.locked = true;
         Ok(())
     }
 }

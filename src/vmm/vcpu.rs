@@ -257,7 +257,10 @@ impl Vcpu {
             if paused || attention.swap(false, Ordering::SeqCst) {
                 match self.obey(&ctx, &commands, &mut paused) {
                     Obey::Go => {}
-                    Obey::Leave => break,
+                    Obey::Leave => {
+                        log::debug!("vCPU {id}: told to leave");
+                        break;
+                    }
                 }
                 if paused {
                     continue;
@@ -265,6 +268,7 @@ impl Vcpu {
             }
             if ctx.guest.stopping() {
                 // The guest ended the VM: run no more guest code.
+                log::debug!("vCPU {id}: the VM is stopping");
                 break;
             }
             match self.step(&ctx) {
@@ -322,9 +326,6 @@ impl Vcpu {
                     if *paused {
                         *paused = false;
                         ctx.events.send(VcpuEvent::Resumed { id });
-                        if id == 0 {
-                            timeline::mark("vCPU 0 resumed");
-                        }
                     }
                     return Obey::Go;
                 }

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 pub const SECTOR_SIZE: u64 = 512;
 /// Largest data transfer hvm does in one piece (bounce buffer size).
@@ -116,6 +116,21 @@ fn within_limits(chain: DescriptorChain<&GuestMemoryMmap>) -> bool {
     true
 }
 
+/// Answers a request beyond the limits with IOERR in its status byte (the
+/// last byte of its last descriptor, when the driver may write it),
+/// touching none of its data.
+fn refuse(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
+    let Some(last) = chain.last() else { return 0 };
+    if !last.is_write_only() || last.len() == 0 {
+        return 0;
+    }
+    let at = last.addr().checked_add(u64::from(last.len()) - 1);
+    match at.map(|a| mem.write_obj(VIRTIO_BLK_S_IOERR as u8, a)) {
+        Some(Ok(())) => 1,
+        _ => 0,
+    }
+}
+
 /// The 20-byte device ID the guest reads (VIRTIO_BLK_T_GET_ID), e.g. /sys/block/vda/serial.
 fn device_id(id: &str) -> [u8; VIRTIO_BLK_ID_BYTES as usize] {
     let mut out = [0u8; VIRTIO_BLK_ID_BYTES as usize];
@@ -185,7 +200,9 @@ impl Block {
 
     /// Serves one request; returns the bytes written into guest buffers.
     fn request(&mut self, chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap) -> u32 {
-        let oversized = !within_limits(chain.clone());
+        if !within_limits(chain.clone()) {
+            return refuse(chain, mem);
+        }
         let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
         else {
             return 0;
@@ -199,8 +216,6 @@ impl Block {
         };
         let mut header = [0u8; 16];
         let code = match reader.read_exact(&mut header) {
-            // Larger than advertised: refused before any data is touched.
-            _ if oversized => VIRTIO_BLK_S_IOERR,
             Err(_) => VIRTIO_BLK_S_IOERR,
             Ok(()) => {
                 let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
