@@ -11,6 +11,7 @@
 pub mod api;
 pub mod arch;
 pub mod devices;
+pub mod mac;
 pub mod spec;
 pub mod timeline;
 pub mod vmm;

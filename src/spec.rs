@@ -81,7 +81,7 @@ pub enum VirtioDiscovery {
 pub struct NetLink {
     /// The tap to attach (created when missing; `None`: hvm creates one named hvmN).
     pub tap: Option<String>,
-    pub mac: Option<[u8; 6]>,
+    pub mac: Option<crate::mac::Mac>,
 }
 
 /// A validated VM spec.
@@ -486,7 +486,7 @@ impl Spec {
             }
             let mac = match &n.mac {
                 None => None,
-                Some(m) => match crate::devices::virtio::net::parse_mac(m.get_ref()) {
+                Some(m) => match crate::mac::parse_mac(m.get_ref()) {
                     Some(mac) if mac[0] & 1 == 0 => Some(mac),
                     _ => {
                         return Err(invalid(

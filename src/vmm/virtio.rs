@@ -9,9 +9,10 @@ use crate::devices::console_output::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
-use crate::devices::virtio::net::{default_mac, Net, NetError, Tap};
+use crate::devices::virtio::net::{Net, NetError, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
+use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
@@ -111,11 +112,7 @@ pub fn open_backends(spec: &Spec, output: &SharedOutput) -> Result<Backends, Vir
         let mac = link
             .mac
             .unwrap_or_else(|| default_mac(&format!("{}#{i}", tap.name())));
-        log::info!(
-            "net {i}: tap {} mac {}",
-            tap.name(),
-            mac.map(|b| format!("{b:02x}")).join(":")
-        );
+        log::info!("net {i}: tap {} mac {}", tap.name(), format_mac(&mac));
         devices.push(Box::new(Net::new(tap, mac)));
     }
     if devices.len() > IRQS.len() {
