@@ -481,3 +481,55 @@ fn gdb_attaches_before_the_first_instruction_and_debugs_the_guest() {
         );
     }
 }
+
+#[test]
+fn gdb_ctrl_c_stops_the_guest_and_a_detached_vm_runs_on() {
+    if !require_kvm() {
+        return;
+    }
+    let gdb = gdb();
+    let sock = scratch("gdbint").join("gdb.sock");
+    let mut vm = Running::start("gdbint", "mode=count", "", &["--gdb", &path_str(&sock)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no gdb socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // gdb as a user runs it: commands on stdin, Ctrl-C as SIGINT.
+    let mut g = Command::new(gdb)
+        .args(["-q", "-nx", &tiny_elf()])
+        .args(["-ex", &format!("target remote {}", path_str(&sock))])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gdb");
+    let mut input = g.stdin.take().unwrap();
+    input.write_all(b"continue\n").unwrap();
+    vm.wait_for("hvmtest: tick 2");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(g.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped_at = last_tick(&vm.stdout());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(last_tick(&vm.stdout()), stopped_at, "counted while stopped in gdb");
+    input
+        .write_all(b"info symbol $pc\ndetach\nquit\n")
+        .unwrap();
+    drop(input);
+    let out = g.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("SIGINT"), "{text}");
+    assert!(text.contains("in section .text"), "{text}");
+    assert!(text.contains("Detaching"), "{text}");
+    // Detached: the guest counts on, and the VM answers as usual.
+    vm.wait_for(&format!("hvmtest: tick {}", stopped_at + 3));
+    hvm_ok(&["pause", &vm.name]);
+    hvm_ok(&["resume", &vm.name]);
+    hvm_ok(&["stop", "--force", &vm.name]);
+    vm.finish(Duration::from_secs(10)).assert_code(137);
+}
