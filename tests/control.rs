@@ -512,10 +512,12 @@ fn gdb_ctrl_c_stops_the_guest_and_a_detached_vm_runs_on() {
     std::thread::sleep(Duration::from_millis(500));
     let stopped_at = last_tick(&vm.stdout());
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(last_tick(&vm.stdout()), stopped_at, "counted while stopped in gdb");
-    input
-        .write_all(b"info symbol $pc\ndetach\nquit\n")
-        .unwrap();
+    assert_eq!(
+        last_tick(&vm.stdout()),
+        stopped_at,
+        "counted while stopped in gdb"
+    );
+    input.write_all(b"info symbol $pc\ndetach\nquit\n").unwrap();
     drop(input);
     let out = g.wait_with_output().unwrap();
     let text = format!(

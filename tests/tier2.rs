@@ -396,3 +396,55 @@ fn virtio_blk_discard_zeroes_the_range_on_the_host_disk() {
         ],
     );
 }
+
+#[test]
+fn linux_paused_for_10_s_resumes_without_lockup_or_clocksource_warnings() {
+    let Some(c) = case("pause-10s") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "HVM-GUEST-READY",
+            "HOST-PAUSE-RC 0",
+            "HOST-RESUME-RC 0",
+            "GUEST-PAUSE-WARNINGS 0",
+        ],
+    );
+    let ps = field(&c.console, "HOST-PS").unwrap_or_default();
+    assert!(ps.contains("paused"), "hvm ps during the pause: {ps:?}");
+    assert!(
+        c.stderr.contains("VM paused: vCPUs out of KVM_RUN in"),
+        "{}",
+        c.stderr
+    );
+}
+
+#[test]
+fn hvm_stop_presses_the_power_button_and_linux_powers_off_with_0() {
+    let Some(c) = case("stop-graceful") else {
+        return;
+    };
+    assert_case(c, 0, &["HVM-GUEST-READY", "HOST-STOP-RC 0", "power button"]);
+    assert!(c.stderr.contains("power button pressed"), "{}", c.stderr);
+}
+
+#[test]
+fn gdb_debugs_the_bundled_linux_kernel_then_lets_it_boot() {
+    let Some(c) = case("gdb-linux") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "GDB-AT-START-KERNEL",
+            "in do_one_initcall",
+            "Linux version 6.12",
+            "New value",
+            "GDB-WATCH-DONE",
+            "HVM-GUEST-READY",
+        ],
+    );
+}

@@ -586,3 +586,39 @@ fn dsdt_devices() -> Vec<DsdtDevice> {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::bus::BusDevice;
+
+    struct Nothing;
+    impl BusDevice for Nothing {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _offset: u64, _data: &[u8]) {}
+    }
+
+    #[test]
+    fn registry_numbers_devices_in_order_and_keeps_their_places() {
+        let mut pio = Bus::new();
+        let mut r = Registry::default();
+        let dev = || Arc::new(Mutex::new(Nothing));
+        r.port(&mut pio, "serial COM1", dev(), 0x3f8, 8, Some(4))
+            .unwrap();
+        r.port(&mut pio, "debug-exit", dev(), 0xf4, 1, None)
+            .unwrap();
+        r.add("virtio-rng", "mmio", 0xd000_0000, 0x1000, Some(5));
+        let ids: Vec<u32> = r.0.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(r.0[0].label, "serial COM1");
+        assert_eq!((r.0[0].base, r.0[0].len, r.0[0].irq), (0x3f8, 8, Some(4)));
+        assert_eq!(r.0[2].bus, "mmio");
+        // A device that cannot be placed is not registered either.
+        assert!(r.port(&mut pio, "clash", dev(), 0x3fa, 1, None).is_err());
+        assert_eq!(r.0.len(), 3);
+        let mut b = [0xffu8];
+        assert!(pio.read(0xf4, &mut b));
+    }
+}

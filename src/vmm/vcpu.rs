@@ -310,27 +310,24 @@ impl Vcpu {
                     Err(mpsc::TryRecvError::Disconnected) => return Obey::Leave,
                 }
             };
-            match command {
-                VcpuCommand::Pause => {
-                    if !*paused {
-                        *paused = true;
-                        // Tell a kvmclock guest it was stopped, so its
-                        // watchdogs do not see the pause as a lockup.
-                        if let Err(e) = self.fd.kvmclock_ctrl() {
-                            log::trace!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
-                        }
-                    }
-                    ctx.events.send(VcpuEvent::Paused { id });
+            let was_paused = *paused;
+            let next = next_state(*paused, &command);
+            *paused = next.paused;
+            if next.paused && !was_paused {
+                // Tell a kvmclock guest it was stopped, so its watchdogs do
+                // not take the pause for a lockup.
+                if let Err(e) = self.fd.kvmclock_ctrl() {
+                    log::trace!("vCPU {id}: KVM_KVMCLOCK_CTRL: {e}");
                 }
-                VcpuCommand::Resume => {
-                    if *paused {
-                        *paused = false;
-                        ctx.events.send(VcpuEvent::Resumed { id });
-                    }
-                    return Obey::Go;
-                }
-                VcpuCommand::Stop => return Obey::Leave,
-                VcpuCommand::Call(f) => f(&mut self.fd),
+            }
+            if let Some(report) = next.report {
+                ctx.events.send(report.event(id));
+            }
+            match (next.then, command) {
+                (Then::Go, _) => return Obey::Go,
+                (Then::Leave, _) => return Obey::Leave,
+                (Then::Obey, VcpuCommand::Call(f)) => f(&mut self.fd),
+                (Then::Obey, _) => {}
             }
         }
     }
@@ -425,4 +422,114 @@ enum Step {
 enum Obey {
     Go,
     Leave,
+}
+
+/// What a vCPU thread does after one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Carry the command out (a call) and read the next one.
+    Obey,
+    /// Run the guest.
+    Go,
+    /// Leave the thread.
+    Leave,
+}
+
+/// The vCPU state machine: where a command takes a thread that is paused
+/// or not, and what it tells the control loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Next {
+    paused: bool,
+    report: Option<Report>,
+    then: Then,
+}
+
+/// A state change the control loop hears about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    Paused,
+    Resumed,
+}
+
+impl Report {
+    fn event(self, id: u32) -> VcpuEvent {
+        match self {
+            Report::Paused => VcpuEvent::Paused { id },
+            Report::Resumed => VcpuEvent::Resumed { id },
+        }
+    }
+}
+
+fn next_state(paused: bool, command: &VcpuCommand) -> Next {
+    match command {
+        // Always acknowledged, so a pause request never waits in vain.
+        VcpuCommand::Pause => Next {
+            paused: true,
+            report: Some(Report::Paused),
+            then: Then::Obey,
+        },
+        VcpuCommand::Resume => Next {
+            paused: false,
+            report: paused.then_some(Report::Resumed),
+            then: Then::Go,
+        },
+        VcpuCommand::Stop => Next {
+            paused,
+            report: None,
+            then: Then::Leave,
+        },
+        VcpuCommand::Call(_) => Next {
+            paused,
+            report: None,
+            then: Then::Obey,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: &Next) -> Option<VcpuEvent> {
+        n.report.map(|r| r.event(7))
+    }
+
+    #[test]
+    fn pause_stops_a_running_vcpu_and_is_acknowledged_even_when_paused() {
+        for was in [false, true] {
+            let n = next_state(was, &VcpuCommand::Pause);
+            assert!(n.paused);
+            assert_eq!(report(&n), Some(VcpuEvent::Paused { id: 7 }));
+            assert_eq!(n.then, Then::Obey);
+        }
+    }
+
+    #[test]
+    fn resume_runs_the_guest_and_reports_only_a_real_change() {
+        let n = next_state(true, &VcpuCommand::Resume);
+        assert!(!n.paused);
+        assert_eq!(report(&n), Some(VcpuEvent::Resumed { id: 7 }));
+        assert_eq!(n.then, Then::Go);
+        let n = next_state(false, &VcpuCommand::Resume);
+        assert_eq!(report(&n), None);
+        assert_eq!(n.then, Then::Go);
+    }
+
+    #[test]
+    fn stop_leaves_and_calls_keep_the_state() {
+        for was in [false, true] {
+            assert_eq!(next_state(was, &VcpuCommand::Stop).then, Then::Leave);
+            let call = VcpuCommand::Call(Box::new(|_| {}));
+            let n = next_state(was, &call);
+            assert_eq!((n.paused, n.then), (was, Then::Obey));
+            assert_eq!(report(&n), None);
+        }
+    }
+
+    #[test]
+    fn states_have_the_names_hvm_info_shows() {
+        assert_eq!(VcpuState::Running.name(), "running");
+        assert_eq!(VcpuState::Paused.name(), "paused");
+        assert_eq!(VcpuState::Stopped.name(), "stopped");
+    }
 }

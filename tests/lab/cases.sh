@@ -159,6 +159,66 @@ net_case() {
 }
 net_case
 
+# Lifecycle: a VM driven from the outside while Linux runs in it. hvm runs
+# in the background with a name; this side waits for the guest's ready line,
+# acts with hvm's control verbs, then collects the VM like case_ does.
+# lifecycle NAME VMNAME CMDLINE ACTIONS [hvm options...]
+ready_wait() {
+    i=0
+    while ! grep -q HVM-GUEST-READY "$1" 2>/dev/null && [ $i -lt 300 ]; do sleep 1; i=$((i + 1)); done
+}
+lifecycle() {
+    name=$1 vm=$2 cmdline=$3 actions=$4
+    shift 4
+    wanted "$name" || return
+    echo "@@START $name"
+    spec=$TMP/$name.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+    "$HVM" -v run --name "$vm" --timeout 400s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    pid=$!
+    : >"$TMP/$name.host"
+    (eval "$actions") >>"$TMP/$name.host" 2>&1
+    wait $pid
+    code=$?
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    cat "$TMP/$name.host"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+# Paused for 10 s, then resumed: the guest (which slept through it) shows
+# what the kernel logged meanwhile and counts the warnings a long pause can
+# cause (soft lockups, watchdogs, an unstable clocksource, RCU stalls, hung
+# tasks); hvm's stderr has the pause latency.
+lifecycle pause-10s p10 "$Q hvm.run=n=\$(dmesg|wc,-l);sleep,15;dmesg|tail,-n,+\$((n+1))|sed,'s/^/GUEST-DMESG-AFTER-PAUSE,/';echo,GUEST-PAUSE-WARNINGS,\$(dmesg|tail,-n,+\$((n+1))|grep,-ciE,'soft.lockup|watchdog|clocksource.*unstable|rcu.*stall|hung.task')" '
+    ready_wait "$TMP/$name.out"
+    "$HVM" pause p10; echo "HOST-PAUSE-RC $?"
+    echo "HOST-PS $("$HVM" ps | grep "^p10 ")"
+    sleep 10
+    "$HVM" resume p10; echo "HOST-RESUME-RC $?"'
+# hvm stop: the ACPI power button; the bundled guest's acpid powers it off.
+lifecycle stop-graceful s1 "$Q hvm.run=sleep,900" '
+    ready_wait "$TMP/$name.out"
+    sleep 2
+    "$HVM" stop --timeout 120s s1; echo "HOST-STOP-RC $?"'
+# gdb (Debian's gdb-minimal, copied into L1 with the lab) on the bundled
+# kernel, whose vmlinux keeps its symbols: a hardware breakpoint before the
+# kernel has its own page tables, a software one later, a backtrace, kernel
+# memory, a hardware watchpoint, then the guest boots on to its ready line.
+if [ -x /hvm/gdb ]; then
+    lifecycle gdb-linux g1 "$Q" '
+        i=0; while [ ! -S $TMP/g1.sock ] && [ $i -lt 60 ]; do sleep 1; i=$((i + 1)); done
+        /hvm/gdb -q -batch -nx "$IMG/vmlinux" -ex "target remote $TMP/g1.sock" \
+            -ex "hbreak start_kernel" -ex "continue" -ex "echo GDB-AT-START-KERNEL\\n" -ex "delete" \
+            -ex "break do_one_initcall" -ex "continue" -ex "bt 3" -ex "delete" \
+            -ex "x/s &linux_banner" -ex "watch *(unsigned long *)&jiffies" -ex "continue" \
+            -ex "echo GDB-WATCH-DONE\\n" -ex "delete" -ex "info threads" -ex "continue" 2>&1 | sed "s/^/GDB: /"' \
+        --gdb "$TMP/g1.sock"
+fi
+
 # The shipped examples, run as they are.
 example() {
     name=$1

@@ -186,6 +186,13 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
             os.symlink("busybox", os.path.join(root, "bin", applet))
     names = copy_modules(moddir, L1_MODULES, os.path.join(root, "modules"))
     copy_with_libs(hvm, root, "/hvm/hvm")
+    # gdb for the GDB stub case: Debian's gdb-minimal (no Python, whose
+    # standard library L1 does not have).
+    gdb = shutil.which("gdb")
+    if gdb and not any("libpython" in lib for lib in shared_libs(gdb)):
+        copy_with_libs(gdb, root, "/hvm/gdb")
+    else:
+        log("no gdb without Python (apt-get install gdb-minimal): the lab skips its gdb case")
     if with_qemu:
         add_qemu(root)
     for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:
