@@ -15,6 +15,7 @@ use crate::devices::console_output::SharedOutput;
 use crate::devices::events::{GuestEvent, GuestEvents};
 use crate::devices::ged::GedTrigger;
 use crate::timeline;
+use kvm_ioctls::VmFd;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -112,6 +113,8 @@ struct Client {
 
 /// The running VM, as the control loop owns it.
 pub struct Control {
+    /// The VM itself: it lives as long as its owner.
+    _vm: VmFd,
     epoll: Epoll,
     inbox: Inbox,
     signals: OwnedFd,
@@ -137,6 +140,7 @@ pub struct Control {
 
 /// Everything the control loop takes over.
 pub struct Parts {
+    pub vm: VmFd,
     pub inbox: Inbox,
     pub signals: OwnedFd,
     pub timeout: Option<Duration>,
@@ -187,6 +191,7 @@ impl Control {
         }
         let paused = p.vcpus.iter().all(|v| v.state == VcpuState::Paused);
         Ok(Control {
+            _vm: p.vm,
             epoll,
             inbox: p.inbox,
             signals: p.signals,

@@ -7,7 +7,7 @@
 //! address into a guest-physical one.
 
 use super::control::Control;
-use super::vcpu::{VcpuCommand, VcpuHandle};
+use super::vcpu::{call_paused, VcpuCommand, VcpuHandle};
 use gdbstub::common::{Signal, Tid};
 use gdbstub::conn::Connection;
 use gdbstub::stub::state_machine::GdbStubStateMachine;
@@ -442,19 +442,13 @@ impl GdbTarget {
         id: u32,
         f: impl FnOnce(&mut VcpuFd) -> Result<R, String> + Send + 'static,
     ) -> Option<R> {
-        let sender = self.vcpus.get(id as usize)?;
-        let (tx, rx) = mpsc::sync_channel(1);
-        let call = VcpuCommand::Call(Box::new(move |fd| {
-            let _ = tx.send(f(fd));
-        }));
-        sender.send(call).ok()?;
-        match rx.recv_timeout(CALL_LIMIT) {
-            Ok(Ok(r)) => Some(r),
-            Ok(Err(e)) => {
+        match call_paused(self.vcpus.get(id as usize)?, CALL_LIMIT, f) {
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
                 log::debug!("gdb: vCPU {id}: {e}");
                 None
             }
-            Err(_) => None,
+            None => None,
         }
     }
 

@@ -113,7 +113,7 @@ pub struct RunOptions {
 /// A built VM, not yet running.
 pub struct Vm {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     memory: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     ctx: VcpuContext,
@@ -352,7 +352,7 @@ impl Vm {
 
         Ok(Vm {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             memory,
             vcpus,
             ctx,
@@ -545,6 +545,7 @@ impl Vm {
             );
         }
         let control = Control::new(Parts {
+            vm: self.vm,
             inbox: self.inbox,
             signals,
             timeout: opts.timeout,

@@ -94,6 +94,21 @@ impl VcpuEvents {
     }
 }
 
+/// Runs `f` on a paused vCPU's own thread (it waits on its commands) and
+/// waits up to `limit` for the answer; None when it did not come.
+pub fn call_paused<R: Send + 'static>(
+    commands: &mpsc::Sender<VcpuCommand>,
+    limit: std::time::Duration,
+    f: impl FnOnce(&mut VcpuFd) -> Result<R, String> + Send + 'static,
+) -> Option<Result<R, String>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let call = VcpuCommand::Call(Box::new(move |fd| {
+        let _ = tx.send(f(fd));
+    }));
+    commands.send(call).ok()?;
+    rx.recv_timeout(limit).ok()
+}
+
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
