@@ -147,7 +147,6 @@ pub struct Parts {
     pub vcpus: Vec<VcpuHandle>,
     pub guest: GuestEvents,
     pub devices: DeviceLoopHandle,
-    pub socket: Option<ControlSocket>,
     pub gdb: Option<GdbServer>,
     pub ged: GedTrigger,
     pub output: SharedOutput,
@@ -183,9 +182,6 @@ impl Control {
             }
             None => None,
         };
-        if let Some(s) = &p.socket {
-            add(s.listener.as_raw_fd(), TOKEN_LISTENER).map_err(setup("epoll"))?;
-        }
         if let Some(g) = &p.gdb {
             add(g.fd(), TOKEN_GDB).map_err(setup("epoll"))?;
         }
@@ -200,7 +196,7 @@ impl Control {
             deferred: VecDeque::new(),
             guest: p.guest,
             devices: p.devices,
-            socket: p.socket,
+            socket: None,
             clients: HashMap::new(),
             next_client: 0,
             gdb: p.gdb,
@@ -211,6 +207,24 @@ impl Control {
             identity: p.identity,
             started: Instant::now(),
         })
+    }
+
+    /// Serves the control socket from now on.
+    pub fn serve(&mut self, socket: ControlSocket) -> Result<(), ControlError> {
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                socket.listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+            )
+            .map_err(setup("epoll"))?;
+        self.socket = Some(socket);
+        Ok(())
+    }
+
+    /// Stops the VM before it was ever served (set-up failed after start).
+    pub fn abandon(mut self) {
+        self.teardown();
     }
 
     /// Runs until the VM has a reason to stop, then stops its threads.

@@ -495,17 +495,6 @@ impl Vm {
     pub fn run(self, opts: &RunOptions) -> Result<ExitReason, VmError> {
         let signals = control::take_stop_signals()?;
         vcpu::install_kick_handler()?;
-        let socket = if opts.no_control {
-            None
-        } else {
-            Some(match &opts.name {
-                Some(name) => ControlSocket::claim(name, false)?,
-                None => ControlSocket::claim(&crate::api::name_from_spec(&opts.spec_path), true)?,
-            })
-        };
-        if let Some(s) = &socket {
-            log::info!("control socket {} (name {})", s.path().display(), s.name);
-        }
         let gdb = opts
             .gdb
             .as_deref()
@@ -544,7 +533,7 @@ impl Vm {
                 g.address()
             );
         }
-        let control = Control::new(Parts {
+        let mut control = Control::new(Parts {
             vm: self.vm,
             inbox: self.inbox,
             signals,
@@ -552,12 +541,30 @@ impl Vm {
             vcpus,
             guest: self.ctx.guest.clone(),
             devices,
-            socket,
             gdb,
             ged: self.ged,
             output: self.output,
             identity: self.identity,
         })?;
+        // The name is claimed once the guest runs, off its start-up path
+        // (the socket's files cost more than the rest of hvm's set-up).
+        if !opts.no_control {
+            let claimed = match &opts.name {
+                Some(name) => ControlSocket::claim(name, false),
+                None => ControlSocket::claim(&crate::api::name_from_spec(&opts.spec_path), true),
+            };
+            match claimed {
+                Ok(s) => {
+                    log::info!("control socket {} (name {})", s.path().display(), s.name);
+                    control.serve(s)?;
+                }
+                Err(e) => {
+                    control.abandon();
+                    terminal::restore();
+                    return Err(e.into());
+                }
+            }
+        }
         let reason = control.run();
         terminal::restore();
         Ok(reason)
