@@ -39,8 +39,10 @@ build_kernel() {
     fi
     make -C "$src" -j"$(nproc)" bzImage vmlinux
     cp "$src/arch/x86/boot/bzImage" "$here/bzImage"
-    # The ELF vmlinux, stripped of symbols: same kernel, loaded without decompression.
-    objcopy --strip-all "$src/vmlinux" "$here/vmlinux"
+    # The ELF vmlinux: same kernel, loaded without decompression. Only debug
+    # sections are stripped (there is no DWARF anyway); the symbol table stays
+    # so gdb can use it (`gdb guest-images/vmlinux`, `break start_kernel`, `bt`).
+    objcopy --strip-debug "$src/vmlinux" "$here/vmlinux"
 }
 
 build_initramfs() {

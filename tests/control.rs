@@ -100,6 +100,20 @@ impl Running {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.wait_socket();
+    }
+
+    /// hvm claims its name once the guest runs, so the guest may print
+    /// before the socket exists: wait for it (a script does the same).
+    fn wait_socket(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.socket().exists() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("hvm exited ({status}) before its socket appeared");
+            }
+            assert!(Instant::now() < deadline, "no control socket after 5 s");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The socket exists once the VM runs.

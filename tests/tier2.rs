@@ -439,12 +439,20 @@ fn gdb_debugs_the_bundled_linux_kernel_then_lets_it_boot() {
         c,
         0,
         &[
-            "GDB-AT-START-KERNEL",
-            "in do_one_initcall",
-            "Linux version 6.12",
-            "New value",
-            "GDB-WATCH-DONE",
+            // Attached before the first instruction, at the kernel's entry.
+            "GDB: 0x0000000001000000 in ?? ()",
+            "GDB-STEPPED",
+            // Ctrl-C while Linux runs, then a backtrace with kernel symbols.
+            "received signal SIGINT",
+            "GDB: #0  0xffffffff8",
+            "GDB: #1  0xffffffff8",
+            // Kernel memory by virtual address.
+            "<linux_banner>:\t\"Linux version 6.12",
+            "Thread 1.1",
+            "GDB: vCPU 0: cr0=0x8",
+            // The guest boots on to its marker and powers off; gdb sees it.
             "HVM-GUEST-READY",
+            "exited normally",
         ],
     );
 }
