@@ -47,6 +47,10 @@ pub enum Command {
         /// Create no control socket (the VM cannot be listed or controlled).
         #[arg(long)]
         no_control_socket: bool,
+        /// The virtiofsd program that serves every [[share]] (default: the
+        /// spec's share.virtiofsd, else PATH, /usr/libexec, /usr/lib/qemu).
+        #[arg(long, value_name = "PATH")]
+        virtiofsd: Option<PathBuf>,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {

@@ -8,7 +8,9 @@ use cli::{Cli, Command, Shell};
 use hvm::api::{self, ApiError, Request, VmInfo};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
-use hvm::vmm::{control::ControlError, gdb::GdbError, virtio::VirtioError};
+use hvm::vmm::{
+    control::ControlError, gdb::GdbError, virtio::VirtioError, virtiofsd::VirtiofsdError,
+};
 use hvm::vmm::{RunOptions, Vm, VmError};
 use hvm::{timeline, vmm};
 use std::path::Path;
@@ -41,7 +43,16 @@ fn error_code(e: &VmError) -> i32 {
             code::BAD_INPUT
         }
         VmError::Virtio(v) => match v {
-            VirtioError::Block(_) | VirtioError::Net(_) => code::BAD_INPUT,
+            VirtioError::Block(_) | VirtioError::Net(_) | VirtioError::Share { .. } => {
+                code::BAD_INPUT
+            }
+            VirtioError::Virtiofsd(f) => match f {
+                VirtiofsdError::NotFound { .. }
+                | VirtiofsdError::BadDirectory { .. }
+                | VirtiofsdError::NeedsRoot { .. }
+                | VirtiofsdError::Spawn { .. } => code::BAD_INPUT,
+                VirtiofsdError::Socket { .. } => code::INTERNAL,
+            },
             VirtioError::TooMany { .. } => code::BAD_SPEC,
             VirtioError::Kvm { .. } => code::KVM,
             VirtioError::EventFd(_) | VirtioError::Bus(_) => code::INTERNAL,
@@ -89,6 +100,7 @@ fn main() {
             name,
             gdb,
             no_control_socket,
+            virtiofsd,
         } => run(RunOptions {
             timeout,
             serial_log,
@@ -96,6 +108,7 @@ fn main() {
             name,
             no_control: no_control_socket,
             gdb,
+            virtiofsd,
         }),
         Command::Ps { json } => ps(json),
         Command::Pause { name } => control(&name, Request::Pause, "paused"),

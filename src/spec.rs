@@ -15,6 +15,8 @@ pub const MAX_VCPUS: u32 = 254;
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest RAM: 1 TiB keeps every address inside 40 physical bits.
 pub const MAX_MEMORY: u64 = 1 << 40;
+/// Longest share tag: virtio-fs config space has 36 bytes for it.
+pub const MAX_TAG_LEN: usize = 36;
 
 /// What went wrong with a spec. The message is what the user sees.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,17 @@ pub struct Drive {
     pub id: String,
 }
 
+/// A host directory the guest mounts over virtio-fs (`mount -t virtiofs TAG DIR`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub path: PathBuf,
+    /// The name the guest mounts it by (1 to 36 bytes).
+    pub tag: String,
+    pub read_only: bool,
+    /// The virtiofsd to run for it; `None`: hvm looks for one.
+    pub virtiofsd: Option<PathBuf>,
+}
+
 /// How the guest learns where the virtio-mmio devices are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtioDiscovery {
@@ -104,6 +117,8 @@ pub struct Spec {
     pub rng: bool,
     /// virtio-net links (eth0, eth1, ...).
     pub nets: Vec<NetLink>,
+    /// Host directories over virtio-fs.
+    pub shares: Vec<Share>,
     pub virtio_discovery: VirtioDiscovery,
     /// An in-kernel i8254 PIT; `None`: only when the guest boots without ACPI.
     pub pit: Option<bool>,
@@ -134,6 +149,18 @@ struct RawSpec {
     console: Option<RawConsole>,
     #[serde(default)]
     net: Vec<RawNet>,
+    #[serde(default)]
+    share: Vec<RawShare>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    path: Spanned<String>,
+    tag: Option<Spanned<String>>,
+    #[serde(default)]
+    read_only: bool,
+    virtiofsd: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +262,33 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// The tag a share gets when none is given: its directory's name (`root`
+/// for `/`), cut to the 36 bytes a tag may have.
+pub fn default_tag(path: &str) -> String {
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    let mut end = name.len().min(MAX_TAG_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+/// Why `tag` cannot name a share, if it cannot.
+pub fn bad_tag(tag: &str) -> Option<String> {
+    let max = MAX_TAG_LEN;
+    if tag.is_empty() || tag.len() > max || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        Some(format!(
+            "must be 1 to {max} bytes without spaces or control characters (the guest mounts it with mount -t virtiofs TAG DIR)"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Parses a size such as `512M`, `1536MiB`, `2G` or `4096` (MiB) into bytes.
@@ -504,6 +558,49 @@ impl Spec {
             });
         }
 
+        let mut shares: Vec<Share> = Vec::new();
+        for sh in &raw.share {
+            if sh.path.get_ref().trim().is_empty() {
+                return Err(invalid(
+                    "share.path",
+                    "\"\"".into(),
+                    sh.path.span(),
+                    "must name a host directory".into(),
+                ));
+            }
+            let (tag, span) = match &sh.tag {
+                Some(t) => (t.get_ref().clone(), t.span()),
+                None => (default_tag(sh.path.get_ref()), sh.path.span()),
+            };
+            if let Some(why) = bad_tag(&tag) {
+                return Err(invalid("share.tag", format!("\"{tag}\""), span, why));
+            }
+            if shares.iter().any(|other| other.tag == tag) {
+                return Err(invalid(
+                    "share.tag",
+                    format!("\"{tag}\""),
+                    span,
+                    "is already the tag of another share; tags must be unique".into(),
+                ));
+            }
+            if let Some(v) = &sh.virtiofsd {
+                if v.get_ref().trim().is_empty() {
+                    return Err(invalid(
+                        "share.virtiofsd",
+                        "\"\"".into(),
+                        v.span(),
+                        "must name a virtiofsd program".into(),
+                    ));
+                }
+            }
+            shares.push(Share {
+                path: resolve(sh.path.get_ref()),
+                tag,
+                read_only: sh.read_only,
+                virtiofsd: sh.virtiofsd.as_ref().map(|v| resolve(v.get_ref())),
+            });
+        }
+
         Ok(Spec {
             source: path.to_path_buf(),
             vcpus,
@@ -516,6 +613,7 @@ impl Spec {
             drives,
             rng: raw.rng.is_some(),
             nets,
+            shares,
             virtio_discovery,
             pit: raw.machine.pit,
             console,

@@ -456,3 +456,83 @@ fn gdb_debugs_the_bundled_linux_kernel_then_lets_it_boot() {
         ],
     );
 }
+
+/// A number after `key` in the console.
+fn number(c: &Case, key: &str) -> u64 {
+    field(&c.console, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key} in:\n{}", c.console))
+}
+
+#[test]
+fn shared_directory_reads_and_writes_with_the_hosts_checksums() {
+    let Some(c) = case("share-rw") else { return };
+    assert_case(c, 0, &["GUEST-SHARE-DONE", "HOST-VIRTIOFSD-LEFT 0"]);
+    let read = field(&c.console, "GUEST-SHARE-READ").expect("guest read hash");
+    assert_eq!(read.len(), 64, "{}", c.console);
+    assert_eq!(
+        Some(read),
+        field(&c.console, "HOST-SHARE-BIG"),
+        "64 MiB host file read in the guest"
+    );
+    let wrote = field(&c.console, "GUEST-SHARE-WROTE").expect("guest write hash");
+    assert_eq!(wrote.len(), 64, "{}", c.console);
+    assert_eq!(
+        Some(wrote),
+        field(&c.console, "HOST-SHARE-OUT"),
+        "guest's file on the host"
+    );
+    // 2 GiB configured, shared memfd: hvm's RSS is what the guest touched
+    // (its used memory, and the RAM its kernel reserved at boot) plus hvm's
+    // own few MiB, never the configured size.
+    let rss = number(c, "HOST-RSS-KIB");
+    let used = number(c, "GUEST-USED-KIB");
+    let e820_kib = number_after(c, "e820_ram_bytes=") / 1024;
+    let reserved = e820_kib - number_after(c, "memtotal_kib=");
+    assert!(
+        rss <= used + reserved + 64 * 1024,
+        "RSS {rss} KiB > guest used {used} + reserved {reserved} + 64 MiB"
+    );
+}
+
+fn number_after(c: &Case, prefix: &str) -> u64 {
+    c.console
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{}", c.console))
+}
+
+#[test]
+fn read_only_share_refuses_writes_and_the_host_file_stays() {
+    let Some(c) = case("share-ro") else { return };
+    assert_case(
+        c,
+        0,
+        &[
+            "host file",
+            "GUEST-RO-WRITE-RC 1",
+            "GUEST-RO-CREATE-RC 1",
+            "Read-only file system",
+            "HOST-RO-CONTENT host file",
+            "HOST-RO-NEW 1",
+        ],
+    );
+}
+
+#[test]
+fn killed_virtiofsd_gives_the_guest_io_errors_not_a_hang() {
+    let Some(c) = case("share-gone") else { return };
+    assert_case(
+        c,
+        0,
+        &[
+            "GUEST-MOUNTED",
+            "HOST-KILLED-VIRTIOFSD 0",
+            "Input/output error",
+            "GUEST-AFTER-KILL-RC 1",
+            "reboot: Power down",
+        ],
+    );
+    assert!(c.stderr.contains("the file server is gone"), "{}", c.stderr);
+}

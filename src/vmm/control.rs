@@ -10,6 +10,7 @@ use super::event_loop::{DeviceLoopHandle, LoopCommand};
 use super::exit::ExitReason;
 use super::gdb::{GdbEvent, GdbServer};
 use super::vcpu::{VcpuCommand, VcpuEvent, VcpuHandle, VcpuState};
+use super::virtiofsd::Virtiofsd;
 use crate::api::{self, ControlSocket, DeviceInfo, Reply, Request, VmInfo};
 use crate::devices::console_output::SharedOutput;
 use crate::devices::events::{GuestEvent, GuestEvents};
@@ -33,6 +34,8 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long pause, resume and teardown wait for a thread to obey.
 const OBEY_LIMIT: Duration = Duration::from_secs(2);
+/// How long a file server has to exit after SIGTERM before SIGKILL.
+const SERVER_GRACE: Duration = Duration::from_secs(1);
 
 const TOKEN_WAKE: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
@@ -135,6 +138,8 @@ pub struct Control {
     ged: GedTrigger,
     output: SharedOutput,
     identity: Identity,
+    /// Child processes serving devices; stopped after the devices are.
+    servers: Vec<Virtiofsd>,
     started: Instant,
 }
 
@@ -151,6 +156,7 @@ pub struct Parts {
     pub ged: GedTrigger,
     pub output: SharedOutput,
     pub identity: Identity,
+    pub servers: Vec<Virtiofsd>,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ControlError {
@@ -205,6 +211,7 @@ impl Control {
             ged: p.ged,
             output: p.output,
             identity: p.identity,
+            servers: p.servers,
             started: Instant::now(),
         })
     }
@@ -677,6 +684,10 @@ impl Control {
         }
         if !self.wait_vcpus(|s| s == VcpuState::Stopped) {
             log::warn!("a vCPU did not stop in time");
+        }
+        // No guest can reach them now: stop the file servers.
+        for server in &mut self.servers {
+            server.stop(SERVER_GRACE);
         }
         let report = self.output.drain();
         if report.dropped > 0 || report.undelivered > 0 {

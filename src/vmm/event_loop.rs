@@ -135,37 +135,65 @@ struct Running {
     acks: mpsc::Sender<LoopCommand>,
     reading_stdin: bool,
     paused: bool,
+    /// Which queue notifiers epoll watches now.
+    watched: Vec<bool>,
 }
 
 impl EventLoop {
     /// Watches (or stops watching) the queue notifiers and backends: all of
     /// them go while the VM is paused, so no device touches guest memory.
-    fn watch_devices(&self, epoll: &Epoll, on: bool) -> Result<(), std::io::Error> {
-        let op = || {
-            if on {
+    /// Queues a backend process serves are left to it.
+    fn watch_devices(
+        &self,
+        epoll: &Epoll,
+        watched: &mut [bool],
+        on: bool,
+    ) -> Result<(), std::io::Error> {
+        self.watch_queues(epoll, watched, on)?;
+        for (i, (fd, _)) in self.backends.iter().enumerate() {
+            let op = if on {
                 ControlOperation::Add
             } else {
                 ControlOperation::Delete
-            }
-        };
-        for (i, n) in self.notifiers.iter().enumerate() {
-            epoll.ctl(
-                op(),
-                n.evt.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
-            )?;
-        }
-        for (i, (fd, _)) in self.backends.iter().enumerate() {
+            };
             // Edge-triggered: the device reads until the tap is empty or the
             // guest has no buffers; a later queue notification resumes it.
             epoll.ctl(
-                op(),
+                op,
                 *fd,
                 EpollEvent::new(
                     EventSet::IN | EventSet::EDGE_TRIGGERED,
                     TOKEN_BACKEND_BASE + i as u64,
                 ),
             )?;
+        }
+        Ok(())
+    }
+
+    /// Brings the watched queue notifiers in line with `on` and with which
+    /// queues hvm serves itself.
+    fn watch_queues(
+        &self,
+        epoll: &Epoll,
+        watched: &mut [bool],
+        on: bool,
+    ) -> Result<(), std::io::Error> {
+        for (i, n) in self.notifiers.iter().enumerate() {
+            let want = on && !lock(&n.transport).queues_external();
+            if want == watched[i] {
+                continue;
+            }
+            let op = if want {
+                ControlOperation::Add
+            } else {
+                ControlOperation::Delete
+            };
+            epoll.ctl(
+                op,
+                n.evt.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
+            )?;
+            watched[i] = want;
         }
         Ok(())
     }
@@ -182,8 +210,9 @@ impl EventLoop {
                 EpollEvent::new(EventSet::IN, TOKEN_CONTROL),
             )
             .map_err(EventLoopError::Epoll)?;
+        let mut watched = vec![false; self.notifiers.len()];
         if !paused {
-            self.watch_devices(&epoll, true)
+            self.watch_devices(&epoll, &mut watched, true)
                 .map_err(EventLoopError::Epoll)?;
         }
         let mut reading_stdin = false;
@@ -209,6 +238,7 @@ impl EventLoop {
             acks,
             reading_stdin,
             paused,
+            watched,
         };
         let thread = std::thread::Builder::new()
             .name("hvm-devices".into())
@@ -238,11 +268,11 @@ impl EventLoop {
             let ok = match command {
                 LoopCommand::Pause if !st.paused => {
                     st.paused = true;
-                    self.watch_devices(&st.epoll, false)
+                    self.watch_devices(&st.epoll, &mut st.watched, false)
                 }
                 LoopCommand::Resume if st.paused => {
                     st.paused = false;
-                    let r = self.watch_devices(&st.epoll, true);
+                    let r = self.watch_devices(&st.epoll, &mut st.watched, true);
                     self.target.resume();
                     r
                 }
@@ -318,7 +348,13 @@ impl EventLoop {
                         if let Some((_, transport)) =
                             self.backends.get((token - TOKEN_BACKEND_BASE) as usize)
                         {
-                            lock(transport).backend_event();
+                            if lock(transport).backend_event() {
+                                // Its backend is gone: hvm serves those queues now.
+                                if let Err(e) = self.watch_queues(&st.epoll, &mut st.watched, true)
+                                {
+                                    log::warn!("device loop: cannot watch the queues: {e}");
+                                }
+                            }
                         }
                     }
                     token if token >= TOKEN_QUEUE_BASE => {

@@ -2,12 +2,16 @@
 //! tells the guest which addresses are RAM.
 //!
 //! RAM is anonymous, private and `MAP_NORESERVE` (vm-memory's default), so
-//! the host only pays for pages the guest touches.
+//! the host only pays for pages the guest touches. When another process
+//! must reach guest RAM (a vhost-user server such as virtiofsd), RAM is a
+//! sparse memfd mapped shared instead: just as lazy, and its fd can be sent.
 
 use crate::arch::x86_64::layout::{
     ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START,
 };
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Errors while setting up guest RAM.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +21,8 @@ pub enum MemoryError {
         size: u64,
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("cannot create {size} MiB of shareable guest memory (memfd): {source}")]
+    Memfd { size: u64, source: std::io::Error },
 }
 
 /// An e820 entry type, as Linux reads it from boot_params.
@@ -78,12 +84,39 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
     map
 }
 
-/// Maps guest RAM into hvm's address space (lazily: nothing is touched).
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|source| MemoryError::Map {
+/// Maps guest RAM into hvm's address space (lazily: nothing is touched),
+/// from a memfd other processes can map when `shared`.
+pub fn create_guest_memory(size: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
+    let map_error = |source| MemoryError::Map {
         size: size >> 20,
         source,
-    })
+    };
+    if !shared {
+        return GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(map_error);
+    }
+    let memfd_error = |source| MemoryError::Memfd {
+        size: size >> 20,
+        source,
+    };
+    // SAFETY: the name is a NUL-terminated literal; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"hvm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(memfd_error(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a new fd nobody else owns.
+    let file = std::sync::Arc::new(unsafe { File::from_raw_fd(fd) });
+    // Sparse: set_len allocates nothing.
+    file.set_len(size).map_err(memfd_error)?;
+    let mut offset = 0u64;
+    let ranges: Vec<_> = ram_regions(size)
+        .into_iter()
+        .map(|(addr, len)| {
+            let at = FileOffset::from_arc(file.clone(), offset);
+            offset += len as u64;
+            (addr, len, Some(at))
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(map_error)
 }
 
 #[cfg(test)]
@@ -141,7 +174,7 @@ mod tests {
     #[test]
     fn guest_memory_maps_lazily_and_is_usable_at_both_ends() {
         let size = 5u64 << 30;
-        let mem = create_guest_memory(size).unwrap();
+        let mem = create_guest_memory(size, false).unwrap();
         assert_eq!(mem.num_regions(), 2);
         mem.write_obj(0xabu8, GuestAddress(0)).unwrap();
         mem.write_obj(0xcdu8, GuestAddress(MMIO_GAP_START - 1))
@@ -152,5 +185,30 @@ mod tests {
         assert!(mem
             .write_obj(0u8, GuestAddress(MMIO_GAP_END + (2 << 30)))
             .is_err());
+    }
+
+    #[test]
+    fn shared_memory_is_one_sparse_memfd_behind_both_regions() {
+        let size = 5u64 << 30;
+        let mem = create_guest_memory(size, true).unwrap();
+        let regions: Vec<_> = mem.iter().collect();
+        assert_eq!(regions.len(), 2);
+        let low = regions[0].file_offset().expect("file-backed");
+        let high = regions[1].file_offset().expect("file-backed");
+        assert_eq!(low.start(), 0);
+        assert_eq!(high.start(), MMIO_GAP_START);
+        let meta = low.file().metadata().unwrap();
+        assert_eq!(meta.len(), size);
+        // Lazy: nothing allocated until touched.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.blocks(), 0);
+        mem.write_obj(0x5au8, GuestAddress(MMIO_GAP_END)).unwrap();
+        // The high region starts at that offset of the same file.
+        let mut byte = [0u8];
+        use std::os::unix::fs::FileExt;
+        high.file()
+            .read_exact_at(&mut byte, MMIO_GAP_START)
+            .unwrap();
+        assert_eq!(byte[0], 0x5a);
     }
 }

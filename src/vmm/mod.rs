@@ -10,6 +10,7 @@ pub mod memory;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
+pub mod virtiofsd;
 
 use crate::api::{ApiError, ControlSocket, DeviceInfo};
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
@@ -108,6 +109,8 @@ pub struct RunOptions {
     pub no_control: bool,
     /// Where the GDB stub listens (`HOST:PORT` or a Unix socket path).
     pub gdb: Option<String>,
+    /// The virtiofsd for every share (overrides the spec and the search).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 /// A built VM, not yet running.
@@ -129,6 +132,8 @@ pub struct Vm {
     )>,
     ged: GedTrigger,
     identity: Identity,
+    /// Child processes serving devices (virtiofsd).
+    servers: Vec<virtiofsd::Virtiofsd>,
 }
 
 /// The device registry as it is being built: each device gets an id, a
@@ -308,16 +313,18 @@ impl Vm {
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
         let (output, input) = Self::console_output(spec, opts)?;
-        let (backends, console_input) = virtio::open_backends(spec, &output)?;
+        let backends = virtio::open_backends(spec, &output, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
-        let memory = memory::create_guest_memory(spec.memory)?;
+        let memory = memory::create_guest_memory(spec.memory, backends.need_shared_memory())?;
+        let console_input = backends.console_input;
+        let servers = backends.servers;
         timeline::mark("memory mapped");
         let vm = create_vm(&kvm, spec, &memory)?;
         timeline::mark("KVM VM created");
 
         let mut mmio = Bus::new();
-        let attached = virtio::attach(&vm, &memory, backends, &mut mmio)?;
+        let attached = virtio::attach(&vm, &memory, backends.devices, &mut mmio)?;
         let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
         timeline::mark("kernel loaded");
 
@@ -369,6 +376,7 @@ impl Vm {
             notifiers: attached.notifiers,
             backends: attached.backends,
             ged,
+            servers,
             identity: Identity {
                 spec: opts.spec_path.clone(),
                 vcpus: spec.vcpus,
@@ -545,6 +553,7 @@ impl Vm {
             ged: self.ged,
             output: self.output,
             identity: self.identity,
+            servers: self.servers,
         })?;
         // The name is claimed once the guest runs, off its start-up path
         // (the socket's files cost more than the rest of hvm's set-up).

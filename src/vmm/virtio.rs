@@ -8,12 +8,14 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
+use crate::devices::virtio::fs::{FsError, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{Net, NetError, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
+use crate::vmm::virtiofsd::{self, Virtiofsd, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -32,6 +34,10 @@ pub enum VirtioError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Virtiofsd(#[from] VirtiofsdError),
+    #[error("{source} ({why})")]
+    Share { source: FsError, why: String },
     #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
     TooMany { count: usize, max: usize },
     #[error("cannot create an eventfd for a virtio device: {0}")]
@@ -74,8 +80,21 @@ pub struct Attached {
     pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
-/// The opened devices, and the virtio-console's input queue if the console is virtio.
-pub type Backends = (Vec<Box<dyn VirtioDevice>>, Option<PendingInput>);
+/// The opened devices and what comes with them.
+pub struct Backends {
+    pub devices: Vec<Box<dyn VirtioDevice>>,
+    /// The virtio-console's input queue, if the console is virtio.
+    pub console_input: Option<PendingInput>,
+    /// The file servers behind the shares (the control loop owns them).
+    pub servers: Vec<Virtiofsd>,
+}
+
+impl Backends {
+    /// Whether another process must map guest RAM (vhost-user servers).
+    pub fn need_shared_memory(&self) -> bool {
+        !self.servers.is_empty()
+    }
+}
 
 /// Where the guest is told about the devices: (in the DSDT, on the command line).
 /// `auto` uses ACPI, which every ACPI kernel's virtio-mmio driver reads;
@@ -91,9 +110,13 @@ pub fn discovery(spec: &Spec) -> (bool, bool) {
 }
 
 /// Opens every backend the spec names (disk images are opened and locked
-/// here, before any VM exists, so a wrong path fails fast).
-/// Also returns the virtio-console's input queue when the console is virtio.
-pub fn open_backends(spec: &Spec, output: &SharedOutput) -> Result<Backends, VirtioError> {
+/// here, before any VM exists, so a wrong path fails fast; file servers
+/// start here, so they start while the VM is built).
+pub fn open_backends(
+    spec: &Spec,
+    output: &SharedOutput,
+    virtiofsd_override: Option<&std::path::Path>,
+) -> Result<Backends, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let mut console_input = None;
     if spec.console == ConsoleDevice::Virtio {
@@ -115,13 +138,29 @@ pub fn open_backends(spec: &Spec, output: &SharedOutput) -> Result<Backends, Vir
         log::info!("net {i}: tap {} mac {}", tap.name(), format_mac(&mac));
         devices.push(Box::new(Net::new(tap, mac)));
     }
-    if devices.len() > IRQS.len() {
+    if devices.len() + spec.shares.len() > IRQS.len() {
         return Err(VirtioError::TooMany {
-            count: devices.len(),
+            count: devices.len() + spec.shares.len(),
             max: IRQS.len(),
         });
     }
-    Ok((devices, console_input))
+    let mut servers = Vec::new();
+    for share in &spec.shares {
+        let named = virtiofsd_override.or(share.virtiofsd.as_deref());
+        let program = virtiofsd::find(named, &share.tag)?;
+        let (mut server, stream) = Virtiofsd::start(share, &program)?;
+        let fs = VhostUserFs::connect(stream, &share.tag).map_err(|source| VirtioError::Share {
+            source,
+            why: server.explain(),
+        })?;
+        devices.push(Box::new(fs));
+        servers.push(server);
+    }
+    Ok(Backends {
+        devices,
+        console_input,
+        servers,
+    })
 }
 
 /// Gives each device a window, an interrupt and its queue notifications.
@@ -146,6 +185,7 @@ pub fn attach(
         vm.register_irqfd(&irq, irq_line).map_err(kvm("irqfd"))?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), irq)));
         let queues = crate::devices::bus::lock(&transport).queue_count();
+        let mut kicks = Vec::new();
         for queue in 0..queues {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VirtioError::EventFd)?;
             vm.register_ioevent(
@@ -154,11 +194,20 @@ pub fn attach(
                 queue as u32,
             )
             .map_err(kvm("ioeventfd"))?;
+            kicks.push(evt.try_clone().map_err(VirtioError::EventFd)?);
             out.notifiers.push(QueueNotifier {
                 evt,
                 transport: transport.clone(),
                 queue,
             });
+        }
+        {
+            let mut t = crate::devices::bus::lock(&transport);
+            if t.queues_external() {
+                // A backend process takes the kicks; the event loop watches
+                // them only if that process goes away.
+                t.set_queue_events(kicks).map_err(VirtioError::EventFd)?;
+            }
         }
         log::debug!(
             "virtio device {} (type {}) at {base:#x}, IRQ {irq_line}, {queues} queue(s)",

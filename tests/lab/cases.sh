@@ -173,9 +173,10 @@ lifecycle() {
     wanted "$name" || return
     echo "@@START $name"
     spec=$TMP/$name.toml
-    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n' \
-        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
-    "$HVM" -v run --name "$vm" --timeout 400s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    printf '[machine]\nmemory = "%s"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n' \
+        "${MEM:-256M}" "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+    [ -n "$EXTRA" ] && printf '%b\n' "$EXTRA" >>"$spec"
+    "$HVM" -v run --name "$vm" --timeout "${TIMEOUT:-400s}" "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     : >"$TMP/$name.host"
     (eval "$actions") >>"$TMP/$name.host" 2>&1
@@ -188,6 +189,7 @@ lifecycle() {
     echo "@@STDERR"
     cat "$TMP/$name.err"
     echo "@@EXIT $name $code"
+    EXTRA= MEM= TIMEOUT=
 }
 # Paused for 10 s, then resumed: the guest (which slept through it) shows
 # what the kernel logged meanwhile and counts the warnings a long pause can
@@ -231,6 +233,39 @@ if [ -x /hvm/gdb ]; then
         wait $gdb_pid' \
         --gdb "$TMP/g1.sock"
 fi
+
+# virtio-fs through virtiofsd (copied into L1 by lab.py). A 64 MiB host
+# file read in the guest, a file the guest writes read back on the host,
+# with their checksums; 2 GiB of shared (memfd) guest RAM, of which hvm's
+# RSS must stay near what the guest touched (the guest reports its used
+# memory, the host hvm's RSS, at the same moment).
+S=$TMP/share
+if wanted share-rw || wanted share-ro || wanted share-gone; then
+    mkdir -p "$S/rw" "$S/ro"
+    dd if=/dev/urandom of="$S/rw/big" bs=1M count=64 2>/dev/null
+    echo "host file" >"$S/ro/hello"
+fi
+TIMEOUT=90s MEM=2G EXTRA="[[share]]\npath = \"$S/rw\"\ntag = \"hostshare\"" \
+lifecycle share-rw fs1 "$Q hvm.run=mount,-t,virtiofs,hostshare,/mnt&&echo,GUEST-SHARE-READ,\$(sha256sum,/mnt/big|cut,-c1-64);dd,if=/dev/urandom,of=/mnt/out,bs=1M,count=16,2>/dev/null;sync;echo,GUEST-SHARE-WROTE,\$(sha256sum,/mnt/out|cut,-c1-64);echo,GUEST-USED-KIB,\$(awk,'/^MemTotal/{t=\$2}/^MemFree/{f=\$2}END{print,t-f}',/proc/meminfo);echo,GUEST-SHARE-DONE;sleep,4" '
+    i=0; while ! grep -q GUEST-SHARE-DONE "$TMP/$name.out" 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 1; done
+    echo "HOST-RSS-KIB $(awk "/^VmRSS/ {print \$2}" /proc/$pid/status)"
+    echo "HOST-SHARE-BIG $(sha256sum "$S/rw/big" | cut -c1-64)"
+    while kill -0 $pid 2>/dev/null; do sleep 1; done
+    echo "HOST-SHARE-OUT $(sha256sum "$S/rw/out" | cut -c1-64)"
+    echo "HOST-VIRTIOFSD-LEFT $(pidof virtiofsd | wc -w)"'
+# A read-only share refuses writes, and the host file stays as it was.
+TIMEOUT=90s EXTRA="[[share]]\npath = \"$S/ro\"\ntag = \"ro\"\nread_only = true" \
+lifecycle share-ro fs2 "$Q hvm.run=mount,-t,virtiofs,ro,/mnt&&cat,/mnt/hello;echo,x>/mnt/hello;echo,GUEST-RO-WRITE-RC,\$?;touch,/mnt/new;echo,GUEST-RO-CREATE-RC,\$?" '
+    while kill -0 $pid 2>/dev/null; do sleep 1; done
+    echo "HOST-RO-CONTENT $(cat "$S/ro/hello")"
+    echo "HOST-RO-NEW $(ls "$S/ro" | wc -l)"'
+# virtiofsd killed while the guest uses the share: hvm says so, the
+# guest's next file operation fails (EIO) instead of hanging, and the
+# guest powers off normally.
+TIMEOUT=90s EXTRA="[[share]]\npath = \"$S/rw\"\ntag = \"gone\"" \
+lifecycle share-gone fs3 "$Q hvm.run=mount,-t,virtiofs,gone,/mnt&&ls,/mnt>/dev/null&&echo,GUEST-MOUNTED;sleep,4;cat,/mnt/big>/dev/null;echo,GUEST-AFTER-KILL-RC,\$?;ls,/mnt;echo,GUEST-LS-RC,\$?" '
+    i=0; while ! grep -q GUEST-MOUNTED "$TMP/$name.out" 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 1; done
+    killall -KILL virtiofsd; echo "HOST-KILLED-VIRTIOFSD $?"'
 
 # The shipped examples, run as they are.
 example() {

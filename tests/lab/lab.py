@@ -193,6 +193,13 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
         copy_with_libs(gdb, root, "/hvm/gdb")
     else:
         log("no gdb without Python (apt-get install gdb-minimal): the lab skips its gdb case")
+    # virtiofsd for the virtio-fs cases, where hvm looks for one.
+    virtiofsd = next((p for p in [shutil.which("virtiofsd"), "/usr/libexec/virtiofsd",
+                                  "/usr/lib/qemu/virtiofsd"] if p and os.path.exists(p)), None)
+    if virtiofsd:
+        copy_with_libs(os.path.realpath(virtiofsd), root, "/usr/libexec/virtiofsd")
+    else:
+        log("no virtiofsd (apt-get install qemu-system-common): the lab's share cases will fail")
     if with_qemu:
         add_qemu(root)
     for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:

@@ -2,7 +2,7 @@
 //! registers, feature negotiation, the device status state machine, queue
 //! setup, and the interrupt the guest sees.
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{BackendEvent, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -107,11 +107,37 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
-    /// The backend has input: serve the device's input queue.
-    pub fn backend_event(&mut self) {
-        if let Some(index) = self.device.input_queue() {
-            self.notify(index);
+    /// The backend fd is ready: serve the device's input queue, or learn
+    /// that hvm serves the queues from now on (returns true then; every
+    /// queue is served once, so requests in flight get their answer).
+    pub fn backend_event(&mut self) -> bool {
+        match self.device.backend_ready() {
+            BackendEvent::Input(index) => {
+                self.notify(index);
+                false
+            }
+            BackendEvent::QueuesToHvm => {
+                for index in 0..self.queues.len() {
+                    while self.notify(index) {}
+                }
+                true
+            }
+            BackendEvent::Nothing => false,
         }
+    }
+
+    /// True while a backend process serves the queues (the event loop
+    /// leaves their notifications alone).
+    pub fn queues_external(&self) -> bool {
+        self.device.queues_external()
+    }
+
+    /// Hands the queue notifications and the interrupt to a device whose
+    /// backend serves its queues.
+    pub fn set_queue_events(&mut self, kicks: Vec<EventFd>) -> std::io::Result<()> {
+        let call = self.irq.try_clone()?;
+        self.device.set_queue_events(kicks, call);
+        Ok(())
     }
 
     /// The queue host input goes to, if the device has one.
@@ -224,7 +250,14 @@ impl MmioTransport {
                     return;
                 }
             }
-            self.device.activate(self.driver_features);
+            if let Err(e) = self
+                .device
+                .activate(self.driver_features, &self.queues, &self.mem)
+            {
+                self.status = new;
+                self.needs_reset(&e.to_string());
+                return;
+            }
         }
         self.status = new;
     }
@@ -251,6 +284,12 @@ impl MmioTransport {
             },
             QUEUE_NUM_MAX => queue.map(|q| u32::from(q.max_size())).unwrap_or(0),
             QUEUE_READY => queue.map(|q| u32::from(q.ready())).unwrap_or(0),
+            // A backend process raises the interrupt through the irqfd
+            // without telling hvm: the used-buffer bit is always set then,
+            // and the driver checks its queues (cheap) on each interrupt.
+            INTERRUPT_STATUS if self.device.queues_external() => {
+                self.interrupt_status | INT_USED_BUFFER
+            }
             INTERRUPT_STATUS => self.interrupt_status,
             STATUS => self.status,
             CONFIG_GENERATION => 0,

@@ -8,12 +8,14 @@
 
 pub mod block;
 pub mod console;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Size of each device's MMIO window.
 pub const MMIO_WINDOW: u64 = 0x1000;
@@ -26,6 +28,20 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRT
 pub enum QueueError {
     #[error("virtqueue: {0}")]
     Queue(#[from] virtio_queue::Error),
+    /// The device's backend (a vhost-user server) refused or failed.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+/// What a device makes of its backend fd becoming ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// Host input arrived: serve this queue.
+    Input(usize),
+    /// The backend that served the queues is gone: hvm serves them from now
+    /// on (the device answers with errors so the guest does not hang).
+    QueuesToHvm,
+    Nothing,
 }
 
 /// What a virtio device adds to the transport.
@@ -42,8 +58,16 @@ pub trait VirtioDevice: Send {
     fn queue_sizes(&self) -> &[u16];
     /// Reads device config space at `offset`; bytes past its end read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// The driver finished feature negotiation and set DRIVER_OK.
-    fn activate(&mut self, _features: u64) {}
+    /// The driver finished feature negotiation and set DRIVER_OK; the
+    /// queues are configured. An error marks the device as needing reset.
+    fn activate(
+        &mut self,
+        _features: u64,
+        _queues: &[Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
     /// Turns the available buffers of queue `index` into used ones, within
     /// a work budget; says whether any were used and whether work is left.
     fn process_queue(
@@ -64,6 +88,20 @@ pub trait VirtioDevice: Send {
     fn input_queue(&self) -> Option<usize> {
         None
     }
+    /// The backend fd is ready (input, or a hang-up).
+    fn backend_ready(&mut self) -> BackendEvent {
+        self.input_queue()
+            .map_or(BackendEvent::Nothing, BackendEvent::Input)
+    }
+    /// True while another process (a vhost-user backend) serves the queues
+    /// straight from the guest's kicks, and raises interrupts itself.
+    fn queues_external(&self) -> bool {
+        false
+    }
+    /// For a device whose queues are external: the queue notification
+    /// eventfds (KVM's ioeventfds, one per queue) and the interrupt eventfd
+    /// (KVM's irqfd), for the backend to use directly.
+    fn set_queue_events(&mut self, _kicks: Vec<EventFd>, _call: EventFd) {}
 }
 
 /// Copies config bytes at `offset` into `data`, zero past the end.

@@ -296,7 +296,12 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, features: u64) {
+    fn activate(
+        &mut self,
+        features: u64,
+        _queues: &[Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<(), QueueError> {
         self.mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         log::info!(
             "net {}: driver ready (mergeable rx buffers: {}, guest offloads: {})",
@@ -305,7 +310,7 @@ impl VirtioDevice for Net {
             features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0
         );
         if !self.offloads {
-            return;
+            return Ok(());
         }
         let mut flags = 0;
         if features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0 {
@@ -320,6 +325,7 @@ impl VirtioDevice for Net {
         if !self.tap.set_offload(flags) {
             log::warn!("tap {}: cannot set offloads {flags:#x}", self.tap.name);
         }
+        Ok(())
     }
 
     fn process_queue(
@@ -394,8 +400,8 @@ mod tests {
         ));
         let mac = [0x52, 0x54, 0, 0x77, 0, 2];
         let mut net = Net::new(tap, mac);
-        net.activate(net.features());
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        net.activate(net.features(), &[], &m).unwrap();
 
         let mut frame = vec![0u8; VNET_HDR_LEN];
         frame.extend(arp_request(mac));

@@ -1,0 +1,532 @@
+//! virtiofsd, the file server behind each `[[share]]`: found, started on a
+//! listening socket hvm has already connected to (so there is no waiting
+//! for it to appear, and no socket file outlives the start), its stderr
+//! turned into hvm's log, and stopped and reaped when the VM ends.
+//!
+//! Two implementations are in use: the Rust virtiofsd (crates.io, distros'
+//! `virtiofsd` package; runs without root) and QEMU's older C one
+//! (`/usr/lib/qemu/virtiofsd` in Debian 12's qemu-system-common; root only).
+
+use crate::spec::Share;
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where hvm looks when neither the spec nor the command line names one.
+const SEARCH: [&str; 3] = [
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/virtiofsd",
+    "/usr/lib/qemu/virtiofsd",
+];
+/// How long a vhost-user reply may take before the step fails.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many of virtiofsd's last stderr lines an error quotes.
+const KEPT_LINES: usize = 8;
+
+/// Errors while starting a share's virtiofsd.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtiofsdError {
+    #[error("share {tag}: no virtiofsd found (looked on PATH and in {}); install one (Debian: apt-get install virtiofsd, or qemu-system-common for QEMU's, which needs root; or cargo install virtiofsd) or name it with [[share]] virtiofsd = \"PATH\" or --virtiofsd PATH", SEARCH.join(", "))]
+    NotFound { tag: String },
+    #[error("share {tag}: {}: {why}", path.display())]
+    BadDirectory {
+        tag: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("share {tag}: {} is QEMU's virtiofsd, which needs root; run hvm as root or install the Rust virtiofsd (apt-get install virtiofsd, or cargo install virtiofsd)", program.display())]
+    NeedsRoot { tag: String, program: PathBuf },
+    #[error("share {tag}: cannot start {}: {source}", program.display())]
+    Spawn {
+        tag: String,
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("share {tag}: cannot set up virtiofsd's socket: {source}")]
+    Socket { tag: String, source: std::io::Error },
+}
+
+/// Which virtiofsd a program is: their options differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// The Rust virtiofsd (`--shared-dir DIR`, `--readonly`).
+    Rust,
+    /// QEMU's C virtiofsd (`-o source=DIR`; no read-only option).
+    Qemu,
+}
+
+/// A running virtiofsd, stopped and reaped when dropped.
+pub struct Virtiofsd {
+    tag: String,
+    child: Child,
+    /// hvm's end of the connection (a clone of the device's): shutting it
+    /// down is the polite way to end virtiofsd, which then exits by itself
+    /// and reaps its own sandboxed child.
+    connection: Option<UnixStream>,
+    /// Set once hvm ends it: what it says while exiting is only debug.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    reaped: bool,
+    /// Its last stderr lines, for error messages.
+    last_lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Finds the virtiofsd to run: the one named, else PATH, else the usual places.
+pub fn find(named: Option<&Path>, tag: &str) -> Result<PathBuf, VirtiofsdError> {
+    if let Some(p) = named {
+        return Ok(p.to_path_buf());
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("virtiofsd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(SEARCH.iter().map(PathBuf::from))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| VirtiofsdError::NotFound {
+            tag: tag.to_string(),
+        })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Tells the two virtiofsds apart by what `--version` prints.
+pub fn flavor(program: &Path, tag: &str) -> Result<Flavor, VirtiofsdError> {
+    let out = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|source| VirtiofsdError::Spawn {
+            tag: tag.to_string(),
+            program: program.to_path_buf(),
+            source,
+        })?;
+    Ok(classify_version(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// QEMU's prints "virtiofsd version 7.2.x" and its FUSE version; the Rust
+/// one "virtiofsd 1.x.y".
+pub fn classify_version(text: &str) -> Flavor {
+    if text.contains("virtiofsd version") || text.contains("FUSE kernel interface") {
+        Flavor::Qemu
+    } else {
+        Flavor::Rust
+    }
+}
+
+/// How virtiofsd confines itself to the shared directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Its default: new mount, PID and network namespaces, pivot_root into the directory.
+    Namespace,
+    /// chroot into the directory: where pivot_root cannot work (the root
+    /// file system is an initramfs).
+    Chroot,
+    /// None: an ordinary user, who may not create those namespaces.
+    None,
+}
+
+/// The sandbox for this process: namespaces as root, chroot when the root
+/// is an initramfs (pivot_root refuses to move rootfs), none otherwise.
+pub fn sandbox(root: bool, mountinfo: &str) -> Sandbox {
+    let root_fs = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(4) == Some(&"/"))
+        .and_then(|f| {
+            let dash = f.iter().position(|&x| x == "-")?;
+            f.get(dash + 1).map(|t| t.to_string())
+        });
+    match (root, root_fs.as_deref()) {
+        (false, _) => Sandbox::None,
+        (true, Some("rootfs")) => Sandbox::Chroot,
+        (true, _) => Sandbox::Namespace,
+    }
+}
+
+/// The arguments for serving `dir` on the listening socket `fd`.
+pub fn arguments(
+    flavor: Flavor,
+    dir: &Path,
+    fd: RawFd,
+    read_only: bool,
+    sandbox: Sandbox,
+) -> Vec<String> {
+    let dir = dir.display();
+    match flavor {
+        Flavor::Rust => {
+            let mut args = vec![
+                format!("--fd={fd}"),
+                format!("--shared-dir={dir}"),
+                "--cache=auto".into(),
+                "--announce-submounts".into(),
+                "--log-level=warn".into(),
+            ];
+            match sandbox {
+                Sandbox::Namespace => {}
+                Sandbox::Chroot => args.push("--sandbox=chroot".into()),
+                Sandbox::None => args.push("--sandbox=none".into()),
+            }
+            if read_only {
+                args.push("--readonly".into());
+            }
+            args
+        }
+        // Read-only comes from a read-only bind mount in its own mount
+        // namespace (see `start`).
+        Flavor::Qemu => {
+            let mut args = vec![
+                format!("--fd={fd}"),
+                "-o".into(),
+                format!("source={dir}"),
+                "-o".into(),
+                "cache=auto".into(),
+                "-o".into(),
+                "announce_submounts".into(),
+                "-o".into(),
+                "log_level=warn".into(),
+            ];
+            if sandbox == Sandbox::Chroot {
+                args.extend(["-o".into(), "sandbox=chroot".into()]);
+            }
+            args
+        }
+    }
+}
+
+fn socket_error(tag: &str) -> impl Fn(std::io::Error) -> VirtiofsdError + '_ {
+    move |source| VirtiofsdError::Socket {
+        tag: tag.to_string(),
+        source,
+    }
+}
+
+/// A private directory for the one moment the socket needs a name.
+fn private_dir() -> std::io::Result<PathBuf> {
+    let template = std::env::temp_dir().join("hvm-virtiofsd-XXXXXX");
+    let mut bytes = CString::new(template.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?
+        .into_bytes_with_nul();
+    // SAFETY: mkdtemp rewrites the NUL-terminated template in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd for `share` and returns it with hvm's end of the
+    /// vhost-user connection (replies time out after [`REPLY_TIMEOUT`]).
+    pub fn start(share: &Share, program: &Path) -> Result<(Virtiofsd, UnixStream), VirtiofsdError> {
+        let tag = share.tag.as_str();
+        let bad = |why: String| VirtiofsdError::BadDirectory {
+            tag: tag.to_string(),
+            path: share.path.clone(),
+            why,
+        };
+        match std::fs::metadata(&share.path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(bad("not a directory".into())),
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let dir = share.path.canonicalize().map_err(|e| bad(e.to_string()))?;
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let flavor = flavor(program, tag)?;
+        if flavor == Flavor::Qemu && !root {
+            return Err(VirtiofsdError::NeedsRoot {
+                tag: tag.to_string(),
+                program: program.to_path_buf(),
+            });
+        }
+
+        // Bind, connect, unlink: the connection waits in the backlog until
+        // virtiofsd accepts it, and no file is left behind.
+        let private = private_dir().map_err(socket_error(tag))?;
+        let path = private.join("vhost-user.sock");
+        let bound = UnixListener::bind(&path).and_then(|l| {
+            let s = UnixStream::connect(&path)?;
+            Ok((l, s))
+        });
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&private);
+        let (listener, stream) = bound.map_err(socket_error(tag))?;
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(socket_error(tag))?;
+
+        let fd = listener.as_raw_fd();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let sandbox = sandbox(root, &mountinfo);
+        let mut cmd = Command::new(program);
+        cmd.args(arguments(flavor, &dir, fd, share.read_only, sandbox))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let read_only_dir = (flavor == Flavor::Qemu && share.read_only)
+            .then(|| CString::new(dir.as_os_str().as_bytes()))
+            .transpose()
+            .map_err(|_| bad("path contains a NUL byte".into()))?;
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes system calls on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The listener is virtiofsd's to inherit.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // If hvm dies, however it dies, virtiofsd goes too.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(dir) = &read_only_dir {
+                    read_only_bind(dir)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn {
+            tag: tag.to_string(),
+            program: program.to_path_buf(),
+            source,
+        })?;
+        drop(listener);
+        log::info!(
+            "share {tag}: {} serves {}{} (pid {})",
+            program.display(),
+            dir.display(),
+            if share.read_only { " read-only" } else { "" },
+            child.id()
+        );
+        let last_lines = Arc::new(Mutex::new(VecDeque::new()));
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(stderr) = child.stderr.take() {
+            let kept = last_lines.clone();
+            let quiet = stopping.clone();
+            let name = tag.to_string();
+            let spawned = std::thread::Builder::new()
+                .name("hvm-virtiofsd-log".into())
+                .spawn(move || {
+                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        if quiet.load(std::sync::atomic::Ordering::Relaxed) || benign(&line) {
+                            log::debug!("virtiofsd {name}: {line}");
+                        } else {
+                            log::warn!("virtiofsd {name}: {line}");
+                        }
+                        let mut kept = crate::devices::bus::lock(&kept);
+                        if kept.len() == KEPT_LINES {
+                            kept.pop_front();
+                        }
+                        kept.push_back(line);
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("share {tag}: virtiofsd's messages are lost: {e}");
+            }
+        }
+        Ok((
+            Virtiofsd {
+                tag: tag.to_string(),
+                child,
+                connection: stream.try_clone().ok(),
+                stopping,
+                reaped: false,
+                last_lines,
+            },
+            stream,
+        ))
+    }
+
+    /// What went wrong on virtiofsd's side, for an error message: its exit
+    /// status if it has ended (waiting a moment for it), and its last lines.
+    pub fn explain(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => break None,
+            }
+        };
+        // Give the log thread a moment to catch the last lines.
+        std::thread::sleep(Duration::from_millis(20));
+        let lines: Vec<String> = crate::devices::bus::lock(&self.last_lines)
+            .iter()
+            .cloned()
+            .collect();
+        let mut text = match status {
+            Some(s) => format!("virtiofsd {s}"),
+            None => "virtiofsd still runs".to_string(),
+        };
+        if !lines.is_empty() {
+            text.push_str(": ");
+            text.push_str(&lines.join(" / "));
+        }
+        text
+    }
+
+    /// Stops virtiofsd and reaps it: the connection is shut down (it exits
+    /// by itself), then SIGTERM, then SIGKILL, `grace` apart.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.reaped {
+            return;
+        }
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.connection.take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if self.wait_exit(grace) {
+            return;
+        }
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signals our own child, which has not been reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if self.wait_exit(grace) {
+            return;
+        }
+        log::warn!("share {}: virtiofsd ignored SIGTERM; killing it", self.tag);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reaped = true;
+    }
+
+    /// Waits up to `limit` for virtiofsd to end; true if it has.
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    log::debug!("share {}: virtiofsd ended ({status})", self.tag);
+                    self.reaped = true;
+                    return true;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => return false,
+                Err(_) => {
+                    self.reaped = true;
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
+}
+
+/// Lines QEMU's virtiofsd prints in normal operation (a device reset
+/// stops its rings that way): debug, not warnings.
+fn benign(line: &str) -> bool {
+    line.contains("fv_remove_watch: TODO!") || line.contains("Unexpected poll revents")
+}
+
+/// In the child before exec: a mount namespace of its own in which `dir`
+/// is a read-only bind mount, so QEMU's virtiofsd, which has no read-only
+/// option, cannot write to it. Root only (so is that virtiofsd).
+fn read_only_bind(dir: &CString) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_virtiofsds_are_told_apart() {
+        let qemu = "virtiofsd version 7.2.22 (Debian 1:7.2+dfsg-7)\nusing FUSE kernel interface version 7.36\n";
+        assert_eq!(classify_version(qemu), Flavor::Qemu);
+        assert_eq!(classify_version("virtiofsd 1.14.0\n"), Flavor::Rust);
+    }
+
+    #[test]
+    fn arguments_follow_the_flavor() {
+        let dir = Path::new("/srv/share");
+        let rust = arguments(Flavor::Rust, dir, 7, true, Sandbox::None);
+        assert!(rust.contains(&"--fd=7".to_string()));
+        assert!(rust.contains(&"--shared-dir=/srv/share".to_string()));
+        assert!(rust.contains(&"--readonly".to_string()));
+        assert!(rust.contains(&"--sandbox=none".to_string()));
+        let as_root = arguments(Flavor::Rust, dir, 7, false, Sandbox::Namespace);
+        assert!(!as_root
+            .iter()
+            .any(|a| a.starts_with("--sandbox") || a == "--readonly"));
+        let qemu = arguments(Flavor::Qemu, dir, 9, true, Sandbox::Chroot);
+        assert!(qemu.contains(&"--fd=9".to_string()));
+        assert!(qemu.contains(&"source=/srv/share".to_string()));
+        assert!(qemu.contains(&"sandbox=chroot".to_string()));
+        assert!(!qemu.iter().any(|a| a.contains("readonly")));
+    }
+
+    #[test]
+    fn the_sandbox_follows_privilege_and_the_root_file_system() {
+        let disk = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n";
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw\n22 1 0:5 / /dev rw - devtmpfs dev rw\n";
+        assert_eq!(sandbox(true, disk), Sandbox::Namespace);
+        assert_eq!(sandbox(true, initramfs), Sandbox::Chroot);
+        assert_eq!(sandbox(false, disk), Sandbox::None);
+        assert_eq!(sandbox(true, ""), Sandbox::Namespace);
+    }
+
+    #[test]
+    fn a_named_virtiofsd_wins_and_a_missing_one_says_how_to_get_one() {
+        let named = Path::new("/opt/fs/virtiofsd");
+        assert_eq!(find(Some(named), "t").unwrap(), named);
+        let text = VirtiofsdError::NotFound { tag: "data".into() }.to_string();
+        assert!(text.contains("share data") && text.contains("cargo install virtiofsd"));
+        assert!(text.contains("--virtiofsd PATH"));
+    }
+}
