@@ -9,7 +9,7 @@ use std::time::Duration;
     name = "hvm",
     version,
     about = "A small hosted hypervisor: boots a Linux kernel described by a TOML spec on KVM",
-    after_help = "Examples:\n  hvm run examples/hello.toml\n  hvm run --timeout 30s --serial-log boot.log vm.toml\n  hvm run --name web --gdb :1234 vm.toml\n  hvm ps\n  hvm pause web; hvm resume web; hvm stop web\n\n\
+    after_help = "Examples:\n  hvm run examples/hello.toml\n  hvm run --timeout 30s --serial-log boot.log vm.toml\n  hvm run --kernel bzImage --rootfs / -- uname -a\n  hvm run --name web --gdb :1234 vm.toml\n  hvm ps\n  hvm pause web; hvm resume web; hvm stop web\n\n\
                   In the console, Ctrl-A x quits. Exit codes: see README.md (0 = guest powered off)."
 )]
 pub struct Cli {
@@ -25,10 +25,39 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Boot the VM a spec describes, in the foreground, with the guest console on stdio.
+    /// Boot the VM a spec describes (or the flags do), in the foreground,
+    /// with the guest console on stdio; or run one command in a guest.
     Run {
-        /// The VM spec (TOML); see docs/spec.md.
-        spec: PathBuf,
+        /// The VM spec (TOML); see docs/spec.md. Optional with --kernel.
+        spec: Option<PathBuf>,
+        /// The kernel (bzImage or ELF vmlinux); overrides the spec's.
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<PathBuf>,
+        /// The initrd; overrides the spec's.
+        #[arg(long, value_name = "PATH")]
+        initrd: Option<PathBuf>,
+        /// Words added to the kernel command line.
+        #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+        append: Option<String>,
+        /// vCPUs (default 1); overrides machine.vcpus.
+        #[arg(long, value_name = "N")]
+        cpus: Option<u32>,
+        /// Guest RAM, e.g. 512M or 2G (default 512M); overrides machine.memory.
+        #[arg(long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// Share a host directory over virtio-fs (any number): DIR[:TAG][:ro].
+        /// With --rootfs it appears in the guest at the same path.
+        #[arg(long, value_name = "DIR[:TAG][:ro]")]
+        share: Vec<String>,
+        /// Boot with this host directory (typically /) as the guest's root,
+        /// read-only over virtio-fs with tmpfs overlays; hvm is the guest's
+        /// init and runs CMD (or a shell) as you, in your directory.
+        #[arg(long, value_name = "DIR")]
+        rootfs: Option<PathBuf>,
+        /// The command to run in the guest (needs --rootfs); its exit status
+        /// is hvm's, its stdout and stderr are hvm's.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
         /// Stop the VM after this long and exit with code 124 (e.g. 30s, 500ms, 2m).
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,

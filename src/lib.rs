@@ -11,6 +11,8 @@
 pub mod api;
 pub mod arch;
 pub mod devices;
+pub mod flags;
+pub mod guest_init;
 pub mod mac;
 pub mod spec;
 pub mod timeline;

@@ -6,6 +6,7 @@ mod cli;
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, Shell};
 use hvm::api::{self, ApiError, Request, VmInfo};
+use hvm::flags::{self, Caller, MachineFlags};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
 use hvm::vmm::{
@@ -13,7 +14,7 @@ use hvm::vmm::{
 };
 use hvm::vmm::{RunOptions, Vm, VmError};
 use hvm::{timeline, vmm};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn init_logging(cli: &Cli) {
@@ -88,6 +89,10 @@ fn api_code(e: &ApiError) -> i32 {
 }
 
 fn main() {
+    if hvm::guest_init::is_guest_init() {
+        // Inside a guest booted with --rootfs: hvm is its init.
+        hvm::guest_init::main();
+    }
     timeline::start();
     let cli = Cli::parse();
     init_logging(&cli);
@@ -95,21 +100,49 @@ fn main() {
         Command::Validate { spec } => validate(&spec),
         Command::Run {
             spec,
+            kernel,
+            initrd,
+            append,
+            cpus,
+            memory,
+            share,
+            rootfs,
+            command,
             timeout,
             serial_log,
             name,
             gdb,
             no_control_socket,
             virtiofsd,
-        } => run(RunOptions {
-            timeout,
-            serial_log,
-            spec_path: std::fs::canonicalize(&spec).unwrap_or(spec),
-            name,
-            no_control: no_control_socket,
-            gdb,
-            virtiofsd,
-        }),
+        } => {
+            let flags = MachineFlags {
+                kernel,
+                initrd,
+                append,
+                cpus,
+                memory,
+                shares: share,
+                rootfs,
+                command,
+            };
+            let spec_path = spec
+                .clone()
+                .or_else(|| flags.kernel.clone())
+                .unwrap_or_default();
+            run(
+                spec,
+                &flags,
+                RunOptions {
+                    timeout,
+                    serial_log,
+                    spec_path: std::fs::canonicalize(&spec_path).unwrap_or(spec_path),
+                    name,
+                    no_control: no_control_socket,
+                    gdb,
+                    virtiofsd,
+                },
+            )
+        }
         Command::Ps { json } => ps(json),
         Command::Pause { name } => control(&name, Request::Pause, "paused"),
         Command::Resume { name } => control(&name, Request::Resume, "resumed"),
@@ -161,12 +194,20 @@ fn validate(spec: &Path) -> i32 {
     }
 }
 
-fn run(opts: RunOptions) -> i32 {
-    let mut spec = match Spec::from_file(&opts.spec_path) {
+fn run(spec_file: Option<PathBuf>, flags: &MachineFlags, opts: RunOptions) -> i32 {
+    let base = match spec_file.as_deref().map(Spec::from_file).transpose() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("hvm: {e}");
             return code::BAD_SPEC;
+        }
+    };
+    let caller = Caller::current(vmm::terminal::stdin_is_tty());
+    let mut spec = match flags::apply(base, flags, &caller) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hvm: {e}");
+            return code::USAGE;
         }
     };
     if opts.gdb.is_some() && !spec.cmdline.split_whitespace().any(|w| w == "nokaslr") {

@@ -15,6 +15,22 @@ pub const MAX_VCPUS: u32 = 254;
 pub const MIN_MEMORY: u64 = 16 << 20;
 /// Largest guest RAM: 1 TiB keeps every address inside 40 physical bits.
 pub const MAX_MEMORY: u64 = 1 << 40;
+/// Guest RAM when the spec does not say.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// What a memory size may be (for messages).
+pub const MEMORY_ALLOWED: &str =
+    "must be a size from 16M to 1T in whole MiB, such as \"512M\", \"2G\" or 1024 (MiB)";
+
+/// Whether `bytes` is a usable guest RAM size.
+fn memory_ok(bytes: u64) -> bool {
+    (MIN_MEMORY..=MAX_MEMORY).contains(&bytes) && bytes % (1 << 20) == 0
+}
+
+/// A guest RAM size written as text (`512M`, `2G`, `1024`), if usable.
+pub fn parse_memory(text: &str) -> Option<u64> {
+    parse_size(text).filter(|&b| memory_ok(b))
+}
+
 /// Longest share tag: virtio-fs config space has 36 bytes for it.
 pub const MAX_TAG_LEN: usize = 36;
 
@@ -133,6 +149,11 @@ pub enum ConsoleDevice {
     Serial,
     /// A virtio-console (hvc0) gets the input; COM1 still prints (kernel messages).
     Virtio,
+    /// A command that hvm's guest init runs (`hvm run --rootfs DIR -- CMD`):
+    /// hvc0 carries its stdin and stdout, hvc1 its stderr (and, from hvm,
+    /// the end of stdin); COM1's kernel messages go only to `--serial-log`
+    /// and to the report when the guest fails. Set by flags, not by a key.
+    Command,
 }
 
 #[derive(Deserialize)]
@@ -360,22 +381,21 @@ impl Spec {
         };
 
         let memory = match &raw.machine.memory {
-            None => 512 << 20,
+            None => DEFAULT_MEMORY,
             Some(m) => {
-                let allowed = "must be a size from 16M to 1T in whole MiB, such as \"512M\", \"2G\" or 1024 (MiB)";
                 let bytes = match m.get_ref() {
                     RawSize::Mib(n) if *n > 0 => (*n as u64).checked_mul(1 << 20),
                     RawSize::Mib(_) => None,
                     RawSize::Text(s) => parse_size(s),
                 };
-                match bytes {
-                    Some(b) if (MIN_MEMORY..=MAX_MEMORY).contains(&b) && b % (1 << 20) == 0 => b,
-                    _ => {
+                match bytes.filter(|&b| memory_ok(b)) {
+                    Some(b) => b,
+                    None => {
                         return Err(invalid(
                             "machine.memory",
                             m.get_ref().to_string(),
                             m.span(),
-                            allowed.to_string(),
+                            MEMORY_ALLOWED.to_string(),
                         ))
                     }
                 }
@@ -618,6 +638,28 @@ impl Spec {
             pit: raw.machine.pit,
             console,
         })
+    }
+
+    /// A spec with nothing but a kernel: every other key at its default.
+    /// `source` names it in messages.
+    pub fn with_kernel(kernel: PathBuf, source: PathBuf) -> Spec {
+        Spec {
+            source,
+            vcpus: 1,
+            memory: DEFAULT_MEMORY,
+            kernel,
+            initrd: None,
+            cmdline: String::new(),
+            replace_cmdline: false,
+            serial: SerialOutput::Stdio,
+            drives: Vec::new(),
+            rng: false,
+            nets: Vec::new(),
+            shares: Vec::new(),
+            virtio_discovery: VirtioDiscovery::Auto,
+            pit: None,
+            console: ConsoleDevice::Serial,
+        }
     }
 
     /// Whether the guest is told to ignore ACPI (`acpi=off` on its command line).

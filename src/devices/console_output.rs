@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const BUFFER_LIMIT: usize = 4 << 20;
 /// At exit, how long the drain may make no progress before hvm gives up on it.
 const DRAIN_STALL: Duration = Duration::from_millis(500);
+/// The guest's last output kept whatever the sinks (for failure reports).
+const TAIL_LIMIT: usize = 16 << 10;
 
 /// One file the output is copied to; a failing file is dropped alone.
 struct Sink {
@@ -30,8 +32,14 @@ struct State {
     writer_waiting: bool,
     writer_started: bool,
     stdout: bool,
+    /// The stream is hvm's stderr instead of its stdout.
+    to_stderr: bool,
     stdout_broken: bool,
+    tail: VecDeque<u8>,
     sinks: Vec<Sink>,
+    /// How many files were added (the writer takes `sinks` out while it
+    /// writes, so their number cannot tell whether output is wanted).
+    files: usize,
     delivered: u64,
 }
 
@@ -63,13 +71,36 @@ impl SharedOutput {
         out
     }
 
+    /// Output that goes to hvm's stderr (a guest command's stderr).
+    pub fn to_stderr() -> Self {
+        let out = SharedOutput::new(true);
+        out.state().to_stderr = true;
+        out
+    }
+
+    /// The last `n` lines the guest printed (kept even when the output
+    /// goes nowhere), for the report when a guest fails.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
+        let s = self.state();
+        let bytes: Vec<u8> = s.tail.iter().copied().collect();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         super::bus::lock(&self.0.state)
     }
 
     /// Also copies everything into `file`.
     pub fn add_file(&self, file: File) {
-        self.state().sinks.push(Sink {
+        let mut s = self.state();
+        s.files += 1;
+        s.sinks.push(Sink {
             file,
             failed: false,
         });
@@ -78,7 +109,11 @@ impl SharedOutput {
     /// Queues guest output; never blocks on the consumer.
     pub fn write_bytes(&self, bytes: &[u8]) {
         let mut s = self.state();
-        if !s.stdout && s.sinks.is_empty() {
+        let keep = bytes.len().min(TAIL_LIMIT);
+        let excess = (s.tail.len() + keep).saturating_sub(TAIL_LIMIT);
+        s.tail.drain(..excess);
+        s.tail.extend(&bytes[bytes.len() - keep..]);
+        if !s.stdout && s.files == 0 {
             return;
         }
         let room = BUFFER_LIMIT.saturating_sub(s.buf.len());
@@ -104,7 +139,7 @@ impl SharedOutput {
     fn writer(self) {
         let mut chunk = Vec::new();
         loop {
-            let (stdout, mut sinks) = {
+            let (stdout, to_stderr, mut sinks) = {
                 let mut s = self.state();
                 while s.buf.is_empty() {
                     s.writer_waiting = true;
@@ -114,12 +149,22 @@ impl SharedOutput {
                 chunk.clear();
                 chunk.extend(s.buf.drain(..));
                 s.in_flight = chunk.len();
-                (s.stdout && !s.stdout_broken, std::mem::take(&mut s.sinks))
+                (
+                    s.stdout && !s.stdout_broken,
+                    s.to_stderr,
+                    std::mem::take(&mut s.sinks),
+                )
             };
             let mut stdout_broken = false;
             if stdout {
-                let mut out = io::stdout().lock();
-                if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                let written = if to_stderr {
+                    let mut err = io::stderr().lock();
+                    err.write_all(&chunk).and_then(|_| err.flush())
+                } else {
+                    let mut out = io::stdout().lock();
+                    out.write_all(&chunk).and_then(|_| out.flush())
+                };
+                if written.is_err() {
                     // A closed stdout must not stop the guest (or the log files).
                     stdout_broken = true;
                     log::debug!("stdout is closed; guest console output now goes only to files");
@@ -216,6 +261,17 @@ mod tests {
         out.drain();
         assert_eq!(std::fs::read_to_string(&good).unwrap(), "first\nsecond\n");
         std::fs::remove_file(good).unwrap();
+    }
+
+    #[test]
+    fn the_last_lines_are_kept_whatever_the_sinks() {
+        let out = SharedOutput::new(false);
+        for i in 0..5000 {
+            out.write_bytes(format!("line {i}\r\n").as_bytes());
+        }
+        assert_eq!(out.last_lines(2), ["line 4998", "line 4999"]);
+        out.write_bytes(&vec![b'x'; 3 * TAIL_LIMIT]);
+        assert_eq!(out.last_lines(5).len(), 1, "one long line");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long pause, resume and teardown wait for a thread to obey.
 const OBEY_LIMIT: Duration = Duration::from_secs(2);
+/// Kernel lines a failed command's run shows.
+const KERNEL_LOG_LINES: usize = 30;
 /// How long a file server has to exit after SIGTERM before SIGKILL.
 const SERVER_GRACE: Duration = Duration::from_secs(1);
 
@@ -136,7 +138,8 @@ pub struct Control {
     /// Set by a graceful stop: the guest must be gone by then.
     stop_deadline: Option<Instant>,
     ged: GedTrigger,
-    output: SharedOutput,
+    outputs: Vec<SharedOutput>,
+    kernel_log: Option<SharedOutput>,
     identity: Identity,
     /// Child processes serving devices; stopped after the devices are.
     servers: Vec<Virtiofsd>,
@@ -154,7 +157,11 @@ pub struct Parts {
     pub devices: DeviceLoopHandle,
     pub gdb: Option<GdbServer>,
     pub ged: GedTrigger,
-    pub output: SharedOutput,
+    /// Every console output, drained at exit.
+    pub outputs: Vec<SharedOutput>,
+    /// The kernel's messages when nobody sees them (a command's console):
+    /// their last lines go to stderr when the guest fails.
+    pub kernel_log: Option<SharedOutput>,
     pub identity: Identity,
     pub servers: Vec<Virtiofsd>,
 }
@@ -209,7 +216,8 @@ impl Control {
             paused,
             stop_deadline: None,
             ged: p.ged,
-            output: p.output,
+            outputs: p.outputs,
+            kernel_log: p.kernel_log,
             identity: p.identity,
             servers: p.servers,
             started: Instant::now(),
@@ -236,13 +244,42 @@ impl Control {
 
     /// Runs until the VM has a reason to stop, then stops its threads.
     pub fn run(mut self) -> ExitReason {
-        let reason = self.wait_for_reason();
+        let mut reason = self.wait_for_reason();
         timeline::mark("VM stopped");
+        if self.kernel_log.is_some() && matches!(reason, ExitReason::PowerOff | ExitReason::Reset)
+        {
+            // A command's verdict comes through the debug-exit port only.
+            reason = ExitReason::NoVerdict;
+        }
         if let Some(gdb) = self.gdb.as_mut() {
             gdb.report_exit(reason.exit_code());
         }
         self.teardown();
+        self.report_kernel_log(&reason);
         reason
+    }
+
+    /// When a command's guest fails, the kernel's last words (nobody saw
+    /// its console) go to stderr.
+    fn report_kernel_log(&self, reason: &ExitReason) {
+        let Some(log) = &self.kernel_log else {
+            return;
+        };
+        if matches!(
+            reason,
+            ExitReason::DebugExit(_) | ExitReason::UserQuit | ExitReason::Signal(_)
+        ) {
+            return;
+        }
+        let lines = log.last_lines(KERNEL_LOG_LINES);
+        if lines.is_empty() {
+            eprintln!("hvm: the kernel printed nothing on its console (ttyS0)");
+            return;
+        }
+        eprintln!("hvm: the kernel's last messages:");
+        for line in lines {
+            eprintln!("  | {line}");
+        }
     }
 
     fn wait_for_reason(&mut self) -> ExitReason {
@@ -689,12 +726,16 @@ impl Control {
         for server in &mut self.servers {
             server.stop(SERVER_GRACE);
         }
-        let report = self.output.drain();
-        if report.dropped > 0 || report.undelivered > 0 {
+        let (mut dropped, mut undelivered) = (0, 0);
+        for output in &self.outputs {
+            let report = output.drain();
+            dropped += report.dropped;
+            undelivered += report.undelivered;
+        }
+        if dropped > 0 || undelivered > 0 {
             eprintln!(
-                "hvm: console: {} bytes of guest output were dropped and {} not delivered \
-                 (the output did not keep up)",
-                report.dropped, report.undelivered
+                "hvm: console: {dropped} bytes of guest output were dropped and {undelivered} not delivered \
+                 (the output did not keep up)"
             );
         }
     }

@@ -53,6 +53,9 @@ pub enum InputTarget {
     Virtio {
         pending: PendingInput,
         transport: Arc<Mutex<MmioTransport>>,
+        /// A second console that hears of the end of input (a command's
+        /// stdin closing): one byte arrives on it.
+        end_of_input: Option<(PendingInput, Arc<Mutex<MmioTransport>>)>,
     },
 }
 
@@ -62,7 +65,9 @@ impl InputTarget {
     fn queue_input(&self, bytes: &[u8], running: bool) {
         match self {
             InputTarget::Serial(serial) => lock(serial).queue_input(bytes),
-            InputTarget::Virtio { pending, transport } => {
+            InputTarget::Virtio {
+                pending, transport, ..
+            } => {
                 Console::queue_input(pending, bytes);
                 if running {
                     lock(transport).notify(RECEIVE_QUEUE);
@@ -71,10 +76,32 @@ impl InputTarget {
         }
     }
 
+    /// Stdin is at its end: tell the console that listens for it.
+    fn end_input(&self, running: bool) {
+        if let InputTarget::Virtio {
+            end_of_input: Some((pending, transport)),
+            ..
+        } = self
+        {
+            Console::queue_input(pending, &[0]);
+            if running {
+                lock(transport).notify(RECEIVE_QUEUE);
+            }
+        }
+    }
+
     /// After a pause: deliver what was typed meanwhile.
     fn resume(&self) {
-        if let InputTarget::Virtio { transport, .. } = self {
+        if let InputTarget::Virtio {
+            transport,
+            end_of_input,
+            ..
+        } = self
+        {
             lock(transport).notify(RECEIVE_QUEUE);
+            if let Some((_, t)) = end_of_input {
+                lock(t).notify(RECEIVE_QUEUE);
+            }
         }
     }
 }
@@ -259,6 +286,7 @@ impl EventLoop {
             log::warn!("cannot read stdin: {e}");
         }
         self.target.queue_input(&buf, false);
+        self.target.end_input(false);
     }
 
     /// Follows the control loop's commands; false when the loop must end.
@@ -326,6 +354,7 @@ impl EventLoop {
                                 EpollEvent::default(),
                             );
                             st.reading_stdin = false;
+                            self.target.end_input(!st.paused);
                             continue;
                         }
                         let bytes = &buf[..got as usize];

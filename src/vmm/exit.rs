@@ -58,6 +58,9 @@ pub enum ExitReason {
         vcpu: u32,
         message: String,
     },
+    /// A command's run: the guest powered off or reset without hvm's init
+    /// reporting the command's exit status (init failed, or no init ran).
+    NoVerdict,
 }
 
 impl ExitReason {
@@ -72,7 +75,8 @@ impl ExitReason {
             ExitReason::GuestPanic
             | ExitReason::TripleFault { .. }
             | ExitReason::InternalError { .. }
-            | ExitReason::FailEntry { .. } => code::GUEST_CRASH,
+            | ExitReason::FailEntry { .. }
+            | ExitReason::NoVerdict => code::GUEST_CRASH,
             ExitReason::VcpuFailed { .. } => code::INTERNAL,
         }
     }
@@ -97,6 +101,9 @@ impl ExitReason {
                 "guest crashed: KVM could not enter vCPU {vcpu} (hardware entry failure reason {reason:#x})"
             ),
             ExitReason::VcpuFailed { vcpu, message } => format!("vCPU {vcpu} failed: {message}"),
+            ExitReason::NoVerdict => "the guest stopped without reporting the command's exit \
+                 status (its init failed or never ran: see the kernel's messages)"
+                .into(),
         })
     }
 }

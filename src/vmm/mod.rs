@@ -29,7 +29,7 @@ use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
 };
 use crate::devices::virtio::MMIO_WINDOW;
-use crate::spec::{SerialOutput, Spec};
+use crate::spec::{ConsoleDevice, SerialOutput, Spec};
 use crate::timeline;
 use control::{Control, ControlError, Identity, Inbox, Parts};
 use event_loop::{EventLoop, EventLoopError, Input, InputTarget};
@@ -122,7 +122,10 @@ pub struct Vm {
     ctx: VcpuContext,
     inbox: Inbox,
     exit_requests: ExitRequests,
-    output: SharedOutput,
+    /// Every console output (COM1's first), drained at exit.
+    outputs: Vec<SharedOutput>,
+    /// With a command's console: the kernel's messages, for a failure report.
+    kernel_log: Option<SharedOutput>,
     input: Input,
     target: InputTarget,
     notifiers: Vec<virtio::QueueNotifier>,
@@ -312,12 +315,12 @@ impl Vm {
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
-        let (output, input) = Self::console_output(spec, opts)?;
-        let backends = virtio::open_backends(spec, &output, opts.virtiofsd.as_deref())?;
+        let (output, input, virtio_outputs) = Self::console_output(spec, opts)?;
+        let backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory, backends.need_shared_memory())?;
-        let console_input = backends.console_input;
+        let console_inputs = backends.console_inputs;
         let servers = backends.servers;
         timeline::mark("memory mapped");
         let vm = create_vm(&kvm, spec, &memory)?;
@@ -338,10 +341,18 @@ impl Vm {
         for w in &attached.windows {
             registry.add(&w.label, "mmio", w.base, MMIO_WINDOW, Some(w.irq));
         }
-        let target = match (console_input, attached.console) {
-            (Some(pending), Some(transport)) => InputTarget::Virtio { pending, transport },
-            _ => InputTarget::Serial(serial),
+        let mut consoles = console_inputs.into_iter().zip(attached.consoles);
+        let target = match consoles.next() {
+            Some((pending, transport)) => InputTarget::Virtio {
+                pending,
+                transport,
+                // A command's end of input goes to hvc1 (see guest_init).
+                end_of_input: consoles.next(),
+            },
+            None => InputTarget::Serial(serial),
         };
+        let mut outputs = vec![output.clone()];
+        outputs.extend(virtio_outputs);
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -370,7 +381,8 @@ impl Vm {
                 requests,
             },
             exit_requests,
-            output,
+            kernel_log: (spec.console == ConsoleDevice::Command).then(|| output.clone()),
+            outputs,
             input,
             target,
             notifiers: attached.notifiers,
@@ -386,8 +398,12 @@ impl Vm {
         })
     }
 
-    /// Where guest console output goes, and whether stdin feeds the guest.
-    fn console_output(spec: &Spec, opts: &RunOptions) -> Result<(SharedOutput, Input), VmError> {
+    /// Where guest console output goes (COM1's, then each virtio-console's),
+    /// and whether stdin feeds the guest.
+    fn console_output(
+        spec: &Spec,
+        opts: &RunOptions,
+    ) -> Result<(SharedOutput, Input, Vec<SharedOutput>), VmError> {
         let create = |what, path: &PathBuf| {
             File::create(path).map_err(|source| VmError::OutputFile {
                 what,
@@ -395,6 +411,23 @@ impl Vm {
                 source,
             })
         };
+        let stdin_input = || {
+            if terminal::stdin_is_tty() {
+                Input::Terminal
+            } else {
+                Input::Stream
+            }
+        };
+        if spec.console == ConsoleDevice::Command {
+            // The kernel's messages are kept (for a failure report) and
+            // logged if asked; stdout and stderr are the command's.
+            let kernel = SharedOutput::new(false);
+            if let Some(path) = &opts.serial_log {
+                kernel.add_file(create("serial log", path)?);
+            }
+            let command = vec![SharedOutput::new(true), SharedOutput::to_stderr()];
+            return Ok((kernel, stdin_input(), command));
+        }
         let (out, input) = match &spec.serial {
             SerialOutput::Stdio => {
                 let input = if terminal::stdin_is_tty() {
@@ -414,7 +447,8 @@ impl Vm {
         if let Some(path) = &opts.serial_log {
             out.add_file(create("serial log", path)?);
         }
-        Ok((out, input))
+        // A virtio console prints where COM1 does.
+        Ok((out.clone(), input, vec![out]))
     }
 
     /// COM1, printing to the console sinks, its interrupt an irqfd.
@@ -551,7 +585,8 @@ impl Vm {
             devices,
             gdb,
             ged: self.ged,
-            output: self.output,
+            outputs: self.outputs,
+            kernel_log: self.kernel_log,
             identity: self.identity,
             servers: self.servers,
         })?;

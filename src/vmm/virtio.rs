@@ -74,8 +74,8 @@ pub struct MmioWindow {
 pub struct Attached {
     pub windows: Vec<MmioWindow>,
     pub notifiers: Vec<QueueNotifier>,
-    /// The virtio-console's transport, if there is one (keyboard input kicks it).
-    pub console: Option<Arc<Mutex<MmioTransport>>>,
+    /// The virtio-consoles' transports, hvc0 first (input kicks them).
+    pub consoles: Vec<Arc<Mutex<MmioTransport>>>,
     /// Host fds (taps) the event loop watches, with the device they feed.
     pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
@@ -83,8 +83,8 @@ pub struct Attached {
 /// The opened devices and what comes with them.
 pub struct Backends {
     pub devices: Vec<Box<dyn VirtioDevice>>,
-    /// The virtio-console's input queue, if the console is virtio.
-    pub console_input: Option<PendingInput>,
+    /// The virtio-consoles' input queues, hvc0 first.
+    pub console_inputs: Vec<PendingInput>,
     /// The file servers behind the shares (the control loop owns them).
     pub servers: Vec<Virtiofsd>,
 }
@@ -114,15 +114,21 @@ pub fn discovery(spec: &Spec) -> (bool, bool) {
 /// start here, so they start while the VM is built).
 pub fn open_backends(
     spec: &Spec,
-    output: &SharedOutput,
+    outputs: &[SharedOutput],
     virtiofsd_override: Option<&std::path::Path>,
 ) -> Result<Backends, VirtioError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let mut console_input = None;
-    if spec.console == ConsoleDevice::Virtio {
+    let mut console_inputs = Vec::new();
+    let consoles = match spec.console {
+        ConsoleDevice::Serial => 0,
+        ConsoleDevice::Virtio => 1,
+        ConsoleDevice::Command => 2,
+    };
+    for (i, output) in outputs.iter().take(consoles).enumerate() {
         let pending = PendingInput::default();
-        devices.push(Box::new(Console::new(output.clone(), pending.clone())));
-        console_input = Some(pending);
+        let name = format!("hvc{i}");
+        devices.push(Box::new(Console::named(output.clone(), pending.clone(), &name)));
+        console_inputs.push(pending);
     }
     for d in &spec.drives {
         devices.push(Box::new(Block::open(&d.path, d.read_only, &d.id)?));
@@ -158,7 +164,7 @@ pub fn open_backends(
     }
     Ok(Backends {
         devices,
-        console_input,
+        console_inputs,
         servers,
     })
 }
@@ -217,7 +223,7 @@ pub fn attach(
         if crate::devices::bus::lock(&transport).device_id()
             == virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE
         {
-            out.console = Some(transport.clone());
+            out.consoles.push(transport.clone());
         }
         if let Some(fd) = crate::devices::bus::lock(&transport).backend_fd() {
             out.backends.push((fd, transport.clone()));

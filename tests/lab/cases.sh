@@ -267,6 +267,43 @@ lifecycle share-gone fs3 "$Q hvm.run=mount,-t,virtiofs,gone,/mnt&&ls,/mnt>/dev/n
     i=0; while ! grep -q GUEST-MOUNTED "$TMP/$name.out" 2>/dev/null && kill -0 $pid 2>/dev/null; do sleep 1; done
     killall -KILL virtiofsd; echo "HOST-KILLED-VIRTIOFSD $?"'
 
+# One-command runs: the guest's root is L1's own root over virtio-fs, hvm
+# is the guest's init and runs the command as the caller; stdout and
+# stderr arrive apart, the command's status is hvm's. $1 name, $2 the
+# input (printf format) or "-" for none; the rest: hvm's arguments.
+cmdcase() {
+    name=$1 input=$2
+    shift 2
+    wanted "$name" || return
+    echo "@@START $name"
+    if [ "$input" = "-" ]; then
+        "$HVM" run --timeout 120s "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    else
+        printf "$input" | "$HVM" run --timeout 120s "$@" >"$TMP/$name.out" 2>"$TMP/$name.err"
+    fi
+    code=$?
+    echo "@@CASE $name"
+    sed 's/^/STDOUT: /' "$TMP/$name.out"
+    echo
+    [ -n "$AFTER" ] && sh -c "$AFTER"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+    AFTER=
+}
+echo "host file for the guest" >"$TMP/rootfs-file"
+cmdcase rootfs-cmd - --kernel "$IMG/vmlinux" --memory 256M --rootfs / -- \
+    sh -c "cat $TMP/rootfs-file; echo oops >&2; echo uid=\$(id -u) cwd=\$(pwd); exit 7"
+cmdcase rootfs-shell 'echo piped-$((6*7))\necho to-stderr >&2\nexit 3\n' \
+    --kernel "$IMG/vmlinux" --memory 256M --rootfs /
+mkdir -p "$TMP/results"
+AFTER="echo HOST-RESULT \$(cat $TMP/results/r.txt); echo HOST-ROOT-WRITE \$(ls /hvm-guest-wrote 2>&1 | head -1)" \
+cmdcase rootfs-share - --kernel "$IMG/vmlinux" --memory 256M --rootfs / --share "$TMP/results" -- \
+    sh -c "echo from-the-guest >$TMP/results/r.txt; touch /hvm-guest-wrote; echo etc-write >/etc/hvm-test && echo ETC-WRITABLE"
+# A kernel without virtio-fs built in (Debian's: a module) cannot mount
+# the root: hvm says the command never ran and shows the kernel's words.
+cmdcase rootfs-nofs - --kernel "$STOCK" --memory 256M --rootfs / -- true
+
 # The shipped examples, run as they are.
 example() {
     name=$1

@@ -25,14 +25,21 @@ pub struct Console {
     output: SharedOutput,
     pending: PendingInput,
     buf: Vec<u8>,
+    /// The guest's name for it (hvc0, hvc1, ...: consoles are numbered in order).
+    name: String,
 }
 
 impl Console {
     pub fn new(output: SharedOutput, pending: PendingInput) -> Self {
+        Console::named(output, pending, "hvc0")
+    }
+
+    pub fn named(output: SharedOutput, pending: PendingInput, name: &str) -> Self {
         Console {
             output,
             pending,
             buf: Vec::new(),
+            name: name.to_string(),
         }
     }
 
@@ -46,7 +53,7 @@ impl Console {
 
 impl VirtioDevice for Console {
     fn label(&self) -> String {
-        "virtio-console hvc0".into()
+        format!("virtio-console {}", self.name)
     }
 
     fn device_id(&self) -> u32 {

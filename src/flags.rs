@@ -1,0 +1,390 @@
+//! `hvm run` without a spec file, or with flags over one: `--kernel`,
+//! `--initrd`, `--append`, `--cpus`, `--memory`, `--share`, `--rootfs` and
+//! `-- CMD ARGS...` turned into the same validated [`Spec`] a file gives.
+//! Errors name the flag, as spec errors name the key.
+
+use crate::guest_init::{InitConfig, Mount};
+use crate::spec::{self, ConsoleDevice, SerialOutput, Share, Spec};
+use std::path::{Path, PathBuf};
+
+/// The tag the root file system is shared by.
+pub const ROOTFS_TAG: &str = "rootfs";
+
+/// A flag's value that cannot be used. The message is what the user sees.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {value}: {allowed}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub allowed: String,
+}
+
+fn bad(flag: &'static str, value: impl Into<String>, allowed: impl Into<String>) -> FlagError {
+    FlagError {
+        flag,
+        value: value.into(),
+        allowed: allowed.into(),
+    }
+}
+
+/// The flags of `hvm run` that describe the machine.
+#[derive(Debug, Default, Clone)]
+pub struct MachineFlags {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub append: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory: Option<String>,
+    /// `DIR[:TAG][:ro]`, any number.
+    pub shares: Vec<String>,
+    pub rootfs: Option<PathBuf>,
+    /// What runs in the guest (`-- CMD ARGS...`); needs `rootfs`.
+    pub command: Vec<String>,
+}
+
+impl MachineFlags {
+    /// Whether any flag was given (a spec file alone needs none).
+    pub fn any(&self) -> bool {
+        self.kernel.is_some()
+            || self.initrd.is_some()
+            || self.append.is_some()
+            || self.cpus.is_some()
+            || self.memory.is_some()
+            || !self.shares.is_empty()
+            || self.rootfs.is_some()
+            || !self.command.is_empty()
+    }
+}
+
+/// Who runs the command, and where: taken from hvm's own process.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// hvm's own binary, which becomes the guest's init with `--rootfs`.
+    pub exe: PathBuf,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub home: String,
+    pub term: String,
+    pub path: String,
+    pub interactive: bool,
+}
+
+impl Caller {
+    /// This process: its binary, directory, user and environment.
+    pub fn current(interactive: bool) -> Caller {
+        let env = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        // SAFETY: getuid and getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Caller {
+            exe: std::env::current_exe()
+                .and_then(|p| p.canonicalize())
+                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            uid,
+            gid,
+            user: env("USER", if uid == 0 { "root" } else { "user" }),
+            home: env("HOME", "/"),
+            term: env("TERM", "linux"),
+            path: env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
+            interactive,
+        }
+    }
+}
+
+/// Parses `DIR[:TAG][:ro|:rw]` into a share.
+pub fn parse_share(text: &str, cwd: &Path) -> Result<Share, FlagError> {
+    let mut rest = text;
+    let mut read_only = false;
+    if let Some((head, mode)) = rest.rsplit_once(':') {
+        match mode {
+            "ro" => (rest, read_only) = (head, true),
+            "rw" => rest = head,
+            _ => {}
+        }
+    }
+    let (dir, tag) = match rest.rsplit_once(':') {
+        Some((dir, tag)) if !dir.is_empty() => (dir, tag.to_string()),
+        _ => (rest, spec::default_tag(rest)),
+    };
+    if dir.is_empty() {
+        return Err(bad("--share", text, "needs a directory: DIR[:TAG][:ro]"));
+    }
+    if let Some(why) = spec::bad_tag(&tag) {
+        return Err(bad("--share", text, format!("the tag {why}")));
+    }
+    Ok(Share {
+        path: cwd.join(dir),
+        tag,
+        read_only,
+        virtiofsd: None,
+    })
+}
+
+/// The spec the flags describe: `base` (from a file) with the flags over
+/// its keys, or, without a file, the flags alone (`--kernel` required).
+pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Result<Spec, FlagError> {
+    let cwd = &caller.cwd;
+    let mut spec = match (base, &flags.kernel) {
+        (Some(s), _) => s,
+        (None, Some(kernel)) => Spec::with_kernel(cwd.join(kernel), cwd.join("(command line)")),
+        (None, None) => {
+            return Err(bad(
+                "--kernel",
+                "(missing)",
+                "give a spec file or --kernel PATH (a bzImage or ELF vmlinux)",
+            ))
+        }
+    };
+    if let Some(kernel) = &flags.kernel {
+        spec.kernel = cwd.join(kernel);
+    }
+    if let Some(initrd) = &flags.initrd {
+        spec.initrd = Some(cwd.join(initrd));
+    }
+    if let Some(n) = flags.cpus {
+        if !(1..=spec::MAX_VCPUS).contains(&n) {
+            return Err(bad(
+                "--cpus",
+                n.to_string(),
+                format!("must be 1..={}", spec::MAX_VCPUS),
+            ));
+        }
+        spec.vcpus = n;
+    }
+    if let Some(m) = &flags.memory {
+        spec.memory = spec::parse_memory(m).ok_or_else(|| {
+            bad("--memory", m.as_str(), spec::MEMORY_ALLOWED)
+        })?;
+    }
+    if let Some(a) = &flags.append {
+        if a.bytes().any(|b| b == 0 || b == b'\n') {
+            return Err(bad("--append", format!("{a:?}"), "must be one line without NUL bytes"));
+        }
+        spec.cmdline = format!("{} {a}", spec.cmdline).trim().to_string();
+    }
+    for s in &flags.shares {
+        let share = parse_share(s, cwd)?;
+        if spec.shares.iter().any(|o| o.tag == share.tag) {
+            return Err(bad(
+                "--share",
+                s.as_str(),
+                format!("the tag {:?} is taken by another share; name one with DIR:TAG", share.tag),
+            ));
+        }
+        spec.shares.push(share);
+    }
+    match &flags.rootfs {
+        Some(root) => rootfs(&mut spec, &cwd.join(root), flags, caller)?,
+        None if !flags.command.is_empty() => {
+            return Err(bad(
+                "--",
+                flags.command.join(" "),
+                "a command needs --rootfs DIR (typically /): the guest runs it from that root file system",
+            ))
+        }
+        None => {}
+    }
+    Ok(spec)
+}
+
+/// `--rootfs DIR`: DIR is the guest's root over virtio-fs, read-only; hvm
+/// is its init and runs the command (or a shell).
+fn rootfs(spec: &mut Spec, root: &Path, flags: &MachineFlags, caller: &Caller) -> Result<(), FlagError> {
+    let shown = root.display().to_string();
+    let root = root
+        .canonicalize()
+        .map_err(|e| bad("--rootfs", shown.as_str(), e.to_string()))?;
+    if !root.is_dir() {
+        return Err(bad("--rootfs", shown, "not a directory"));
+    }
+    // The guest sees hvm's binary where the host has it, below the root.
+    let init = caller
+        .exe
+        .strip_prefix(&root)
+        .map(|p| Path::new("/").join(p))
+        .map_err(|_| {
+            bad(
+                "--rootfs",
+                shown.as_str(),
+                format!(
+                    "hvm ({}) must be inside it: the guest's init is hvm itself",
+                    caller.exe.display()
+                ),
+            )
+        })?;
+    if spec.shares.iter().any(|s| s.tag == ROOTFS_TAG) {
+        return Err(bad(
+            "--rootfs",
+            shown,
+            format!("a share already has the tag {ROOTFS_TAG:?}"),
+        ));
+    }
+    // The other shares appear in the guest at their host paths (below the root).
+    let mounts = spec
+        .shares
+        .iter()
+        .filter_map(|s| {
+            let path = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
+            let inside = path.strip_prefix(&root).ok()?;
+            Some(Mount {
+                tag: s.tag.clone(),
+                path: Path::new("/").join(inside).display().to_string(),
+            })
+        })
+        .collect();
+    let guest_cwd = caller
+        .cwd
+        .strip_prefix(&root)
+        .map(|p| Path::new("/").join(p).display().to_string())
+        .unwrap_or_else(|_| "/".into());
+    let config = InitConfig {
+        command: flags.command.clone(),
+        cwd: guest_cwd,
+        uid: caller.uid,
+        gid: caller.gid,
+        user: caller.user.clone(),
+        home: caller.home.clone(),
+        term: caller.term.clone(),
+        path: caller.path.clone(),
+        interactive: caller.interactive,
+        mounts,
+    };
+    spec.shares.insert(
+        0,
+        Share {
+            path: root,
+            tag: ROOTFS_TAG.into(),
+            read_only: true,
+            virtiofsd: None,
+        },
+    );
+    spec.console = ConsoleDevice::Command;
+    spec.serial = SerialOutput::Off;
+    let boot = format!(
+        "quiet rootfstype=virtiofs root={ROOTFS_TAG} ro init={} {}={}",
+        init.display(),
+        crate::guest_init::CMDLINE_KEY,
+        config.encode()
+    );
+    spec.cmdline = format!("{boot} {}", spec.cmdline).trim().to_string();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller() -> Caller {
+        Caller {
+            exe: PathBuf::from("/usr/bin/hvm"),
+            cwd: PathBuf::from("/home/me/src"),
+            uid: 1000,
+            gid: 1000,
+            user: "me".into(),
+            home: "/home/me".into(),
+            term: "xterm".into(),
+            path: "/usr/bin:/bin".into(),
+            interactive: false,
+        }
+    }
+
+    fn flags() -> MachineFlags {
+        MachineFlags {
+            kernel: Some("bzImage".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_alone_make_a_spec_with_the_usual_defaults() {
+        let s = apply(None, &flags(), &caller()).unwrap();
+        assert_eq!(s.kernel, PathBuf::from("/home/me/src/bzImage"));
+        assert_eq!((s.vcpus, s.memory), (1, 512 << 20));
+        assert_eq!(s.console, ConsoleDevice::Serial);
+        let e = apply(None, &MachineFlags::default(), &caller()).unwrap_err();
+        assert!(e.to_string().starts_with("--kernel"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_spec_and_name_themselves_when_wrong() {
+        let base = Spec::from_str(
+            "[machine]\nvcpus = 4\nmemory = \"1G\"\n[kernel]\npath = \"k\"\ncmdline = \"a=1\"\n",
+            Path::new("/vms/vm.toml"),
+        )
+        .unwrap();
+        let f = MachineFlags {
+            cpus: Some(2),
+            memory: Some("256M".into()),
+            append: Some("b=2".into()),
+            initrd: Some("/boot/initrd".into()),
+            ..Default::default()
+        };
+        let s = apply(Some(base.clone()), &f, &caller()).unwrap();
+        assert_eq!((s.vcpus, s.memory), (2, 256 << 20));
+        assert_eq!(s.cmdline, "a=1 b=2");
+        assert_eq!(s.kernel, PathBuf::from("/vms/k"), "the spec's kernel stays");
+        assert_eq!(s.initrd, Some(PathBuf::from("/boot/initrd")));
+        let wrong = |f: MachineFlags| apply(Some(base.clone()), &f, &caller()).unwrap_err().to_string();
+        let e = wrong(MachineFlags { cpus: Some(0), ..Default::default() });
+        assert_eq!(e, "--cpus 0: must be 1..=254");
+        let e = wrong(MachineFlags { memory: Some("lots".into()), ..Default::default() });
+        assert!(e.starts_with("--memory lots: must be a size"), "{e}");
+        let e = wrong(MachineFlags { command: vec!["true".into()], ..Default::default() });
+        assert!(e.contains("needs --rootfs"), "{e}");
+    }
+
+    #[test]
+    fn shares_parse_dir_tag_and_mode() {
+        let cwd = Path::new("/w");
+        let s = parse_share("data", cwd).unwrap();
+        assert_eq!((s.path, s.tag.as_str(), s.read_only), (PathBuf::from("/w/data"), "data", false));
+        let s = parse_share("/srv/x:files:ro", cwd).unwrap();
+        assert_eq!((s.path, s.tag.as_str(), s.read_only), (PathBuf::from("/srv/x"), "files", true));
+        let s = parse_share("/srv/x:ro", cwd).unwrap();
+        assert_eq!((s.tag.as_str(), s.read_only), ("x", true));
+        let s = parse_share("/srv/x:out:rw", cwd).unwrap();
+        assert_eq!((s.tag.as_str(), s.read_only), ("out", false));
+        assert!(parse_share(":ro", cwd).is_err());
+        let e = parse_share("/srv/x:has space", cwd).unwrap_err().to_string();
+        assert!(e.starts_with("--share /srv/x:has space: the tag must be"), "{e}");
+        let mut f = flags();
+        f.shares = vec!["/a/x".into(), "/b/x".into()];
+        let e = apply(None, &f, &caller()).unwrap_err().to_string();
+        assert!(e.contains("taken by another share"), "{e}");
+    }
+
+    #[test]
+    fn rootfs_makes_hvm_the_init_of_a_read_only_root_and_runs_the_command() {
+        let mut c = caller();
+        c.exe = std::env::current_exe().unwrap().canonicalize().unwrap();
+        c.cwd = PathBuf::from("/tmp");
+        let mut f = flags();
+        f.rootfs = Some("/".into());
+        f.command = vec!["sh".into(), "-c".into(), "echo hi; exit 7".into()];
+        f.shares = vec!["/tmp:out".into()];
+        let s = apply(None, &f, &c).unwrap();
+        assert_eq!(s.console, ConsoleDevice::Command);
+        assert_eq!(s.shares[0].tag, ROOTFS_TAG);
+        assert!(s.shares[0].read_only);
+        assert!(s.cmdline.contains("rootfstype=virtiofs root=rootfs ro"));
+        assert!(s.cmdline.contains(&format!("init={}", c.exe.display())));
+        let encoded = s
+            .cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{}=", crate::guest_init::CMDLINE_KEY)))
+            .unwrap();
+        let config = InitConfig::decode(encoded).unwrap();
+        assert_eq!(config.command, f.command);
+        assert_eq!(config.cwd, "/tmp");
+        assert_eq!(config.uid, 1000);
+        assert_eq!(config.mounts.len(), 1);
+        assert_eq!((config.mounts[0].tag.as_str(), config.mounts[0].path.as_str()), ("out", "/tmp"));
+        // hvm must be below the root it boots.
+        let mut f2 = flags();
+        f2.rootfs = Some("/proc".into());
+        let e = apply(None, &f2, &c).unwrap_err().to_string();
+        assert!(e.contains("must be inside it"), "{e}");
+    }
+}
