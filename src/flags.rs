@@ -87,7 +87,10 @@ impl Caller {
             user: env("USER", if uid == 0 { "root" } else { "user" }),
             home: env("HOME", "/"),
             term: env("TERM", "linux"),
-            path: env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"),
+            path: env(
+                "PATH",
+                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+            ),
             interactive,
         }
     }
@@ -154,13 +157,16 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
         spec.vcpus = n;
     }
     if let Some(m) = &flags.memory {
-        spec.memory = spec::parse_memory(m).ok_or_else(|| {
-            bad("--memory", m.as_str(), spec::MEMORY_ALLOWED)
-        })?;
+        spec.memory = spec::parse_memory(m)
+            .ok_or_else(|| bad("--memory", m.as_str(), spec::MEMORY_ALLOWED))?;
     }
     if let Some(a) = &flags.append {
         if a.bytes().any(|b| b == 0 || b == b'\n') {
-            return Err(bad("--append", format!("{a:?}"), "must be one line without NUL bytes"));
+            return Err(bad(
+                "--append",
+                format!("{a:?}"),
+                "must be one line without NUL bytes",
+            ));
         }
         spec.cmdline = format!("{} {a}", spec.cmdline).trim().to_string();
     }
@@ -170,7 +176,10 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
             return Err(bad(
                 "--share",
                 s.as_str(),
-                format!("the tag {:?} is taken by another share; name one with DIR:TAG", share.tag),
+                format!(
+                    "the tag {:?} is taken by another share; name one with DIR:TAG",
+                    share.tag
+                ),
             ));
         }
         spec.shares.push(share);
@@ -191,7 +200,12 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
 
 /// `--rootfs DIR`: DIR is the guest's root over virtio-fs, read-only; hvm
 /// is its init and runs the command (or a shell).
-fn rootfs(spec: &mut Spec, root: &Path, flags: &MachineFlags, caller: &Caller) -> Result<(), FlagError> {
+fn rootfs(
+    spec: &mut Spec,
+    root: &Path,
+    flags: &MachineFlags,
+    caller: &Caller,
+) -> Result<(), FlagError> {
     let shown = root.display().to_string();
     let root = root
         .canonicalize()
@@ -326,12 +340,25 @@ mod tests {
         assert_eq!(s.cmdline, "a=1 b=2");
         assert_eq!(s.kernel, PathBuf::from("/vms/k"), "the spec's kernel stays");
         assert_eq!(s.initrd, Some(PathBuf::from("/boot/initrd")));
-        let wrong = |f: MachineFlags| apply(Some(base.clone()), &f, &caller()).unwrap_err().to_string();
-        let e = wrong(MachineFlags { cpus: Some(0), ..Default::default() });
+        let wrong = |f: MachineFlags| {
+            apply(Some(base.clone()), &f, &caller())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = wrong(MachineFlags {
+            cpus: Some(0),
+            ..Default::default()
+        });
         assert_eq!(e, "--cpus 0: must be 1..=254");
-        let e = wrong(MachineFlags { memory: Some("lots".into()), ..Default::default() });
+        let e = wrong(MachineFlags {
+            memory: Some("lots".into()),
+            ..Default::default()
+        });
         assert!(e.starts_with("--memory lots: must be a size"), "{e}");
-        let e = wrong(MachineFlags { command: vec!["true".into()], ..Default::default() });
+        let e = wrong(MachineFlags {
+            command: vec!["true".into()],
+            ..Default::default()
+        });
         assert!(e.contains("needs --rootfs"), "{e}");
     }
 
@@ -339,16 +366,27 @@ mod tests {
     fn shares_parse_dir_tag_and_mode() {
         let cwd = Path::new("/w");
         let s = parse_share("data", cwd).unwrap();
-        assert_eq!((s.path, s.tag.as_str(), s.read_only), (PathBuf::from("/w/data"), "data", false));
+        assert_eq!(
+            (s.path, s.tag.as_str(), s.read_only),
+            (PathBuf::from("/w/data"), "data", false)
+        );
         let s = parse_share("/srv/x:files:ro", cwd).unwrap();
-        assert_eq!((s.path, s.tag.as_str(), s.read_only), (PathBuf::from("/srv/x"), "files", true));
+        assert_eq!(
+            (s.path, s.tag.as_str(), s.read_only),
+            (PathBuf::from("/srv/x"), "files", true)
+        );
         let s = parse_share("/srv/x:ro", cwd).unwrap();
         assert_eq!((s.tag.as_str(), s.read_only), ("x", true));
         let s = parse_share("/srv/x:out:rw", cwd).unwrap();
         assert_eq!((s.tag.as_str(), s.read_only), ("out", false));
         assert!(parse_share(":ro", cwd).is_err());
-        let e = parse_share("/srv/x:has space", cwd).unwrap_err().to_string();
-        assert!(e.starts_with("--share /srv/x:has space: the tag must be"), "{e}");
+        let e = parse_share("/srv/x:has space", cwd)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--share /srv/x:has space: the tag must be"),
+            "{e}"
+        );
         let mut f = flags();
         f.shares = vec!["/a/x".into(), "/b/x".into()];
         let e = apply(None, &f, &caller()).unwrap_err().to_string();
@@ -380,7 +418,13 @@ mod tests {
         assert_eq!(config.cwd, "/tmp");
         assert_eq!(config.uid, 1000);
         assert_eq!(config.mounts.len(), 1);
-        assert_eq!((config.mounts[0].tag.as_str(), config.mounts[0].path.as_str()), ("out", "/tmp"));
+        assert_eq!(
+            (
+                config.mounts[0].tag.as_str(),
+                config.mounts[0].path.as_str()
+            ),
+            ("out", "/tmp")
+        );
         // hvm must be below the root it boots.
         let mut f2 = flags();
         f2.rootfs = Some("/proc".into());

@@ -109,19 +109,32 @@ fn power_off() -> ! {
     }
 }
 
-/// Leaves through hvm's debug-exit port with `code` as hvm's exit code.
+/// Leaves through hvm's debug-exit port with `code` as hvm's exit code:
+/// through /dev/port (CONFIG_DEVPORT), else with ioperm and `out`
+/// (CONFIG_X86_IOPL_IOPERM); kernels have one or the other.
 fn report(code: u8) -> ! {
-    // SAFETY: sync, then port access granted by ioperm (we are root, PID 1).
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    use std::os::unix::fs::FileExt;
+    if let Ok(port) = std::fs::OpenOptions::new().write(true).open("/dev/port") {
+        let _ = port.write_at(&[code], u64::from(DEBUG_EXIT_PORT));
+    }
+    // SAFETY: port access granted by ioperm (we are root, PID 1).
     unsafe {
-        libc::sync();
         if libc::ioperm(u64::from(DEBUG_EXIT_PORT), 1, 1) == 0 {
             std::arch::asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") code);
         }
     }
-    give_up("the debug-exit port did not end the VM")
+    give_up("neither /dev/port nor ioperm reached hvm's debug-exit port (the kernel needs CONFIG_DEVPORT or CONFIG_X86_IOPL_IOPERM)")
 }
 
-fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), String> {
     let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} has a NUL byte"));
     let (src, tgt, fs, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     // SAFETY: NUL-terminated strings that outlive the call.
@@ -131,7 +144,11 @@ fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
             tgt.as_ptr(),
             fs.as_ptr(),
             flags,
-            if data.is_empty() { std::ptr::null() } else { dat.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                dat.as_ptr().cast()
+            },
         )
     };
     if r == 0 {
@@ -166,14 +183,23 @@ fn mount_file_systems(config: &InitConfig) {
     for dir in ["/dev/pts", "/dev/shm", "/run/hvm"] {
         let _ = std::fs::create_dir_all(dir);
     }
-    let _ = mount("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+    let _ = mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=620,ptmxmode=666",
+    );
     let _ = mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
     for dir in OVERLAYS {
         if !std::path::Path::new(dir).is_dir() {
             continue;
         }
         let name = dir.trim_start_matches('/');
-        let (upper, work) = (format!("/run/hvm/{name}.up"), format!("/run/hvm/{name}.work"));
+        let (upper, work) = (
+            format!("/run/hvm/{name}.up"),
+            format!("/run/hvm/{name}.work"),
+        );
         let _ = std::fs::create_dir_all(&upper);
         let _ = std::fs::create_dir_all(&work);
         let data = format!("lowerdir={dir},upperdir={upper},workdir={work}");
@@ -191,7 +217,8 @@ fn mount_file_systems(config: &InitConfig) {
 
 /// The config from /proc/cmdline.
 fn read_config() -> Result<InitConfig, String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
     let word = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix(CMDLINE_KEY)?.strip_prefix('='))
@@ -236,7 +263,14 @@ fn command(config: &InitConfig) -> Command {
         .env("HOME", &config.home)
         .env("USER", &config.user)
         .env("LOGNAME", &config.user)
-        .env("TERM", if config.interactive { &config.term } else { "dumb" })
+        .env(
+            "TERM",
+            if config.interactive {
+                &config.term
+            } else {
+                "dumb"
+            },
+        )
         .env("HVM_GUEST", "1");
     if std::path::Path::new(&config.cwd).is_dir() {
         cmd.current_dir(&config.cwd);
@@ -271,7 +305,13 @@ fn code_of(status: std::process::ExitStatus) -> u8 {
 /// Entry point when hvm runs as the guest's PID 1. Never returns.
 pub fn main() -> ! {
     // /proc first: the config is on the kernel command line.
-    let _ = mount("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "");
+    let _ = mount(
+        "proc",
+        "/proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
     let config = match read_config() {
         Ok(c) => c,
         Err(e) => give_up(&e),
@@ -318,7 +358,11 @@ fn run_interactive(config: &InitConfig) -> u8 {
 }
 
 fn program_name(config: &InitConfig) -> String {
-    config.command.first().cloned().unwrap_or_else(|| "/bin/sh".into())
+    config
+        .command
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "/bin/sh".into())
 }
 
 /// Waits for `pid`, reaping every orphan meanwhile (PID 1's duty).
@@ -345,14 +389,21 @@ fn run_relayed(config: &InitConfig) -> u8 {
     make_raw(out_tty.as_raw_fd());
     make_raw(err_tty.as_raw_fd());
     let mut cmd = command(config);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let _ = (&err_tty).write_all(format!("hvm-init: {}: {e}\n", program_name(config)).as_bytes());
+            let _ = (&err_tty)
+                .write_all(format!("hvm-init: {}: {e}\n", program_name(config)).as_bytes());
             // SAFETY: waits for the consoles to pass everything on.
             unsafe { libc::tcdrain(err_tty.as_raw_fd()) };
-            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            return if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
         }
     };
     let pid = child.id() as libc::pid_t;
@@ -417,14 +468,17 @@ impl Relay<'_> {
             // Reap: the command, and any orphan.
             loop {
                 let mut status = 0;
-                // SAFETY: non-blocking wait for any child.
                 let which = if self.reap_all { -1 } else { pid };
+                // SAFETY: non-blocking wait; status is a live local.
                 let got = unsafe { libc::waitpid(which, &mut status, libc::WNOHANG) };
                 if got <= 0 {
                     break;
                 }
                 if got == pid {
-                    exit = Some((code_of(std::process::ExitStatus::from_raw(status)), Instant::now()));
+                    exit = Some((
+                        code_of(std::process::ExitStatus::from_raw(status)),
+                        Instant::now(),
+                    ));
                 }
             }
             let outputs_done = self.stdout.is_none() && self.stderr.is_none();
@@ -440,23 +494,43 @@ impl Relay<'_> {
             let mut fds = Vec::new();
             let want_input = self.pending.len() < 1 << 20 && self.stdin.is_some();
             fds.push(libc::pollfd {
-                fd: if want_input { self.tty_out.as_raw_fd() } else { -1 },
+                fd: if want_input {
+                    self.tty_out.as_raw_fd()
+                } else {
+                    -1
+                },
                 events: libc::POLLIN,
                 revents: 0,
             });
             fds.push(libc::pollfd {
-                fd: if self.stdin_ended.is_none() { self.tty_err.as_raw_fd() } else { -1 },
+                fd: if self.stdin_ended.is_none() {
+                    self.tty_err.as_raw_fd()
+                } else {
+                    -1
+                },
                 events: libc::POLLIN,
                 revents: 0,
             });
             let fd_of = |f: &Option<OwnedFd>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
             fds.push(libc::pollfd {
-                fd: if self.pending.is_empty() { -1 } else { fd_of(&self.stdin) },
+                fd: if self.pending.is_empty() {
+                    -1
+                } else {
+                    fd_of(&self.stdin)
+                },
                 events: libc::POLLOUT,
                 revents: 0,
             });
-            fds.push(libc::pollfd { fd: fd_of(&self.stdout), events: libc::POLLIN, revents: 0 });
-            fds.push(libc::pollfd { fd: fd_of(&self.stderr), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: fd_of(&self.stdout),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.push(libc::pollfd {
+                fd: fd_of(&self.stderr),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             // SAFETY: polls a live array of the given length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
             if n <= 0 {
@@ -492,10 +566,17 @@ impl Relay<'_> {
             return;
         };
         // SAFETY: writes from a live buffer.
-        let n = unsafe { libc::write(fd.as_raw_fd(), self.pending.as_ptr().cast(), self.pending.len()) };
+        let n = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                self.pending.as_ptr().cast(),
+                self.pending.len(),
+            )
+        };
         if n > 0 {
             self.pending.drain(..n as usize);
-        } else if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+        } else if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+        {
             // The command closed its stdin: the rest has nowhere to go.
             self.stdin = None;
             self.pending.clear();
@@ -532,7 +613,11 @@ mod tests {
     #[test]
     fn the_config_survives_the_kernel_command_line() {
         let c = InitConfig {
-            command: vec!["sh".into(), "-c".into(), "echo \"a b\"; exit 7 # ünïcode".into()],
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"a b\"; exit 7 # ünïcode".into(),
+            ],
             cwd: "/home/me".into(),
             uid: 1000,
             gid: 100,
@@ -541,10 +626,16 @@ mod tests {
             term: "xterm".into(),
             path: "/usr/bin:/bin".into(),
             interactive: false,
-            mounts: vec![Mount { tag: "out".into(), path: "/home/me/out".into() }],
+            mounts: vec![Mount {
+                tag: "out".into(),
+                path: "/home/me/out".into(),
+            }],
         };
         let word = c.encode();
-        assert!(word.bytes().all(|b| b.is_ascii_hexdigit()), "one plain word");
+        assert!(
+            word.bytes().all(|b| b.is_ascii_hexdigit()),
+            "one plain word"
+        );
         assert_eq!(InitConfig::decode(&word), Some(c));
         assert_eq!(InitConfig::decode("abc"), None);
         assert_eq!(InitConfig::decode("zz"), None);
@@ -559,6 +650,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // The relay reaps it (waitpid).
     fn the_relay_passes_stdin_and_splits_stdout_from_stderr() {
         // Sockets stand in for the consoles; the command is a real shell.
         use std::os::unix::net::UnixStream;

@@ -188,3 +188,66 @@ fn control_verbs_for_a_vm_that_does_not_run_say_so() {
         .assert_stderr("invalid VM name");
     hvm(&["ps"]).assert_code(0).assert_stdout("NAME");
 }
+
+const USAGE: i32 = 2;
+
+#[test]
+fn run_flags_name_themselves_when_wrong() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["run"],
+            "--kernel (missing): give a spec file or --kernel PATH",
+        ),
+        (
+            &["run", "--kernel", "k", "--cpus", "0"],
+            "--cpus 0: must be 1..=254",
+        ),
+        (
+            &["run", "--kernel", "k", "--memory", "lots"],
+            "--memory lots: must be a size",
+        ),
+        (
+            &["run", "--kernel", "k", "--", "true"],
+            "needs --rootfs DIR",
+        ),
+        (
+            &["run", "--kernel", "k", "--rootfs", "/nonexistent/root"],
+            "--rootfs /nonexistent/root: No such file",
+        ),
+        (
+            &["run", "--kernel", "k", "--share", "/tmp:bad tag"],
+            "--share /tmp:bad tag: the tag must be",
+        ),
+    ];
+    for (args, message) in cases {
+        hvm(args)
+            .assert_code(USAGE)
+            .assert_stderr(message)
+            .assert_no_panic();
+    }
+}
+
+#[test]
+fn run_with_flags_alone_boots_the_tiny_guest() {
+    if !require_kvm() {
+        return;
+    }
+    let elf = tiny_elf();
+    hvm(&[
+        "run",
+        "--kernel",
+        &elf,
+        "--memory",
+        "64M",
+        "--append",
+        "mode=hello",
+    ])
+    .assert_code(0)
+    .assert_stdout("Hello from the hvm tiny guest")
+    .assert_no_panic();
+    // Flags over a spec: --append adds to the spec's command line.
+    let spec = write_spec("over", &tiny_spec(&elf, 1, 64, "quiet"));
+    hvm(&["run", "--append", "mode=exit code=9", &path_str(&spec)])
+        .assert_code(9)
+        .assert_no_panic();
+}

@@ -536,3 +536,54 @@ fn killed_virtiofsd_gives_the_guest_io_errors_not_a_hang() {
     );
     assert!(c.stderr.contains("the file server is gone"), "{}", c.stderr);
 }
+
+#[test]
+fn one_command_run_splits_stdout_from_stderr_and_returns_the_status() {
+    let Some(c) = case("rootfs-cmd") else { return };
+    assert_case(
+        c,
+        7,
+        &["STDOUT: host file for the guest", "STDOUT: uid=0 cwd=/"],
+    );
+    assert!(
+        !c.console.contains("oops"),
+        "stderr leaked into stdout:\n{}",
+        c.console
+    );
+    assert!(c.stderr.contains("oops"), "{}", c.stderr);
+    // The kernel's messages stay off both.
+    assert!(!c.console.contains("Linux version") && !c.stderr.contains("Linux version"));
+}
+
+#[test]
+fn one_command_run_writes_results_to_a_share_and_never_to_the_root() {
+    let Some(c) = case("rootfs-share") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "HOST-RESULT from-the-guest",
+            "HOST-ROOT-WRITE ls: /hvm-guest-wrote: No such file",
+            "STDOUT: ETC-WRITABLE",
+        ],
+    );
+}
+
+#[test]
+fn rootfs_with_a_kernel_lacking_virtio_fs_says_why() {
+    let Some(c) = case("rootfs-nofs") else { return };
+    assert_case(c, 125, &[]);
+    for needle in [
+        "without reporting the command's exit status",
+        "the kernel's last messages",
+        "Unable to mount root",
+    ] {
+        assert!(
+            c.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            c.stderr
+        );
+    }
+}

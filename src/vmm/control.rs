@@ -246,8 +246,7 @@ impl Control {
     pub fn run(mut self) -> ExitReason {
         let mut reason = self.wait_for_reason();
         timeline::mark("VM stopped");
-        if self.kernel_log.is_some() && matches!(reason, ExitReason::PowerOff | ExitReason::Reset)
-        {
+        if self.kernel_log.is_some() && matches!(reason, ExitReason::PowerOff | ExitReason::Reset) {
             // A command's verdict comes through the debug-exit port only.
             reason = ExitReason::NoVerdict;
         }

@@ -127,7 +127,11 @@ pub fn open_backends(
     for (i, output) in outputs.iter().take(consoles).enumerate() {
         let pending = PendingInput::default();
         let name = format!("hvc{i}");
-        devices.push(Box::new(Console::named(output.clone(), pending.clone(), &name)));
+        devices.push(Box::new(Console::named(
+            output.clone(),
+            pending.clone(),
+            &name,
+        )));
         console_inputs.push(pending);
     }
     for d in &spec.drives {

@@ -177,7 +177,10 @@ def add_qemu(root):
 
 def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
     root = os.path.join(work, "root")
-    for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/guest-images", "hvm/examples"]:
+    # etc, var, home, root and run as on a real system: the --rootfs cases
+    # boot L1's own root, and hvm's init puts overlays on the first four.
+    for d in ["bin", "proc", "sys", "dev", "tmp", "modules", "hvm/guest-images", "hvm/examples",
+              "etc", "var", "home", "root", "run"]:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
     applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()

@@ -258,6 +258,14 @@ impl MmioTransport {
                 self.needs_reset(&e.to_string());
                 return;
             }
+            self.status = new;
+            // Buffers made available before DRIVER_OK (a driver may kick
+            // early; hvm ignores that) meet host input that is already
+            // waiting, such as a command's stdin.
+            for index in 0..self.queues.len() {
+                self.notify(index);
+            }
+            return;
         }
         self.status = new;
     }
