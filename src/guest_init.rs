@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const CMDLINE_KEY: &str = "hvm.init";
 /// hvm's debug-exit port: the byte written is hvm's exit code.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// hvm's boot-marker port: "the consoles are ready, send stdin".
+const BOOT_MARKER_PORT: u16 = 0xf5;
 /// Directories a running system writes to: an overlay (the host's files
 /// below, a tmpfs above) each, so the host is never changed through the root.
 const OVERLAYS: [&str; 4] = ["/etc", "/var", "/home", "/root"];
@@ -109,22 +111,29 @@ fn power_off() -> ! {
     }
 }
 
-/// Leaves through hvm's debug-exit port with `code` as hvm's exit code:
-/// through /dev/port (CONFIG_DEVPORT), else with ioperm and `out`
-/// (CONFIG_X86_IOPL_IOPERM); kernels have one or the other.
-fn report(code: u8) -> ! {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+/// Writes `value` to one of hvm's ports: through /dev/port
+/// (CONFIG_DEVPORT), else with ioperm and `out` (CONFIG_X86_IOPL_IOPERM);
+/// kernels have one or the other.
+fn out_port(port: u16, value: u8) {
     use std::os::unix::fs::FileExt;
-    if let Ok(port) = std::fs::OpenOptions::new().write(true).open("/dev/port") {
-        let _ = port.write_at(&[code], u64::from(DEBUG_EXIT_PORT));
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/port") {
+        if f.write_at(&[value], u64::from(port)).is_ok() {
+            return;
+        }
     }
     // SAFETY: port access granted by ioperm (we are root, PID 1).
     unsafe {
-        if libc::ioperm(u64::from(DEBUG_EXIT_PORT), 1, 1) == 0 {
-            std::arch::asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") code);
+        if libc::ioperm(u64::from(port), 1, 1) == 0 {
+            std::arch::asm!("out dx, al", in("dx") port, in("al") value);
         }
     }
+}
+
+/// Leaves through hvm's debug-exit port with `code` as hvm's exit code.
+fn report(code: u8) -> ! {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    out_port(DEBUG_EXIT_PORT, code);
     give_up("neither /dev/port nor ioperm reached hvm's debug-exit port (the kernel needs CONFIG_DEVPORT or CONFIG_X86_IOPL_IOPERM)")
 }
 
@@ -333,6 +342,8 @@ fn run_interactive(config: &InitConfig) -> u8 {
         Ok(t) => t,
         Err(e) => give_up(&e),
     };
+    // Open: hvm may send what is typed.
+    out_port(BOOT_MARKER_PORT, 1);
     let fd = tty.as_raw_fd();
     let mut cmd = command(config);
     let dup = |f: &File| f.try_clone().map(Stdio::from);
@@ -388,6 +399,8 @@ fn run_relayed(config: &InitConfig) -> u8 {
     };
     make_raw(out_tty.as_raw_fd());
     make_raw(err_tty.as_raw_fd());
+    // Raw from now on: hvm may send stdin.
+    out_port(BOOT_MARKER_PORT, 1);
     let mut cmd = command(config);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -556,6 +556,31 @@ fn one_command_run_splits_stdout_from_stderr_and_returns_the_status() {
 }
 
 #[test]
+fn one_command_run_without_a_command_is_a_shell_fed_by_stdin() {
+    let Some(c) = case("rootfs-shell") else {
+        return;
+    };
+    assert_case(c, 3, &["STDOUT: piped-42"]);
+    assert!(c.stderr.contains("to-stderr"), "{}", c.stderr);
+    assert!(!c.console.contains("to-stderr"), "{}", c.console);
+}
+
+#[test]
+fn one_command_run_passes_binary_stdin_unchanged() {
+    let Some(c) = case("rootfs-stdin") else {
+        return;
+    };
+    assert_case(c, 0, &[]);
+    let host = field(&c.console, "HOST-STDIN-SHA").expect("host hash");
+    assert_eq!(host.len(), 64);
+    assert!(
+        c.console.contains(&format!("STDOUT: {host}")),
+        "the command's sha256 of its stdin differs:\n{}",
+        c.console
+    );
+}
+
+#[test]
 fn one_command_run_writes_results_to_a_share_and_never_to_the_root() {
     let Some(c) = case("rootfs-share") else {
         return;
@@ -568,6 +593,13 @@ fn one_command_run_writes_results_to_a_share_and_never_to_the_root() {
             "HOST-ROOT-WRITE ls: /hvm-guest-wrote: No such file",
             "STDOUT: ETC-WRITABLE",
         ],
+    );
+    // Only the command's own words on stderr (no console echo).
+    assert!(
+        c.stderr
+            .starts_with("touch: /hvm-guest-wrote: Read-only file system"),
+        "{:?}",
+        c.stderr
     );
 }
 

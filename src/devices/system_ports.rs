@@ -29,10 +29,23 @@ impl BusDevice for DebugExit {
     }
 }
 
-/// Port 0xf5: logs when the guest says it has booted (how boot time is measured).
+/// Port 0xf5: logs when the guest says it has booted (how boot time is
+/// measured), and tells whoever waits for it (a command's stdin is held
+/// until hvm's init in the guest has its consoles ready).
 #[derive(Default)]
 pub struct BootMarker {
     seen: u32,
+    notify: Option<vmm_sys_util::eventfd::EventFd>,
+}
+
+impl BootMarker {
+    /// A marker that also signals `notify` each time the guest writes it.
+    pub fn notifying(notify: vmm_sys_util::eventfd::EventFd) -> Self {
+        BootMarker {
+            seen: 0,
+            notify: Some(notify),
+        }
+    }
 }
 
 impl BusDevice for BootMarker {
@@ -50,6 +63,9 @@ impl BusDevice for BootMarker {
             log::Level::Debug
         };
         log::log!(target: "hvm::boot", level, "guest boot marker {value} after {ms:.3} ms (#{})", self.seen);
+        if let Some(n) = &self.notify {
+            let _ = n.write(1);
+        }
     }
 }
 

@@ -22,6 +22,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 const TOKEN_STDIN: u64 = 1;
 const TOKEN_CONTROL: u64 = 2;
+/// The input gate (see [`EventLoop::input_gate`]).
+const TOKEN_GATE: u64 = 3;
 /// Virtio queue notifier `i` has token `TOKEN_QUEUE_BASE + i`.
 const TOKEN_QUEUE_BASE: u64 = 16;
 /// Backend fd `i` (a tap) has token `TOKEN_BACKEND_BASE + i`.
@@ -150,6 +152,10 @@ pub struct EventLoop {
     pub target: InputTarget,
     pub exit: ExitRequests,
     pub input: Input,
+    /// When set, stdin is read only after this eventfd fires: a command's
+    /// input must not reach the guest before its init has the consoles
+    /// open and raw (the guest's boot marker fires it).
+    pub input_gate: Option<EventFd>,
     pub notifiers: Vec<QueueNotifier>,
     pub backends: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
 }
@@ -242,20 +248,19 @@ impl EventLoop {
             self.watch_devices(&epoll, &mut watched, true)
                 .map_err(EventLoopError::Epoll)?;
         }
-        let mut reading_stdin = false;
-        if !matches!(self.input, Input::None) {
-            let add = epoll.ctl(
-                ControlOperation::Add,
-                libc::STDIN_FILENO,
-                EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-            );
-            match add {
-                Ok(()) => reading_stdin = true,
-                // A regular file cannot be polled: it is always readable, so read it all now.
-                Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.read_stdin_file(),
-                Err(e) => log::warn!("not reading stdin: {e}"),
+        let reading_stdin = match &self.input_gate {
+            Some(gate) => {
+                epoll
+                    .ctl(
+                        ControlOperation::Add,
+                        gate.as_raw_fd(),
+                        EpollEvent::new(EventSet::IN, TOKEN_GATE),
+                    )
+                    .map_err(EventLoopError::Epoll)?;
+                false
             }
-        }
+            None => self.start_stdin(&epoll, !paused),
+        };
         let (commands_tx, commands) = mpsc::channel();
         let (acks, acks_rx) = mpsc::channel();
         let state = Running {
@@ -279,14 +284,39 @@ impl EventLoop {
         })
     }
 
-    fn read_stdin_file(&self) {
+    /// Starts reading stdin (a file is read whole at once); true when epoll
+    /// watches it.
+    fn start_stdin(&self, epoll: &Epoll, running: bool) -> bool {
+        if matches!(self.input, Input::None) {
+            return false;
+        }
+        let add = epoll.ctl(
+            ControlOperation::Add,
+            libc::STDIN_FILENO,
+            EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+        );
+        match add {
+            Ok(()) => true,
+            // A regular file cannot be polled: it is always readable, so read it all now.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                self.read_stdin_file(running);
+                false
+            }
+            Err(e) => {
+                log::warn!("not reading stdin: {e}");
+                false
+            }
+        }
+    }
+
+    fn read_stdin_file(&self, running: bool) {
         let mut buf = Vec::new();
         let mut stdin = std::io::stdin().lock();
         if let Err(e) = std::io::Read::read_to_end(&mut stdin, &mut buf) {
             log::warn!("cannot read stdin: {e}");
         }
-        self.target.queue_input(&buf, false);
-        self.target.end_input(false);
+        self.target.queue_input(&buf, running);
+        self.target.end_input(running);
     }
 
     /// Follows the control loop's commands; false when the loop must end.
@@ -336,6 +366,18 @@ impl EventLoop {
                 match ev.data() {
                     TOKEN_CONTROL if !self.obey(&mut st) => return,
                     TOKEN_CONTROL => {}
+                    TOKEN_GATE => {
+                        if let Some(gate) = &self.input_gate {
+                            let _ = gate.read();
+                            let _ = st.epoll.ctl(
+                                ControlOperation::Delete,
+                                gate.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
+                            log::debug!("the guest's consoles are ready: reading stdin");
+                            st.reading_stdin = self.start_stdin(&st.epoll, !st.paused);
+                        }
+                    }
                     TOKEN_STDIN if st.reading_stdin => {
                         // SAFETY: reads into a live buffer of the given length.
                         let got = unsafe {

@@ -127,6 +127,8 @@ pub struct Vm {
     /// With a command's console: the kernel's messages, for a failure report.
     kernel_log: Option<SharedOutput>,
     input: Input,
+    /// Stdin is read only once this fires (the guest's boot marker).
+    input_gate: Option<EventFd>,
     target: InputTarget,
     notifiers: Vec<virtio::QueueNotifier>,
     backends: Vec<(
@@ -337,7 +339,12 @@ impl Vm {
         let (exit_requests, requests) = ExitRequests::channel(wake.clone());
         let mut registry = Registry::default();
         let serial = Self::serial(&vm, output.clone())?;
-        let (pio, ged) = Self::port_devices(&vm, &serial, &guest, &mut registry)?;
+        // A command's stdin waits for its init's consoles (boot marker).
+        let input_gate = (spec.console == ConsoleDevice::Command)
+            .then(|| EventFd::new(libc::EFD_NONBLOCK))
+            .transpose()
+            .map_err(VmError::EventFd)?;
+        let (pio, ged) = Self::port_devices(&vm, &serial, &guest, &mut registry, &input_gate)?;
         for w in &attached.windows {
             registry.add(&w.label, "mmio", w.base, MMIO_WINDOW, Some(w.irq));
         }
@@ -384,6 +391,7 @@ impl Vm {
             kernel_log: (spec.console == ConsoleDevice::Command).then(|| output.clone()),
             outputs,
             input,
+            input_gate,
             target,
             notifiers: attached.notifiers,
             backends: attached.backends,
@@ -468,6 +476,7 @@ impl Vm {
         serial: &Arc<Mutex<SerialDevice>>,
         guest: &GuestEvents,
         registry: &mut Registry,
+        input_gate: &Option<EventFd>,
     ) -> Result<(Bus, GedTrigger), VmError> {
         let mut pio = Bus::new();
         let r = registry;
@@ -501,7 +510,11 @@ impl Vm {
         )?;
         let debug_exit = Arc::new(Mutex::new(DebugExit(guest.clone())));
         r.port(&mut pio, "debug-exit", debug_exit, DEBUG_EXIT_PORT, 1, None)?;
-        let marker = Arc::new(Mutex::new(BootMarker::default()));
+        let marker = match input_gate {
+            Some(gate) => BootMarker::notifying(gate.try_clone().map_err(VmError::EventFd)?),
+            None => BootMarker::default(),
+        };
+        let marker = Arc::new(Mutex::new(marker));
         r.port(&mut pio, "boot marker", marker, BOOT_MARKER_PORT, 1, None)?;
         let pvpanic = Arc::new(Mutex::new(PvPanic(guest.clone())));
         r.port(&mut pio, "pvpanic", pvpanic, PVPANIC_PORT, 1, None)?;
@@ -560,6 +573,7 @@ impl Vm {
             target: self.target,
             exit: self.exit_requests,
             input: self.input,
+            input_gate: self.input_gate,
             notifiers: self.notifiers,
             backends: self.backends,
         }

@@ -270,7 +270,7 @@ lifecycle share-gone fs3 "$Q hvm.run=mount,-t,virtiofs,gone,/mnt&&ls,/mnt>/dev/n
 # One-command runs: the guest's root is L1's own root over virtio-fs, hvm
 # is the guest's init and runs the command as the caller; stdout and
 # stderr arrive apart, the command's status is hvm's. $1 name, $2 the
-# input (printf format) or "-" for none; the rest: hvm's arguments.
+# input: a printf format for a pipe, @FILE, or "-" for none; the rest: hvm's arguments.
 cmdcase() {
     name=$1 input=$2
     shift 2
@@ -278,6 +278,8 @@ cmdcase() {
     echo "@@START $name"
     if [ "$input" = "-" ]; then
         "$HVM" run --timeout ${CTIMEOUT:-120s} "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+    elif [ "${input#@}" != "$input" ]; then
+        "$HVM" run --timeout ${CTIMEOUT:-120s} "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" <"${input#@}"
     else
         printf "$input" | "$HVM" run --timeout ${CTIMEOUT:-120s} "$@" >"$TMP/$name.out" 2>"$TMP/$name.err"
     fi
@@ -291,13 +293,19 @@ cmdcase() {
     echo "@@EXIT $name $code"
     AFTER=
 }
-# (A shell fed from a pipe, `printf ... | hvm run --rootfs /`, is not a
-# case yet: input that arrives before the guest opens hvc0 does not reach
-# it; see the note on the one-command-run issue.)
+
 # (The guest's /tmp is its own tmpfs: the file lies elsewhere.)
 echo "host file for the guest" >/hvm/rootfs-file
 cmdcase rootfs-cmd - --kernel "$IMG/vmlinux" --memory 256M --rootfs / -- \
     sh -c "cat /hvm/rootfs-file; echo oops >&2; echo uid=\$(id -u) cwd=\$(pwd); exit 7"
+# No command: a shell, fed from a pipe; its stdin ends where the pipe does.
+cmdcase rootfs-shell 'echo piped-$((6*7))\necho to-stderr >&2\nexit 3\n' \
+    --kernel "$IMG/vmlinux" --memory 256M --rootfs /
+# Binary stdin passes unchanged: the command's checksum of it.
+head -c 300000 /dev/urandom >/hvm/stdin.bin
+echo "HOST-STDIN-SHA $(sha256sum /hvm/stdin.bin | cut -c1-64)" >/hvm/stdin.sha
+AFTER="cat /hvm/stdin.sha" cmdcase rootfs-stdin @/hvm/stdin.bin --kernel "$IMG/vmlinux" --memory 256M \
+    --rootfs / -- sh -c "sha256sum | cut -c1-64"
 mkdir -p "$TMP/results"
 AFTER="echo HOST-RESULT \$(cat $TMP/results/r.txt); echo HOST-ROOT-WRITE \$(ls /hvm-guest-wrote 2>&1 | head -1)" \
 cmdcase rootfs-share - --kernel "$IMG/vmlinux" --memory 256M --rootfs / --share "$TMP/results" -- \
