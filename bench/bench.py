@@ -23,6 +23,9 @@ Cases:
     and QEMU microvm on the same KVM (tests/lab/lab.py --boot-bench: the
     nested lab's L1, or this host if it has hardware KVM), 1 and 2 vCPUs.
  6. virtio throughput in the nested lab, from the last tier-2 run if present.
+ 7. virtio-fs in the same lab run as case 5: a one-command run's round trip
+    (`hvm run --rootfs / -- true`) and reading 10,000 small files, against
+    QEMU microvm with vhost-user-fs and the same virtiofsd.
 """
 import argparse
 import datetime
@@ -142,7 +145,14 @@ def linux_boots(runs):
     for config, (h, q) in boots.items():
         if len(h) < runs or len(q) < runs:
             log(f"case 5: {config}: {len(h)} hvm and {len(q)} QEMU runs of {runs} (an L1 crash lost some)")
-    return boots
+    # Case 7 runs in the same L1: virtio-fs (FS-BENCH vmm what centiseconds [bytes]).
+    fs = {}
+    for vmm, what, cs in re.findall(r"^FS-BENCH (hvm|qemu) (roundtrip|tree) (\d+)", text, re.M):
+        pair = fs.setdefault(what, ([], []))
+        pair[0 if vmm == "hvm" else 1].append(int(cs) / 100)
+    if "FS-BENCH-SKIPPED" in text:
+        log("case 7: skipped: no virtiofsd in L1 (apt-get install qemu-system-common)")
+    return boots, fs
 
 
 def stats(values):
@@ -292,10 +302,15 @@ def main():
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        for config, (hvm_s, qemu_s) in linux_boots(1 if args.quick else args.linux_runs).items():
+        boots, fs = linux_boots(1 if args.quick else args.linux_runs)
+        for config, (hvm_s, qemu_s) in boots.items():
             cpus, mib = config.split("-")
             table.add(f"5. Linux boot → guest ready, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB",
                       "ms", hvm_s, qemu_s, 1e3)
+        labels = {"roundtrip": "7. `run --rootfs / -- true`: start → exit (QEMU: vhost-user-fs, busybox init)",
+                  "tree": "7. read 10,000 small files over virtio-fs (tar | wc, in the guest)"}
+        for what, (hvm_s, qemu_s) in fs.items():
+            table.add(labels[what], "ms", hvm_s, qemu_s, 1e3)
 
     # 6. virtio throughput in the nested lab (TCG-slow: the ratios tell, not the numbers).
     results = os.path.join(ROOT, "target", "lab", "results.txt")
@@ -341,6 +356,13 @@ Notes:
 - QEMU cannot start a 64 GiB guest on this 24 GiB host ("cannot set up guest
   memory 'microvm.ram': Cannot allocate memory" under the kernel's default
   overcommit heuristic); hvm maps guest RAM with MAP_NORESERVE and can.
+- Case 7 runs in the same L1 as case 5, with L1's own root as the guest's
+  root over virtio-fs, the same virtiofsd (Debian 12's, from QEMU 7.2) and
+  the same bzImage: hvm through `hvm run --rootfs / -- true` (its own init
+  mounts, overlays and runs the command), QEMU `-M microvm` with
+  `vhost-user-fs-device` on a shared memfd backend and busybox as init
+  rebooting at once. The file tree is 100 directories of 100 small files,
+  read with `tar cf - | wc -c` and timed by the guest.
 - Case 6 comes from the same tier-2 run: guest-side timings (1/100 s) of
   the blk-256M and net-tap cases, and L1 reading the same image file.
 - Where hvm's time goes (perf sched_switch stacks, `perf record -e

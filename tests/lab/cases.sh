@@ -421,5 +421,60 @@ boot_bench() {
 boot_bench 1 128
 boot_bench 2 512
 
+# The virtio-fs benchmark (the benchmark's case 7; with --boot-bench): L1's
+# root as the guest's root over virtio-fs, with the same virtiofsd and
+# kernel under both VMMs. "FS-BENCH vmm roundtrip cs": from the VMM's start
+# to its exit, for a guest that only boots and leaves (hvm: `hvm run
+# --rootfs / -- true`, through hvm's init; QEMU: microvm, vhost-user-fs,
+# busybox as init powering off; virtio-mmio made modern, as libvhost-user
+# refuses legacy devices). "FS-BENCH vmm tree cs": the guest's own
+# time to read a tree of 10,000 small files (tar to wc), timed in the guest.
+fs_bench() {
+    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    qemu=$(command -v qemu-system-x86_64)
+    vfsd=/usr/libexec/virtiofsd
+    [ -x "$vfsd" ] || { echo "FS-BENCH-SKIPPED no virtiofsd in L1"; return; }
+    [ -d /hvm/tree ] || { echo "FS-BENCH-SKIPPED no /hvm/tree (lab.py makes it)"; return; }
+    # No double quotes: QEMU's guest gets it on the kernel command line.
+    tree='read t0 x </proc/uptime; n=$(tar cf - /hvm/tree | wc -c); read t1 x </proc/uptime; echo FS-TREE-CS $(( ${t1%.*}${t1#*.} - ${t0%.*}${t0#*.} )) $n'
+    base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet"
+    qemu_fs() {
+        # $1: init's command (busybox sh -c); the guest powers off (ACPI GED).
+        rm -f "$TMP/vfs.sock"
+        "$vfsd" --socket-path="$TMP/vfs.sock" -o source=/ -o cache=auto -o sandbox=chroot 2>/dev/null &
+        i=0; while [ ! -S "$TMP/vfs.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+        timeout 120 "$qemu" -M microvm,x-option-roms=off,memory-backend=mem -accel kvm -cpu host,pmu=off \
+            -m 256M -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config \
+            -nographic -no-reboot -serial stdio -global virtio-mmio.force-legacy=false \
+            -chardev socket,id=fs,path="$TMP/vfs.sock" -device vhost-user-fs-device,chardev=fs,tag=rootfs \
+            -kernel "$IMG/bzImage" \
+            -append "$base rootfstype=virtiofs root=rootfs ro init=/bin/busybox -- sh -c \"mount -t proc proc /proc; $1; /bin/busybox poweroff -f\"" \
+            </dev/null 2>"$TMP/qemu-fs.err"
+        wait
+    }
+    runs=${HVM_LAB_RUNS:-5}
+    for i in $(seq 0 "$runs"); do
+        label=FS-BENCH; [ "$i" = 0 ] && label=FS-WARMUP
+        name=fs-bench-$i
+        case " $HVM_LAB_SKIP " in *" $name "*) continue ;; esac
+        echo "@@START $name"
+        echo "@@CASE $name"
+        read -r t0 _ </proc/uptime
+        "$HVM" run --kernel "$IMG/bzImage" --memory 256M --rootfs / -- true </dev/null
+        read -r t1 _ </proc/uptime
+        echo "$label hvm roundtrip $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+        read -r t0 _ </proc/uptime
+        qemu_fs true >/dev/null
+        read -r t1 _ </proc/uptime
+        echo "$label qemu roundtrip $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+        echo "$label hvm tree $("$HVM" run --kernel "$IMG/bzImage" --memory 256M --rootfs / -- sh -c "$tree" </dev/null | sed -n 's/^FS-TREE-CS //p')"
+        echo "$label qemu tree $(qemu_fs "$tree" | tr -d '\r' | sed -n 's/^FS-TREE-CS //p')"
+        [ -s "$TMP/qemu-fs.err" ] && sed 's/^/FS-QEMU-STDERR /' "$TMP/qemu-fs.err" | head -5
+        echo "@@STDERR"
+        echo "@@EXIT $name 0"
+    done
+}
+fs_bench
+
 rm -rf "$TMP"
 echo "@@DONE"

@@ -205,6 +205,13 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
         log("no virtiofsd (apt-get install qemu-system-common): the lab's share cases will fail")
     if with_qemu:
         add_qemu(root)
+        # The virtio-fs benchmark's tree: 100 directories of 100 small
+        # files (made here: busybox under TCG would take a minute).
+        for d in range(100):
+            os.makedirs(os.path.join(root, f"hvm/tree/d{d}"), exist_ok=True)
+            for f in range(100):
+                with open(os.path.join(root, f"hvm/tree/d{d}/f{f}"), "w") as out:
+                    out.write(f"file {d}/{f} of the hvm tree benchmark\n")
     for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:
         shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/guest-images", img))
     shutil.copy(os.path.join(images, "tiny", "hvmtest.elf"), os.path.join(root, "hvm/guest-images/hvmtest.elf"))
