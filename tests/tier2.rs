@@ -619,3 +619,9 @@ fn rootfs_with_a_kernel_lacking_virtio_fs_says_why() {
         );
     }
 }
+
+#[test]
+fn one_command_run_on_a_terminal_gives_the_shell_hvc0_as_its_tty() {
+    let Some(c) = case("rootfs-tty") else { return };
+    assert_case(c, 4, &["typed-5", "/dev/hvc0"]);
+}

@@ -196,6 +196,11 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
         copy_with_libs(gdb, root, "/hvm/gdb")
     else:
         log("no gdb without Python (apt-get install gdb-minimal): the lab skips its gdb case")
+    # util-linux's script(1): a pseudo-terminal for the interactive
+    # one-command case (busybox has none).
+    script = shutil.which("script")
+    if script:
+        copy_with_libs(script, root, "/usr/bin/script")
     # virtiofsd for the virtio-fs cases, where hvm looks for one.
     virtiofsd = next((p for p in [shutil.which("virtiofsd"), "/usr/libexec/virtiofsd",
                                   "/usr/lib/qemu/virtiofsd"] if p and os.path.exists(p)), None)
