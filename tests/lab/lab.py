@@ -235,6 +235,7 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 {insmods}
 for arg in $(cat /proc/cmdline); do
