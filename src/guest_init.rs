@@ -8,8 +8,10 @@
 //!
 //! Console protocol (the host side is the ordinary virtio-console device):
 //! hvc0 carries the command's stdin (host to guest) and stdout (guest to
-//! host) byte for byte; hvc1 its stderr; one byte arriving on hvc1 means
-//! "stdin has ended". An interactive run (hvm's stdin is a terminal) makes
+//! host) byte for byte; hvc1 its stderr; "hvm-eof N" arriving on hvc1
+//! means "stdin has ended after N bytes" (the two consoles are separate
+//! devices, so the count, not timing, says when all of it is in). An
+//! interactive run (hvm's stdin is a terminal) makes
 //! hvc0 the command's terminal instead, for all three.
 
 use serde::{Deserialize, Serialize};
@@ -30,9 +32,6 @@ const BOOT_MARKER_PORT: u16 = 0xf5;
 /// Directories a running system writes to: an overlay (the host's files
 /// below, a tmpfs above) each, so the host is never changed through the root.
 const OVERLAYS: [&str; 4] = ["/etc", "/var", "/home", "/root"];
-/// How long the guest waits for more stdin after hearing it ended (the
-/// two consoles are separate devices: their bytes may arrive out of order).
-const STDIN_SETTLE: Duration = Duration::from_millis(100);
 
 /// A share to mount at a path in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,7 +429,9 @@ fn run_relayed(config: &InitConfig) -> u8 {
         stdout,
         stderr,
         pending: Vec::new(),
-        stdin_ended: None,
+        stdin_received: 0,
+        control: Vec::new(),
+        stdin_total: None,
         reap_all: true,
     }
     .run(pid);
@@ -451,8 +452,12 @@ struct Relay<'a> {
     stderr: Option<OwnedFd>,
     /// Input read from hvc0, not yet taken by the command.
     pending: Vec<u8>,
-    /// When the host said stdin ended.
-    stdin_ended: Option<Instant>,
+    /// Bytes of stdin read from hvc0 so far.
+    stdin_received: u64,
+    /// What hvc1 said so far (the host's "hvm-eof N" line).
+    control: Vec<u8>,
+    /// How many bytes stdin has in all, once the host said it ended.
+    stdin_total: Option<u64>,
     /// PID 1 reaps every orphan; elsewhere (tests) only the command.
     reap_all: bool,
 }
@@ -516,7 +521,7 @@ impl Relay<'_> {
                 revents: 0,
             });
             fds.push(libc::pollfd {
-                fd: if self.stdin_ended.is_none() {
+                fd: if self.stdin_total.is_none() {
                     self.tty_err.as_raw_fd()
                 } else {
                     -1
@@ -554,12 +559,15 @@ impl Relay<'_> {
                 let got = read_some(self.tty_out.as_raw_fd(), &mut buf);
                 if got > 0 {
                     self.pending.extend_from_slice(&buf[..got as usize]);
+                    self.stdin_received += got as u64;
                 }
             }
             if ready(1) {
-                // Any byte: the host's stdin has ended.
-                let _ = read_some(self.tty_err.as_raw_fd(), &mut buf);
-                self.stdin_ended = Some(Instant::now());
+                let got = read_some(self.tty_err.as_raw_fd(), &mut buf);
+                if got > 0 {
+                    self.control.extend_from_slice(&buf[..got as usize]);
+                    self.stdin_total = parse_eof(&self.control);
+                }
             }
             if ready(2) {
                 self.feed_stdin();
@@ -596,15 +604,22 @@ impl Relay<'_> {
         }
     }
 
-    /// After the end of stdin: once hvc0 has been quiet a moment and all
-    /// input went in, the command's stdin is closed (it sees EOF).
+    /// Once every byte of stdin arrived and went in, the command's stdin
+    /// is closed (it sees EOF).
     fn settle_stdin(&mut self) {
-        if let Some(at) = self.stdin_ended {
-            if self.pending.is_empty() && at.elapsed() >= STDIN_SETTLE {
+        if let Some(total) = self.stdin_total {
+            if self.pending.is_empty() && self.stdin_received >= total {
                 self.stdin = None;
             }
         }
     }
+}
+
+/// The byte count in the host's "hvm-eof N\n", once a whole line is in.
+fn parse_eof(control: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(control).ok()?;
+    let (line, _) = text.split_once('\n')?;
+    line.strip_prefix("hvm-eof ")?.trim().parse().ok()
 }
 
 /// Copies what `from` has to `to`; None once `from` reached its end.
@@ -655,6 +670,13 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_stdin_says_how_much_there_was() {
+        assert_eq!(parse_eof(b"hvm-eof 300000\n"), Some(300_000));
+        assert_eq!(parse_eof(b"hvm-eof 30"), None, "not a whole line yet");
+        assert_eq!(parse_eof(b"garbage\n"), None);
+    }
+
+    #[test]
     fn exit_codes_are_a_shells() {
         use std::process::ExitStatus;
         assert_eq!(code_of(ExitStatus::from_raw(7 << 8)), 7);
@@ -679,8 +701,9 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as libc::pid_t;
+        // The end of stdin may come first: the count makes the relay wait.
+        (&err_host).write_all(b"hvm-eof 7\n").unwrap();
         (&out_host).write_all(b"hello\x00\xff").unwrap();
-        (&err_host).write_all(&[0]).unwrap();
         let code = Relay {
             tty_out: &out_tty,
             tty_err: &err_tty,
@@ -688,7 +711,9 @@ mod tests {
             stdout: child.stdout.take().map(OwnedFd::from),
             stderr: child.stderr.take().map(OwnedFd::from),
             pending: Vec::new(),
-            stdin_ended: None,
+            stdin_received: 0,
+            control: Vec::new(),
+            stdin_total: None,
             reap_all: false,
         }
         .run(pid);

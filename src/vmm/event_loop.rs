@@ -78,17 +78,27 @@ impl InputTarget {
         }
     }
 
-    /// Stdin is at its end: tell the console that listens for it.
-    fn end_input(&self, running: bool) {
+    /// Stdin is at its end after `total` bytes: tell the console that
+    /// listens for it ("hvm-eof N", so the guest knows when it has all).
+    fn end_input(&self, total: u64, running: bool) {
         if let InputTarget::Virtio {
             end_of_input: Some((pending, transport)),
             ..
         } = self
         {
-            Console::queue_input(pending, &[0]);
+            Console::queue_input(pending, format!("hvm-eof {total}\n").as_bytes());
             if running {
                 lock(transport).notify(RECEIVE_QUEUE);
             }
+        }
+    }
+
+    /// Input waiting for the guest to take it (0 for the UART, which
+    /// keeps its own small buffer).
+    fn pending_len(&self) -> usize {
+        match self {
+            InputTarget::Serial(_) => 0,
+            InputTarget::Virtio { pending, .. } => lock(pending).len(),
         }
     }
 
@@ -160,13 +170,34 @@ pub struct EventLoop {
     pub backends: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
+/// Input held for the guest above which hvm stops reading stdin until the
+/// guest has taken half of it (a command's stdin may be any size).
+const INPUT_HIGH: usize = 256 << 10;
+
+/// Where reading stdin stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stdin {
+    /// Not read (no input wanted, or not yet: the gate is closed).
+    Off,
+    /// In epoll.
+    Watched,
+    /// Out of epoll while the guest catches up.
+    Throttled,
+    /// A regular file (not pollable): read in pieces as the guest takes them.
+    File,
+    /// At its end.
+    Done,
+}
+
 /// The loop's own state while it runs.
 struct Running {
     epoll: Epoll,
     commands: mpsc::Receiver<LoopCommand>,
     wake: EventFd,
     acks: mpsc::Sender<LoopCommand>,
-    reading_stdin: bool,
+    stdin: Stdin,
+    /// Bytes of stdin handed to the guest's console so far.
+    stdin_sent: u64,
     paused: bool,
     /// Which queue notifiers epoll watches now.
     watched: Vec<bool>,
@@ -248,7 +279,8 @@ impl EventLoop {
             self.watch_devices(&epoll, &mut watched, true)
                 .map_err(EventLoopError::Epoll)?;
         }
-        let reading_stdin = match &self.input_gate {
+        let mut stdin_sent = 0;
+        let stdin = match &self.input_gate {
             Some(gate) => {
                 epoll
                     .ctl(
@@ -257,9 +289,9 @@ impl EventLoop {
                         EpollEvent::new(EventSet::IN, TOKEN_GATE),
                     )
                     .map_err(EventLoopError::Epoll)?;
-                false
+                Stdin::Off
             }
-            None => self.start_stdin(&epoll, !paused),
+            None => self.start_stdin(&epoll, !paused, &mut stdin_sent),
         };
         let (commands_tx, commands) = mpsc::channel();
         let (acks, acks_rx) = mpsc::channel();
@@ -268,7 +300,8 @@ impl EventLoop {
             commands,
             wake: wake.try_clone().map_err(EventLoopError::Epoll)?,
             acks,
-            reading_stdin,
+            stdin,
+            stdin_sent,
             paused,
             watched,
         };
@@ -284,11 +317,10 @@ impl EventLoop {
         })
     }
 
-    /// Starts reading stdin (a file is read whole at once); true when epoll
-    /// watches it.
-    fn start_stdin(&self, epoll: &Epoll, running: bool) -> bool {
+    /// Starts reading stdin: into epoll, or (a regular file) a first piece.
+    fn start_stdin(&self, epoll: &Epoll, running: bool, sent: &mut u64) -> Stdin {
         if matches!(self.input, Input::None) {
-            return false;
+            return Stdin::Off;
         }
         let add = epoll.ctl(
             ControlOperation::Add,
@@ -296,27 +328,53 @@ impl EventLoop {
             EpollEvent::new(EventSet::IN, TOKEN_STDIN),
         );
         match add {
-            Ok(()) => true,
-            // A regular file cannot be polled: it is always readable, so read it all now.
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                self.read_stdin_file(running);
-                false
-            }
+            Ok(()) => Stdin::Watched,
+            // A regular file cannot be polled: it is always readable.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.pump_file(running, sent),
             Err(e) => {
                 log::warn!("not reading stdin: {e}");
-                false
+                Stdin::Off
             }
         }
     }
 
-    fn read_stdin_file(&self, running: bool) {
-        let mut buf = Vec::new();
-        let mut stdin = std::io::stdin().lock();
-        if let Err(e) = std::io::Read::read_to_end(&mut stdin, &mut buf) {
-            log::warn!("cannot read stdin: {e}");
+    /// Reads a regular file on stdin while the guest has room for it.
+    fn pump_file(&self, running: bool, sent: &mut u64) -> Stdin {
+        let mut buf = vec![0u8; 64 << 10];
+        while self.target.pending_len() < INPUT_HIGH {
+            // SAFETY: reads into a live buffer of the given length.
+            let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                if got < 0 {
+                    log::warn!("cannot read stdin: {}", std::io::Error::last_os_error());
+                }
+                self.target.end_input(*sent, running);
+                return Stdin::Done;
+            }
+            self.target.queue_input(&buf[..got as usize], running);
+            *sent += got as u64;
         }
-        self.target.queue_input(&buf, running);
-        self.target.end_input(running);
+        Stdin::File
+    }
+
+    /// Reads stdin again once the guest has taken enough of what it has.
+    fn refill(&self, st: &mut Running) {
+        match st.stdin {
+            Stdin::Throttled if self.target.pending_len() < INPUT_HIGH / 2 => {
+                let add = st.epoll.ctl(
+                    ControlOperation::Add,
+                    libc::STDIN_FILENO,
+                    EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+                );
+                st.stdin = if add.is_ok() {
+                    Stdin::Watched
+                } else {
+                    Stdin::Done
+                };
+            }
+            Stdin::File => st.stdin = self.pump_file(!st.paused, &mut st.stdin_sent),
+            _ => {}
+        }
     }
 
     /// Follows the control loop's commands; false when the loop must end.
@@ -375,10 +433,10 @@ impl EventLoop {
                                 EpollEvent::default(),
                             );
                             log::debug!("the guest's consoles are ready: reading stdin");
-                            st.reading_stdin = self.start_stdin(&st.epoll, !st.paused);
+                            st.stdin = self.start_stdin(&st.epoll, !st.paused, &mut st.stdin_sent);
                         }
                     }
-                    TOKEN_STDIN if st.reading_stdin => {
+                    TOKEN_STDIN if st.stdin == Stdin::Watched => {
                         // SAFETY: reads into a live buffer of the given length.
                         let got = unsafe {
                             libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
@@ -395,8 +453,8 @@ impl EventLoop {
                                 libc::STDIN_FILENO,
                                 EpollEvent::default(),
                             );
-                            st.reading_stdin = false;
-                            self.target.end_input(!st.paused);
+                            st.stdin = Stdin::Done;
+                            self.target.end_input(st.stdin_sent, !st.paused);
                             continue;
                         }
                         let bytes = &buf[..got as usize];
@@ -407,11 +465,24 @@ impl EventLoop {
                                     let _ = std::io::stderr().write_all(HELP.as_bytes());
                                 }
                                 self.target.queue_input(&f.to_guest, !st.paused);
+                                st.stdin_sent += f.to_guest.len() as u64;
                                 if f.quit {
                                     self.exit.send(ExitReason::UserQuit);
                                 }
                             }
-                            _ => self.target.queue_input(bytes, !st.paused),
+                            _ => {
+                                self.target.queue_input(bytes, !st.paused);
+                                st.stdin_sent += bytes.len() as u64;
+                            }
+                        }
+                        if self.target.pending_len() >= INPUT_HIGH {
+                            // The guest is behind: wait for it (refill).
+                            let _ = st.epoll.ctl(
+                                ControlOperation::Delete,
+                                libc::STDIN_FILENO,
+                                EpollEvent::default(),
+                            );
+                            st.stdin = Stdin::Throttled;
                         }
                     }
                     _ if st.paused => {}
@@ -437,6 +508,8 @@ impl EventLoop {
                                 // whatever else is ready (other queues, stdin).
                                 let _ = n.evt.write(1);
                             }
+                            // The guest may have taken input: read more.
+                            self.refill(&mut st);
                         }
                     }
                     _ => {}

@@ -301,8 +301,9 @@ cmdcase rootfs-cmd - --kernel "$IMG/vmlinux" --memory 256M --rootfs / -- \
 # No command: a shell, fed from a pipe; its stdin ends where the pipe does.
 cmdcase rootfs-shell 'echo piped-$((6*7))\necho to-stderr >&2\nexit 3\n' \
     --kernel "$IMG/vmlinux" --memory 256M --rootfs /
-# Binary stdin passes unchanged: the command's checksum of it.
-head -c 300000 /dev/urandom >/hvm/stdin.bin
+# Binary stdin passes unchanged (3 MB: more than hvm holds for the guest at
+# once, so reading stdin pauses and resumes): the command's checksum of it.
+head -c 3000000 /dev/urandom >/hvm/stdin.bin
 echo "HOST-STDIN-SHA $(sha256sum /hvm/stdin.bin | cut -c1-64)" >/hvm/stdin.sha
 AFTER="cat /hvm/stdin.sha" cmdcase rootfs-stdin @/hvm/stdin.bin --kernel "$IMG/vmlinux" --memory 256M \
     --rootfs / -- sh -c "sha256sum | cut -c1-64"
