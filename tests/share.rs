@@ -163,3 +163,43 @@ fn share_keys_are_checked_with_key_and_line() {
             .assert_no_panic();
     }
 }
+
+#[test]
+fn an_ordinary_user_with_qemus_virtiofsd_is_told_it_needs_root() {
+    // Only meaningful where QEMU's C virtiofsd is installed and the test
+    // can drop to an unprivileged user (CI: root, Debian 12).
+    let qemu_vfsd = "/usr/lib/qemu/virtiofsd";
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new(qemu_vfsd).exists() || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root, {qemu_vfsd} and setpriv");
+        return;
+    }
+    let dir = scratch("share-nonroot");
+    // The scratch files must be readable by the unprivileged user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = share_spec("nonroot", &dir, "mode=hello", "");
+    let spec_dir = spec.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&spec_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&spec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            HVM,
+            "run",
+        ])
+        .args(["--virtiofsd", qemu_vfsd, "--no-control-socket"])
+        .arg(&spec)
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(BAD_INPUT), "{stderr}");
+    assert!(
+        stderr.contains("is QEMU's virtiofsd, which needs root"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cargo install virtiofsd"), "{stderr}");
+}
