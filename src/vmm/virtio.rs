@@ -211,14 +211,11 @@ pub fn attach(
                 queue,
             });
         }
-        {
-            let mut t = crate::devices::bus::lock(&transport);
-            if t.queues_external() {
-                // A backend process takes the kicks; the event loop watches
-                // them only if that process goes away.
-                t.set_queue_events(kicks).map_err(VirtioError::EventFd)?;
-            }
-        }
+        // A backend process takes the kicks of external queues; the event
+        // loop watches those only if that process goes away.
+        crate::devices::bus::lock(&transport)
+            .connect_kicks(kicks)
+            .map_err(VirtioError::EventFd)?;
         log::debug!(
             "virtio device {} (type {}) at {base:#x}, IRQ {irq_line}, {queues} queue(s)",
             index,

@@ -64,6 +64,9 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     irq: EventFd,
+    /// Clones of the queue notification eventfds (KVM's ioeventfds): a
+    /// write makes the device loop serve that queue as if kicked.
+    kicks: Vec<EventFd>,
 }
 
 impl MmioTransport {
@@ -87,6 +90,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             irq,
+            kicks: Vec::new(),
         }
     }
 
@@ -109,7 +113,8 @@ impl MmioTransport {
 
     /// The backend fd is ready: serve the device's input queue, or learn
     /// that hvm serves the queues from now on (returns true then; every
-    /// queue is served once, so requests in flight get their answer).
+    /// queue is re-kicked, so requests in flight get their answer through
+    /// the device loop's budgeted passes).
     pub fn backend_event(&mut self) -> bool {
         match self.device.backend_ready() {
             BackendEvent::Input(index) => {
@@ -117,12 +122,17 @@ impl MmioTransport {
                 false
             }
             BackendEvent::QueuesToHvm => {
-                for index in 0..self.queues.len() {
-                    while self.notify(index) {}
-                }
+                self.rekick();
                 true
             }
             BackendEvent::Nothing => false,
+        }
+    }
+
+    /// Marks every queue as kicked: the device loop serves it on its next turn.
+    fn rekick(&self) {
+        for k in &self.kicks {
+            let _ = k.write(1);
         }
     }
 
@@ -132,11 +142,18 @@ impl MmioTransport {
         self.device.queues_external()
     }
 
-    /// Hands the queue notifications and the interrupt to a device whose
-    /// backend serves its queues.
-    pub fn set_queue_events(&mut self, kicks: Vec<EventFd>) -> std::io::Result<()> {
-        let call = self.irq.try_clone()?;
-        self.device.set_queue_events(kicks, call);
+    /// Takes clones of the queue notification eventfds (one per queue);
+    /// a device whose backend serves its queues gets them too, with the
+    /// interrupt, for that backend to use directly.
+    pub fn connect_kicks(&mut self, kicks: Vec<EventFd>) -> std::io::Result<()> {
+        if self.device.queues_external() {
+            let theirs = kicks
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            self.device.set_queue_events(theirs, self.irq.try_clone()?);
+        }
+        self.kicks = kicks;
         Ok(())
     }
 
@@ -258,14 +275,10 @@ impl MmioTransport {
                 self.needs_reset(&e.to_string());
                 return;
             }
-            self.status = new;
-            // Buffers made available before DRIVER_OK (a driver may kick
-            // early; hvm ignores that) meet host input that is already
-            // waiting, such as a command's stdin.
-            for index in 0..self.queues.len() {
-                self.notify(index);
-            }
-            return;
+            // A driver may kick before DRIVER_OK, when hvm ignores kicks:
+            // re-kick, so buffers already made available meet host input
+            // that is waiting (the device loop serves them, not this vCPU).
+            self.rekick();
         }
         self.status = new;
     }
@@ -529,6 +542,16 @@ mod tests {
         );
         t.notify(0);
         t.notify(7);
+    }
+
+    #[test]
+    fn driver_ok_rekicks_the_queues_instead_of_serving_them_here() {
+        let (mut t, _) = transport();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        t.connect_kicks(vec![kick.try_clone().unwrap()]).unwrap();
+        start_driver(&mut t, 0x1000);
+        // The device loop serves the queue on its next turn.
+        assert_eq!(kick.read().unwrap(), 1);
     }
 
     #[test]
