@@ -189,6 +189,23 @@ enum Stdin {
     Done,
 }
 
+fn add_or_delete(add: bool) -> ControlOperation {
+    if add {
+        ControlOperation::Add
+    } else {
+        ControlOperation::Delete
+    }
+}
+
+/// Adds stdin to epoll, or takes it out.
+fn watch_stdin(epoll: &Epoll, on: bool) -> std::io::Result<()> {
+    epoll.ctl(
+        add_or_delete(on),
+        libc::STDIN_FILENO,
+        EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+    )
+}
+
 /// The loop's own state while it runs.
 struct Running {
     epoll: Epoll,
@@ -215,15 +232,10 @@ impl EventLoop {
     ) -> Result<(), std::io::Error> {
         self.watch_queues(epoll, watched, on)?;
         for (i, (fd, _)) in self.backends.iter().enumerate() {
-            let op = if on {
-                ControlOperation::Add
-            } else {
-                ControlOperation::Delete
-            };
             // Edge-triggered: the device reads until the tap is empty or the
             // guest has no buffers; a later queue notification resumes it.
             epoll.ctl(
-                op,
+                add_or_delete(on),
                 *fd,
                 EpollEvent::new(
                     EventSet::IN | EventSet::EDGE_TRIGGERED,
@@ -247,13 +259,8 @@ impl EventLoop {
             if want == watched[i] {
                 continue;
             }
-            let op = if want {
-                ControlOperation::Add
-            } else {
-                ControlOperation::Delete
-            };
             epoll.ctl(
-                op,
+                add_or_delete(want),
                 n.evt.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, TOKEN_QUEUE_BASE + i as u64),
             )?;
@@ -322,12 +329,7 @@ impl EventLoop {
         if matches!(self.input, Input::None) {
             return Stdin::Off;
         }
-        let add = epoll.ctl(
-            ControlOperation::Add,
-            libc::STDIN_FILENO,
-            EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-        );
-        match add {
+        match watch_stdin(epoll, true) {
             Ok(()) => Stdin::Watched,
             // A regular file cannot be polled: it is always readable.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => self.pump_file(running, sent),
@@ -361,15 +363,9 @@ impl EventLoop {
     fn refill(&self, st: &mut Running) {
         match st.stdin {
             Stdin::Throttled if self.target.pending_len() < INPUT_HIGH / 2 => {
-                let add = st.epoll.ctl(
-                    ControlOperation::Add,
-                    libc::STDIN_FILENO,
-                    EpollEvent::new(EventSet::IN, TOKEN_STDIN),
-                );
-                st.stdin = if add.is_ok() {
-                    Stdin::Watched
-                } else {
-                    Stdin::Done
+                st.stdin = match watch_stdin(&st.epoll, true) {
+                    Ok(()) => Stdin::Watched,
+                    Err(_) => Stdin::Done,
                 };
             }
             Stdin::File => st.stdin = self.pump_file(!st.paused, &mut st.stdin_sent),
@@ -390,6 +386,7 @@ impl EventLoop {
                     st.paused = false;
                     let r = self.watch_devices(&st.epoll, &mut st.watched, true);
                     self.target.resume();
+                    self.refill(st);
                     r
                 }
                 LoopCommand::Stop => {
@@ -448,11 +445,7 @@ impl EventLoop {
                             }
                             // End of input (or a hung-up terminal): the guest keeps running.
                             log::debug!("stdin closed ({got}, {err}); no more console input");
-                            let _ = st.epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
+                            let _ = watch_stdin(&st.epoll, false);
                             st.stdin = Stdin::Done;
                             self.target.end_input(st.stdin_sent, !st.paused);
                             continue;
@@ -475,13 +468,12 @@ impl EventLoop {
                                 st.stdin_sent += bytes.len() as u64;
                             }
                         }
-                        if self.target.pending_len() >= INPUT_HIGH {
-                            // The guest is behind: wait for it (refill).
-                            let _ = st.epoll.ctl(
-                                ControlOperation::Delete,
-                                libc::STDIN_FILENO,
-                                EpollEvent::default(),
-                            );
+                        // The guest is behind: wait for it (refill). Not a
+                        // terminal's: Ctrl-A x must always get through.
+                        if !matches!(self.input, Input::Terminal)
+                            && self.target.pending_len() >= INPUT_HIGH
+                        {
+                            let _ = watch_stdin(&st.epoll, false);
                             st.stdin = Stdin::Throttled;
                         }
                     }
