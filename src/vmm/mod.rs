@@ -437,14 +437,7 @@ impl Vm {
             return Ok((kernel, stdin_input(), command));
         }
         let (out, input) = match &spec.serial {
-            SerialOutput::Stdio => {
-                let input = if terminal::stdin_is_tty() {
-                    Input::Terminal
-                } else {
-                    Input::Stream
-                };
-                (SharedOutput::new(true), input)
-            }
+            SerialOutput::Stdio => (SharedOutput::new(true), stdin_input()),
             SerialOutput::File(path) => {
                 let out = SharedOutput::new(false);
                 out.add_file(create("serial output file", path)?);

@@ -15,7 +15,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
-use crate::vmm::virtiofsd::{self, Virtiofsd, VirtiofsdError};
+use crate::vmm::virtiofsd::{self, Launcher, Virtiofsd, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -155,10 +155,19 @@ pub fn open_backends(
         });
     }
     let mut servers = Vec::new();
+    // Each program is probed once, however many shares it serves.
+    let mut launchers: Vec<Launcher> = Vec::new();
     for share in &spec.shares {
         let named = virtiofsd_override.or(share.virtiofsd.as_deref());
         let program = virtiofsd::find(named, &share.tag)?;
-        let (mut server, stream) = Virtiofsd::start(share, &program)?;
+        let how = match launchers.iter().position(|l| l.program == program) {
+            Some(i) => &launchers[i],
+            None => {
+                launchers.push(Launcher::new(&program, &share.tag)?);
+                &launchers[launchers.len() - 1]
+            }
+        };
+        let (mut server, stream) = Virtiofsd::start(share, how)?;
         let fs = VhostUserFs::connect(stream, &share.tag).map_err(|source| VirtioError::Share {
             source,
             why: server.explain(),

@@ -63,6 +63,36 @@ pub enum Flavor {
     Qemu,
 }
 
+/// How to run one virtiofsd program: what it is and how it may confine
+/// itself, learned once however many shares it serves.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub flavor: Flavor,
+    pub sandbox: Sandbox,
+}
+
+impl Launcher {
+    /// Probes `program` (for `tag`'s messages) and this process's privileges.
+    pub fn new(program: &Path, tag: &str) -> Result<Launcher, VirtiofsdError> {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let flavor = flavor(program, tag)?;
+        if flavor == Flavor::Qemu && !root {
+            return Err(VirtiofsdError::NeedsRoot {
+                tag: tag.to_string(),
+                program: program.to_path_buf(),
+            });
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Ok(Launcher {
+            program: program.to_path_buf(),
+            flavor,
+            sandbox: sandbox(root, &mountinfo),
+        })
+    }
+}
+
 /// A running virtiofsd, stopped and reaped when dropped.
 pub struct Virtiofsd {
     tag: String,
@@ -234,7 +264,8 @@ fn private_dir() -> std::io::Result<PathBuf> {
 impl Virtiofsd {
     /// Starts virtiofsd for `share` and returns it with hvm's end of the
     /// vhost-user connection (replies time out after [`REPLY_TIMEOUT`]).
-    pub fn start(share: &Share, program: &Path) -> Result<(Virtiofsd, UnixStream), VirtiofsdError> {
+    pub fn start(share: &Share, how: &Launcher) -> Result<(Virtiofsd, UnixStream), VirtiofsdError> {
+        let (program, flavor) = (how.program.as_path(), how.flavor);
         let tag = share.tag.as_str();
         let bad = |why: String| VirtiofsdError::BadDirectory {
             tag: tag.to_string(),
@@ -247,15 +278,6 @@ impl Virtiofsd {
             Err(e) => return Err(bad(e.to_string())),
         }
         let dir = share.path.canonicalize().map_err(|e| bad(e.to_string()))?;
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let flavor = flavor(program, tag)?;
-        if flavor == Flavor::Qemu && !root {
-            return Err(VirtiofsdError::NeedsRoot {
-                tag: tag.to_string(),
-                program: program.to_path_buf(),
-            });
-        }
 
         // Bind, connect, unlink: the connection waits in the backlog until
         // virtiofsd accepts it, and no file is left behind.
@@ -273,10 +295,8 @@ impl Virtiofsd {
             .map_err(socket_error(tag))?;
 
         let fd = listener.as_raw_fd();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let sandbox = sandbox(root, &mountinfo);
         let mut cmd = Command::new(program);
-        cmd.args(arguments(flavor, &dir, fd, share.read_only, sandbox))
+        cmd.args(arguments(flavor, &dir, fd, share.read_only, how.sandbox))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
