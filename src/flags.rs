@@ -3,7 +3,7 @@
 //! `-- CMD ARGS...` turned into the same validated [`Spec`] a file gives.
 //! Errors name the flag, as spec errors name the key.
 
-use crate::guest_init::{InitConfig, Mount};
+use crate::guest_init::{InitConfig, Mount, RunAs};
 use crate::spec::{self, ConsoleDevice, SerialOutput, Share, Spec};
 use std::path::{Path, PathBuf};
 
@@ -62,12 +62,7 @@ pub struct Caller {
     /// hvm's own binary, which becomes the guest's init with `--rootfs`.
     pub exe: PathBuf,
     pub cwd: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub user: String,
-    pub home: String,
-    pub term: String,
-    pub path: String,
+    pub run_as: RunAs,
     pub interactive: bool,
 }
 
@@ -82,15 +77,17 @@ impl Caller {
                 .and_then(|p| p.canonicalize())
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            uid,
-            gid,
-            user: env("USER", if uid == 0 { "root" } else { "user" }),
-            home: env("HOME", "/"),
-            term: env("TERM", "linux"),
-            path: env(
-                "PATH",
-                "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
-            ),
+            run_as: RunAs {
+                uid,
+                gid,
+                user: env("USER", if uid == 0 { "root" } else { "user" }),
+                home: env("HOME", "/"),
+                term: env("TERM", "linux"),
+                path: env(
+                    "PATH",
+                    "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+                ),
+            },
             interactive,
         }
     }
@@ -198,6 +195,11 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
     Ok(spec)
 }
 
+/// Where host `path` appears in a guest whose root is host `root`, if it does.
+fn in_guest(root: &Path, path: &Path) -> Option<PathBuf> {
+    path.strip_prefix(root).ok().map(|p| Path::new("/").join(p))
+}
+
 /// `--rootfs DIR`: DIR is the guest's root over virtio-fs, read-only; hvm
 /// is its init and runs the command (or a shell).
 fn rootfs(
@@ -214,20 +216,16 @@ fn rootfs(
         return Err(bad("--rootfs", shown, "not a directory"));
     }
     // The guest sees hvm's binary where the host has it, below the root.
-    let init = caller
-        .exe
-        .strip_prefix(&root)
-        .map(|p| Path::new("/").join(p))
-        .map_err(|_| {
-            bad(
-                "--rootfs",
-                shown.as_str(),
-                format!(
-                    "hvm ({}) must be inside it: the guest's init is hvm itself",
-                    caller.exe.display()
-                ),
-            )
-        })?;
+    let init = in_guest(&root, &caller.exe).ok_or_else(|| {
+        bad(
+            "--rootfs",
+            shown.as_str(),
+            format!(
+                "hvm ({}) must be inside it: the guest's init is hvm itself",
+                caller.exe.display()
+            ),
+        )
+    })?;
     if spec.shares.iter().any(|s| s.tag == ROOTFS_TAG) {
         return Err(bad(
             "--rootfs",
@@ -241,27 +239,16 @@ fn rootfs(
         .iter()
         .filter_map(|s| {
             let path = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
-            let inside = path.strip_prefix(&root).ok()?;
             Some(Mount {
                 tag: s.tag.clone(),
-                path: Path::new("/").join(inside).display().to_string(),
+                path: in_guest(&root, &path)?.display().to_string(),
             })
         })
         .collect();
-    let guest_cwd = caller
-        .cwd
-        .strip_prefix(&root)
-        .map(|p| Path::new("/").join(p).display().to_string())
-        .unwrap_or_else(|_| "/".into());
     let config = InitConfig {
         command: flags.command.clone(),
-        cwd: guest_cwd,
-        uid: caller.uid,
-        gid: caller.gid,
-        user: caller.user.clone(),
-        home: caller.home.clone(),
-        term: caller.term.clone(),
-        path: caller.path.clone(),
+        cwd: in_guest(&root, &caller.cwd).map_or_else(|| "/".into(), |p| p.display().to_string()),
+        run_as: caller.run_as.clone(),
         interactive: caller.interactive,
         mounts,
     };
@@ -294,12 +281,14 @@ mod tests {
         Caller {
             exe: PathBuf::from("/usr/bin/hvm"),
             cwd: PathBuf::from("/home/me/src"),
-            uid: 1000,
-            gid: 1000,
-            user: "me".into(),
-            home: "/home/me".into(),
-            term: "xterm".into(),
-            path: "/usr/bin:/bin".into(),
+            run_as: RunAs {
+                uid: 1000,
+                gid: 1000,
+                user: "me".into(),
+                home: "/home/me".into(),
+                term: "xterm".into(),
+                path: "/usr/bin:/bin".into(),
+            },
             interactive: false,
         }
     }
@@ -416,7 +405,7 @@ mod tests {
         let config = InitConfig::decode(encoded).unwrap();
         assert_eq!(config.command, f.command);
         assert_eq!(config.cwd, "/tmp");
-        assert_eq!(config.uid, 1000);
+        assert_eq!(config.run_as.uid, 1000);
         assert_eq!(config.mounts.len(), 1);
         assert_eq!(
             (

@@ -19,6 +19,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,18 +41,24 @@ pub struct Mount {
     pub path: String,
 }
 
-/// What hvm's init is asked to do, from the host.
+/// Who the command runs as, and the environment it gets: the caller's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InitConfig {
-    /// The command and its arguments; empty: a shell.
-    pub command: Vec<String>,
-    pub cwd: String,
+pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
     pub user: String,
     pub home: String,
     pub term: String,
     pub path: String,
+}
+
+/// What hvm's init is asked to do, from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// The command and its arguments; empty: a shell.
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub run_as: RunAs,
     /// hvm's stdin is a terminal: hvc0 is the command's terminal.
     pub interactive: bool,
     pub mounts: Vec<Mount>,
@@ -169,12 +176,11 @@ fn mount(
     }
 }
 
-/// /proc, /sys, /dev and friends, then tmpfs and overlays where a running
-/// system writes, then the shares at their paths.
+/// /sys, /dev and friends (`main` mounted /proc), then tmpfs and overlays
+/// where a running system writes, then the shares at their paths.
 fn mount_file_systems(config: &InitConfig) {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let base = [
-        ("proc", "/proc", "proc", nodev | libc::MS_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", nodev | libc::MS_NOEXEC, ""),
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
         ("tmpfs", "/run", "tmpfs", nodev, "mode=0755"),
@@ -256,25 +262,24 @@ fn open_console(name: &str) -> Result<File, String> {
         .map_err(|e| format!("{name}: {e}"))
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 /// The command, as the caller, in the caller's directory and environment.
 fn command(config: &InitConfig) -> Command {
     let (program, args) = match config.command.split_first() {
         Some((p, a)) => (p.clone(), a.to_vec()),
         None => ("/bin/sh".to_string(), Vec::new()),
     };
+    let who = &config.run_as;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
-        .env("PATH", &config.path)
-        .env("HOME", &config.home)
-        .env("USER", &config.user)
-        .env("LOGNAME", &config.user)
+        .env("PATH", &who.path)
+        .env("HOME", &who.home)
+        .env("USER", &who.user)
+        .env("LOGNAME", &who.user)
         .env(
             "TERM",
             if config.interactive {
-                &config.term
+                &who.term
             } else {
                 "dumb"
             },
@@ -285,18 +290,9 @@ fn command(config: &InitConfig) -> Command {
     } else {
         cmd.current_dir("/");
     }
-    if config.uid != 0 {
-        let (uid, gid) = (config.uid, config.gid);
-        // SAFETY: setgroups in the child before exec; no allocation.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.uid(uid).gid(gid);
+    if who.uid != 0 {
+        // std drops supplementary groups (setgroups) when root sets a uid.
+        cmd.uid(who.uid).gid(who.gid);
     }
     cmd
 }
@@ -647,12 +643,14 @@ mod tests {
                 "echo \"a b\"; exit 7 # ünïcode".into(),
             ],
             cwd: "/home/me".into(),
-            uid: 1000,
-            gid: 100,
-            user: "me".into(),
-            home: "/home/me".into(),
-            term: "xterm".into(),
-            path: "/usr/bin:/bin".into(),
+            run_as: RunAs {
+                uid: 1000,
+                gid: 100,
+                user: "me".into(),
+                home: "/home/me".into(),
+                term: "xterm".into(),
+                path: "/usr/bin:/bin".into(),
+            },
             interactive: false,
             mounts: vec![Mount {
                 tag: "out".into(),
