@@ -104,6 +104,8 @@ pub struct Virtiofsd {
     /// Set once hvm ends it: what it says while exiting is only debug.
     stopping: Arc<std::sync::atomic::AtomicBool>,
     reaped: bool,
+    /// How it ended, once reaped (when the exit status could be read).
+    exit_status: Option<std::process::ExitStatus>,
     /// Its last stderr lines, for error messages.
     last_lines: Arc<Mutex<VecDeque<String>>>,
 }
@@ -366,6 +368,7 @@ impl Virtiofsd {
                 connection: stream.try_clone().ok(),
                 stopping,
                 reaped: false,
+                exit_status: None,
                 last_lines,
             },
             stream,
@@ -375,16 +378,8 @@ impl Virtiofsd {
     /// What went wrong on virtiofsd's side, for an error message: its exit
     /// status if it has ended (waiting a moment for it), and its last lines.
     pub fn explain(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => break None,
-            }
-        };
+        self.wait_exit(Duration::from_millis(500));
+        let status = self.exit_status;
         // Give the log thread a moment to catch the last lines.
         std::thread::sleep(Duration::from_millis(20));
         let lines: Vec<String> = crate::devices::bus::lock(&self.last_lines)
@@ -436,6 +431,7 @@ impl Virtiofsd {
                 Ok(Some(status)) => {
                     log::debug!("share {}: virtiofsd ended ({status})", self.tag);
                     self.reaped = true;
+                    self.exit_status = Some(status);
                     return true;
                 }
                 Ok(None) if Instant::now() < deadline => {
