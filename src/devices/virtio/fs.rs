@@ -54,6 +54,8 @@ pub enum FsError {
     },
     #[error("virtio-fs {tag}: the vhost-user server does not offer VIRTIO_F_VERSION_1 (features {features:#x})")]
     NotModern { tag: String, features: u64 },
+    #[error("virtio-fs {tag}: cannot hand the rings to the server: {why}")]
+    Rings { tag: String, why: String },
 }
 
 /// Where the device is in its life.
@@ -154,8 +156,13 @@ impl VhostUserFs {
         features: u64,
         queues: &[Queue],
         mem: &GuestMemoryMmap,
-    ) -> Result<(), String> {
-        let step = |what: &'static str| move |e: vhost::Error| format!("vhost-user {what}: {e}");
+    ) -> Result<(), FsError> {
+        let tag = self.tag.as_str();
+        let step = |what| vhost_error(tag, what);
+        let rings_error = |why: String| FsError::Rings {
+            tag: tag.to_string(),
+            why,
+        };
         let protocol = if self.protocol_features {
             VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
         } else {
@@ -168,20 +175,26 @@ impl VhostUserFs {
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("guest memory is not shareable: {e}"))?;
+            .map_err(|e| rings_error(format!("guest memory is not shareable: {e}")))?;
         self.frontend
             .set_mem_table(&regions)
             .map_err(step("SET_MEM_TABLE"))?;
-        let call = self.call.as_ref().ok_or("no interrupt eventfd")?;
+        let call = self
+            .call
+            .as_ref()
+            .ok_or_else(|| rings_error("no interrupt eventfd".into()))?;
         for (index, queue) in queues.iter().enumerate() {
             if !queue.ready() {
                 continue;
             }
-            let kick = self.kicks.get(index).ok_or("no queue eventfd")?;
+            let kick = self
+                .kicks
+                .get(index)
+                .ok_or_else(|| rings_error(format!("no eventfd for queue {index}")))?;
             let host = |addr: u64| {
                 mem.get_host_address(GuestAddress(addr))
                     .map(|p| p as u64)
-                    .map_err(|e| format!("queue {index} ring at {addr:#x}: {e}"))
+                    .map_err(|e| rings_error(format!("queue {index} ring at {addr:#x}: {e}")))
             };
             let rings = VringConfigData {
                 queue_max_size: queue.max_size(),
@@ -298,8 +311,9 @@ impl VirtioDevice for VhostUserFs {
                 Ok(())
             }
             Err(e) => {
-                self.server_gone(&e);
-                Err(QueueError::Backend(e))
+                let why = e.to_string();
+                self.server_gone(&why);
+                Err(QueueError::Backend(why))
             }
         }
     }
