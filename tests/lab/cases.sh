@@ -68,7 +68,10 @@ case_() {
 
 Q="quiet"
 # Centiseconds since boot (busybox date has no %N).
-now_cs() { tr -d . </proc/uptime | cut -d' ' -f1; }
+now_cs() { tr -d . </proc/uptime | cut -d' ' -f1 | sed 's/^0*//'; }
+# The same inside a bundled guest's hvm.run (commas are spaces); leading zeros
+# go, or ash reads an uptime under 1 s ("098") as a bad octal number.
+GUEST_CS="tr,-d,.,</proc/uptime|cut,-d',',-f1|sed,s/^0*//"
 
 case_ bzimage-1cpu-128M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 1 128M "$Q"
 case_ vmlinux-2cpu-512M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
@@ -129,7 +132,7 @@ net_case() {
     (while [ ! -e "$W/up" ]; do sleep 0.1; done; nc -l -p 5003 -e true) &
     ack_pid=$!
     spec=$TMP/$name.toml
-    t="tr,-d,.,</proc/uptime|cut,-d',',-f1"
+    t=$GUEST_CS
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\ntap = "hvmnet0"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
         "$Q hvm.run=ip,addr,add,169.254.10.2/24,dev,eth0;ip,link,set,eth0,up;ping,-c,3,-W,2,169.254.10.1;i=0;d0=\$($t);until,nc,169.254.10.1,5002,-e,sh,-c,'sha256sum>/tmp/down.sha'||[,\$i,-gt,20,];do,sleep,1;i=\$((i+1));done;d1=\$($t);echo,GUEST-NET-DOWN,\$(cut,-c1-64,/tmp/down.sha);echo,GUEST-NET-DOWN-4MIB-CENTISECONDS,\$((d1-d0));yes,hvm-net-up|head,-c,4194304,>/tmp/up;t0=\$($t);nc,169.254.10.1,5001,-e,cat,/tmp/up;i=0;until,nc,169.254.10.1,5003,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t1=\$($t);echo,GUEST-NET-UP-4MIB-CENTISECONDS,\$((t1-t0))" >"$spec"
@@ -362,7 +365,7 @@ if wanted blk-256M; then
     EXTRA="[[drive]]\npath = \"$B/src.img\"\nread_only = true\n[[drive]]\npath = \"$B/dst.img\""
     # Printed inside the case's block, which survives an L1 crash in a later case.
     AFTER="echo HOST-READ-256M-CENTISECONDS $((t1 - t0)); echo HOST-SRC \$(sha256sum <$B/src.img | cut -c1-64); echo HOST-DST \$(sha256sum <$B/dst.img | cut -c1-64)"
-    case_ blk-256M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 512M "$Q hvm.run=t0=\$(tr,-d,.,</proc/uptime|cut,-d',',-f1);dd,if=/dev/vda,of=/dev/null,bs=1M;t1=\$(tr,-d,.,</proc/uptime|cut,-d',',-f1);echo,GUEST-READ-256M-CENTISECONDS,\$((t1-t0));dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$(tr,-d,.,</proc/uptime|cut,-d',',-f1);echo,GUEST-COPY-256M-CENTISECONDS,\$((t2-t1))"
+    case_ blk-256M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 512M "$Q hvm.run=t0=\$($GUEST_CS);dd,if=/dev/vda,of=/dev/null,bs=1M;t1=\$($GUEST_CS);echo,GUEST-READ-256M-CENTISECONDS,\$((t1-t0));dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$($GUEST_CS);echo,GUEST-COPY-256M-CENTISECONDS,\$((t2-t1))"
     rm -rf "$B"
 fi
 
