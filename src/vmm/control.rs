@@ -9,8 +9,8 @@
 use super::event_loop::{DeviceLoopHandle, LoopCommand};
 use super::exit::ExitReason;
 use super::gdb::{GdbEvent, GdbServer};
+use super::helper::Helper;
 use super::vcpu::{VcpuCommand, VcpuEvent, VcpuHandle, VcpuState};
-use super::virtiofsd::Virtiofsd;
 use crate::api::{self, ControlSocket, DeviceInfo, Reply, Request, VmInfo};
 use crate::devices::console_output::SharedOutput;
 use crate::devices::events::{GuestEvent, GuestEvents};
@@ -142,7 +142,7 @@ pub struct Control {
     kernel_log: Option<SharedOutput>,
     identity: Identity,
     /// Child processes serving devices; stopped after the devices are.
-    servers: Vec<Virtiofsd>,
+    servers: Vec<Helper>,
     started: Instant,
 }
 
@@ -163,7 +163,7 @@ pub struct Parts {
     /// their last lines go to stderr when the guest fails.
     pub kernel_log: Option<SharedOutput>,
     pub identity: Identity,
-    pub servers: Vec<Virtiofsd>,
+    pub servers: Vec<Helper>,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ControlError {

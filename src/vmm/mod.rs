@@ -6,6 +6,7 @@ pub mod control;
 pub mod event_loop;
 pub mod exit;
 pub mod gdb;
+pub mod helper;
 pub mod memory;
 pub mod terminal;
 pub mod vcpu;
@@ -138,7 +139,7 @@ pub struct Vm {
     ged: GedTrigger,
     identity: Identity,
     /// Child processes serving devices (virtiofsd).
-    servers: Vec<virtiofsd::Virtiofsd>,
+    servers: Vec<helper::Helper>,
 }
 
 /// The device registry as it is being built: each device gets an id, a

@@ -15,7 +15,8 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
-use crate::vmm::virtiofsd::{self, Launcher, Virtiofsd, VirtiofsdError};
+use crate::vmm::helper::Helper;
+use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -86,7 +87,7 @@ pub struct Backends {
     /// The virtio-consoles' input queues, hvc0 first.
     pub console_inputs: Vec<PendingInput>,
     /// The file servers behind the shares (the control loop owns them).
-    pub servers: Vec<Virtiofsd>,
+    pub servers: Vec<Helper>,
 }
 
 impl Backends {
@@ -167,7 +168,7 @@ pub fn open_backends(
                 &launchers[launchers.len() - 1]
             }
         };
-        let (mut server, stream) = Virtiofsd::start(share, how)?;
+        let (mut server, stream) = virtiofsd::start(share, how)?;
         let fs = VhostUserFs::connect(stream, &share.tag).map_err(|source| VirtioError::Share {
             source,
             why: server.explain(),

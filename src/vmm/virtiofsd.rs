@@ -1,24 +1,21 @@
-//! virtiofsd, the file server behind each `[[share]]`: found, started on a
-//! listening socket hvm has already connected to (so there is no waiting
-//! for it to appear, and no socket file outlives the start), its stderr
-//! turned into hvm's log, and stopped and reaped when the VM ends.
+//! virtiofsd, the file server behind each `[[share]]`: found, and started
+//! (as a [`Helper`]) on a listening socket hvm has already connected to, so
+//! there is no waiting for it to appear and no socket file outlives the start.
 //!
 //! Two implementations are in use: the Rust virtiofsd (crates.io, distros'
 //! `virtiofsd` package; runs without root) and QEMU's older C one
 //! (`/usr/lib/qemu/virtiofsd` in Debian 12's qemu-system-common; root only).
 
+use super::helper::{find_program, Helper};
 use crate::spec::Share;
-use std::collections::VecDeque;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Where hvm looks when neither the spec nor the command line names one.
 const SEARCH: [&str; 3] = [
@@ -28,8 +25,6 @@ const SEARCH: [&str; 3] = [
 ];
 /// How long a vhost-user reply may take before the step fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many of virtiofsd's last stderr lines an error quotes.
-const KEPT_LINES: usize = 8;
 
 /// Errors while starting a share's virtiofsd.
 #[derive(Debug, thiserror::Error)]
@@ -93,47 +88,14 @@ impl Launcher {
     }
 }
 
-/// A running virtiofsd, stopped and reaped when dropped.
-pub struct Virtiofsd {
-    tag: String,
-    child: Child,
-    /// hvm's end of the connection (a clone of the device's): shutting it
-    /// down is the polite way to end virtiofsd, which then exits by itself
-    /// and reaps its own sandboxed child.
-    connection: Option<UnixStream>,
-    /// Set once hvm ends it: what it says while exiting is only debug.
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-    reaped: bool,
-    /// How it ended, once reaped (when the exit status could be read).
-    exit_status: Option<std::process::ExitStatus>,
-    /// Its last stderr lines, for error messages.
-    last_lines: Arc<Mutex<VecDeque<String>>>,
-}
-
 /// Finds the virtiofsd to run: the one named, else PATH, else the usual places.
 pub fn find(named: Option<&Path>, tag: &str) -> Result<PathBuf, VirtiofsdError> {
     if let Some(p) = named {
         return Ok(p.to_path_buf());
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("virtiofsd"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(SEARCH.iter().map(PathBuf::from))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| VirtiofsdError::NotFound {
-            tag: tag.to_string(),
-        })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    find_program("virtiofsd", &SEARCH).ok_or_else(|| VirtiofsdError::NotFound {
+        tag: tag.to_string(),
+    })
 }
 
 /// Tells the two virtiofsds apart by what `--version` prints.
@@ -263,194 +225,81 @@ fn private_dir() -> std::io::Result<PathBuf> {
     Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
 }
 
-impl Virtiofsd {
-    /// Starts virtiofsd for `share` and returns it with hvm's end of the
-    /// vhost-user connection (replies time out after [`REPLY_TIMEOUT`]).
-    pub fn start(share: &Share, how: &Launcher) -> Result<(Virtiofsd, UnixStream), VirtiofsdError> {
-        let (program, flavor) = (how.program.as_path(), how.flavor);
-        let tag = share.tag.as_str();
-        let bad = |why: String| VirtiofsdError::BadDirectory {
-            tag: tag.to_string(),
-            path: share.path.clone(),
-            why,
-        };
-        match std::fs::metadata(&share.path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(bad("not a directory".into())),
-            Err(e) => return Err(bad(e.to_string())),
-        }
-        let dir = share.path.canonicalize().map_err(|e| bad(e.to_string()))?;
+/// Starts virtiofsd for `share` and returns it with hvm's end of the
+/// vhost-user connection (replies time out after [`REPLY_TIMEOUT`]).
+pub fn start(share: &Share, how: &Launcher) -> Result<(Helper, UnixStream), VirtiofsdError> {
+    let (program, flavor) = (how.program.as_path(), how.flavor);
+    let tag = share.tag.as_str();
+    let bad = |why: String| VirtiofsdError::BadDirectory {
+        tag: tag.to_string(),
+        path: share.path.clone(),
+        why,
+    };
+    match std::fs::metadata(&share.path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad("not a directory".into())),
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    let dir = share.path.canonicalize().map_err(|e| bad(e.to_string()))?;
 
-        // Bind, connect, unlink: the connection waits in the backlog until
-        // virtiofsd accepts it, and no file is left behind.
-        let private = private_dir().map_err(socket_error(tag))?;
-        let path = private.join("vhost-user.sock");
-        let bound = UnixListener::bind(&path).and_then(|l| {
-            let s = UnixStream::connect(&path)?;
-            Ok((l, s))
+    // Bind, connect, unlink: the connection waits in the backlog until
+    // virtiofsd accepts it, and no file is left behind.
+    let private = private_dir().map_err(socket_error(tag))?;
+    let path = private.join("vhost-user.sock");
+    let bound = UnixListener::bind(&path).and_then(|l| {
+        let s = UnixStream::connect(&path)?;
+        Ok((l, s))
+    });
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&private);
+    let (listener, stream) = bound.map_err(socket_error(tag))?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(socket_error(tag))?;
+
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new(program);
+    cmd.args(arguments(flavor, &dir, fd, share.read_only, how.sandbox));
+    let read_only_dir = (flavor == Flavor::Qemu && share.read_only)
+        .then(|| CString::new(dir.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| bad("path contains a NUL byte".into()))?;
+    // SAFETY: the closure runs in the child between fork and exec and
+    // only makes system calls on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The listener is virtiofsd's to inherit.
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(dir) = &read_only_dir {
+                read_only_bind(dir)?;
+            }
+            Ok(())
         });
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir(&private);
-        let (listener, stream) = bound.map_err(socket_error(tag))?;
-        stream
-            .set_read_timeout(Some(REPLY_TIMEOUT))
-            .map_err(socket_error(tag))?;
-
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new(program);
-        cmd.args(arguments(flavor, &dir, fd, share.read_only, how.sandbox))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let read_only_dir = (flavor == Flavor::Qemu && share.read_only)
-            .then(|| CString::new(dir.as_os_str().as_bytes()))
-            .transpose()
-            .map_err(|_| bad("path contains a NUL byte".into()))?;
-        // SAFETY: the closure runs in the child between fork and exec and
-        // only makes system calls on memory prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The listener is virtiofsd's to inherit.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // If hvm dies, however it dies, virtiofsd goes too.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if let Some(dir) = &read_only_dir {
-                    read_only_bind(dir)?;
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| VirtiofsdError::Spawn {
-            tag: tag.to_string(),
-            program: program.to_path_buf(),
-            source,
-        })?;
-        drop(listener);
-        log::info!(
-            "share {tag}: {} serves {}{} (pid {})",
-            program.display(),
-            dir.display(),
-            if share.read_only { " read-only" } else { "" },
-            child.id()
-        );
-        let last_lines = Arc::new(Mutex::new(VecDeque::new()));
-        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if let Some(stderr) = child.stderr.take() {
-            let kept = last_lines.clone();
-            let quiet = stopping.clone();
-            let name = tag.to_string();
-            let spawned = std::thread::Builder::new()
-                .name("hvm-virtiofsd-log".into())
-                .spawn(move || {
-                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                        if quiet.load(std::sync::atomic::Ordering::Relaxed) || benign(&line) {
-                            log::debug!("virtiofsd {name}: {line}");
-                        } else {
-                            log::warn!("virtiofsd {name}: {line}");
-                        }
-                        let mut kept = crate::devices::bus::lock(&kept);
-                        if kept.len() == KEPT_LINES {
-                            kept.pop_front();
-                        }
-                        kept.push_back(line);
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("share {tag}: virtiofsd's messages are lost: {e}");
-            }
-        }
-        Ok((
-            Virtiofsd {
-                tag: tag.to_string(),
-                child,
-                connection: stream.try_clone().ok(),
-                stopping,
-                reaped: false,
-                exit_status: None,
-                last_lines,
-            },
-            stream,
-        ))
     }
-
-    /// What went wrong on virtiofsd's side, for an error message: its exit
-    /// status if it has ended (waiting a moment for it), and its last lines.
-    pub fn explain(&mut self) -> String {
-        self.wait_exit(Duration::from_millis(500));
-        let status = self.exit_status;
-        // Give the log thread a moment to catch the last lines.
-        std::thread::sleep(Duration::from_millis(20));
-        let lines: Vec<String> = crate::devices::bus::lock(&self.last_lines)
-            .iter()
-            .cloned()
-            .collect();
-        let mut text = match status {
-            Some(s) => format!("virtiofsd {s}"),
-            None => "virtiofsd still runs".to_string(),
-        };
-        if !lines.is_empty() {
-            text.push_str(": ");
-            text.push_str(&lines.join(" / "));
-        }
-        text
-    }
-
-    /// Stops virtiofsd and reaps it: the connection is shut down (it exits
-    /// by itself), then SIGTERM, then SIGKILL, `grace` apart.
-    pub fn stop(&mut self, grace: Duration) {
-        if self.reaped {
-            return;
-        }
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(c) = self.connection.take() {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-        if self.wait_exit(grace) {
-            return;
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signals our own child, which has not been reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        if self.wait_exit(grace) {
-            return;
-        }
-        log::warn!("share {}: virtiofsd ignored SIGTERM; killing it", self.tag);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reaped = true;
-    }
-
-    /// Waits up to `limit` for virtiofsd to end; true if it has.
-    fn wait_exit(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    log::debug!("share {}: virtiofsd ended ({status})", self.tag);
-                    self.reaped = true;
-                    self.exit_status = Some(status);
-                    return true;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Ok(None) => return false,
-                Err(_) => {
-                    self.reaped = true;
-                    return true;
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Virtiofsd {
-    fn drop(&mut self) {
-        self.stop(Duration::from_millis(500));
-    }
+    let spawn_error = |source| VirtiofsdError::Spawn {
+        tag: tag.to_string(),
+        program: program.to_path_buf(),
+        source,
+    };
+    let connection = stream.try_clone().map_err(spawn_error)?;
+    let helper = Helper::spawn(
+        &format!("virtiofsd {tag}"),
+        &mut cmd,
+        Some(connection),
+        benign,
+    )
+    .map_err(spawn_error)?;
+    drop(listener);
+    log::info!(
+        "share {tag}: {} serves {}{} (pid {})",
+        program.display(),
+        dir.display(),
+        if share.read_only { " read-only" } else { "" },
+        helper.pid()
+    );
+    Ok((helper, stream))
 }
 
 /// Lines virtiofsd prints in normal operation (QEMU's when a device reset
