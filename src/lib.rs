@@ -12,6 +12,7 @@ pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod flags;
+pub mod forward;
 pub mod guest_init;
 pub mod mac;
 pub mod spec;

@@ -10,7 +10,8 @@ use hvm::flags::{self, Caller, MachineFlags};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
 use hvm::vmm::{
-    control::ControlError, gdb::GdbError, virtio::VirtioError, virtiofsd::VirtiofsdError,
+    control::ControlError, gdb::GdbError, passt::PasstError, virtio::VirtioError,
+    virtiofsd::VirtiofsdError,
 };
 use hvm::vmm::{RunOptions, Vm, VmError};
 use hvm::{timeline, vmm};
@@ -44,9 +45,15 @@ fn error_code(e: &VmError) -> i32 {
             code::BAD_INPUT
         }
         VmError::Virtio(v) => match v {
-            VirtioError::Block(_) | VirtioError::Net(_) | VirtioError::Share { .. } => {
+            VirtioError::Block(_) | VirtioError::Tap(_) | VirtioError::Share { .. } => {
                 code::BAD_INPUT
             }
+            VirtioError::Passt(p) => match p {
+                PasstError::NotFound { .. }
+                | PasstError::NoRoute { .. }
+                | PasstError::Spawn { .. } => code::BAD_INPUT,
+                PasstError::Socket(_) => code::INTERNAL,
+            },
             VirtioError::Virtiofsd(f) => match f {
                 VirtiofsdError::NotFound { .. }
                 | VirtiofsdError::BadDirectory { .. }

@@ -4,6 +4,7 @@
 //! error names the key, the line and what is allowed. Paths are resolved
 //! relative to the spec file's folder.
 
+use crate::forward::{find_clash, parse_forward, Forward, FORWARD_SYNTAX};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -105,11 +106,19 @@ pub enum VirtioDiscovery {
     Both,
 }
 
-/// A virtio-net link to a host tap device.
+/// What a virtio-net link is connected to on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// User-mode networking through passt: no privileges, NAT, port forwards.
+    User { forwards: Vec<Forward> },
+    /// A host tap device (created when missing; `None`: hvm creates one named hvmN).
+    Tap { name: Option<String> },
+}
+
+/// A virtio-net link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetLink {
-    /// The tap to attach (created when missing; `None`: hvm creates one named hvmN).
-    pub tap: Option<String>,
+    pub backend: NetBackend,
     pub mac: Option<crate::mac::Mac>,
 }
 
@@ -187,7 +196,10 @@ struct RawShare {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNet {
+    mode: Option<Spanned<String>>,
     tap: Option<Spanned<String>>,
+    #[serde(default)]
+    forward: Vec<Spanned<String>>,
     mac: Option<Spanned<String>>,
 }
 
@@ -297,6 +309,80 @@ pub fn default_tag(path: &str) -> String {
         end -= 1;
     }
     name[..end].to_string()
+}
+
+/// How a spec error is made: key, value, where, what is allowed.
+type Invalid<'a> = dyn Fn(&'static str, String, std::ops::Range<usize>, String) -> SpecError + 'a;
+
+/// `[[net]]`'s backend: `mode`, else tap when a `tap` is named, else user.
+fn net_backend(n: &RawNet, invalid: &Invalid) -> Result<NetBackend, SpecError> {
+    let tap_mode = match n.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None => n.tap.is_some(),
+        Some(("user", _)) => false,
+        Some(("tap", _)) => true,
+        Some((other, span)) => {
+            return Err(invalid(
+                "net.mode",
+                format!("\"{other}\""),
+                span,
+                "must be \"user\" (passt, no privileges needed) or \"tap\" (a host tap device)"
+                    .into(),
+            ))
+        }
+    };
+    if tap_mode {
+        if let Some(f) = n.forward.first() {
+            return Err(invalid(
+                "net.forward",
+                format!("\"{}\"", f.get_ref()),
+                f.span(),
+                "works only with mode = \"user\" (a tap is reached directly)".into(),
+            ));
+        }
+        if let Some(t) = &n.tap {
+            let name = t.get_ref();
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+                return Err(invalid(
+                    "net.tap",
+                    format!("\"{name}\""),
+                    t.span(),
+                    "must be a network interface name of 1 to 15 characters".into(),
+                ));
+            }
+        }
+        return Ok(NetBackend::Tap {
+            name: n.tap.as_ref().map(|t| t.get_ref().clone()),
+        });
+    }
+    if let Some(t) = &n.tap {
+        return Err(invalid(
+            "net.tap",
+            format!("\"{}\"", t.get_ref()),
+            t.span(),
+            "works only with mode = \"tap\"".into(),
+        ));
+    }
+    let mut forwards = Vec::new();
+    for f in &n.forward {
+        let Some(rule) = parse_forward(f.get_ref()) else {
+            return Err(invalid(
+                "net.forward",
+                format!("\"{}\"", f.get_ref()),
+                f.span(),
+                FORWARD_SYNTAX.into(),
+            ));
+        };
+        forwards.push(rule);
+        if find_clash(&forwards).is_some() {
+            return Err(invalid(
+                "net.forward",
+                format!("\"{}\"", f.get_ref()),
+                f.span(),
+                "listens on a host port an earlier rule already forwards".into(),
+            ));
+        }
+    }
+    Ok(NetBackend::User { forwards })
 }
 
 /// Why `tag` cannot name a share, if it cannot.
@@ -547,17 +633,6 @@ impl Spec {
 
         let mut nets = Vec::new();
         for n in &raw.net {
-            if let Some(t) = &n.tap {
-                let name = t.get_ref();
-                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
-                    return Err(invalid(
-                        "net.tap",
-                        format!("\"{name}\""),
-                        t.span(),
-                        "must be a network interface name of 1 to 15 characters".into(),
-                    ));
-                }
-            }
             let mac = match &n.mac {
                 None => None,
                 Some(m) => match crate::mac::parse_mac(m.get_ref()) {
@@ -573,7 +648,7 @@ impl Spec {
                 },
             };
             nets.push(NetLink {
-                tap: n.tap.as_ref().map(|t| t.get_ref().clone()),
+                backend: net_backend(n, &invalid)?,
                 mac,
             });
         }
@@ -847,18 +922,34 @@ mod tests {
 
     #[test]
     fn nets_parse_and_bad_ones_are_rejected() {
-        let s = parse("[kernel]\npath = \"k\"\n[[net]]\ntap = \"tap0\"\nmac = \"52:54:00:00:00:01\"\n[[net]]\n").unwrap();
+        let s = parse("[kernel]\npath = \"k\"\n[[net]]\ntap = \"tap0\"\nmac = \"52:54:00:00:00:01\"\n[[net]]\n[[net]]\nmode = \"tap\"\n[[net]]\nforward = [\"tcp:8080:80\", \"udp:127.0.0.1:5353:53\"]\n").unwrap();
+        let user = |forwards: &[&str]| NetBackend::User {
+            forwards: forwards
+                .iter()
+                .map(|f| crate::forward::parse_forward(f).unwrap())
+                .collect(),
+        };
         assert_eq!(
             s.nets,
             vec![
                 NetLink {
-                    tap: Some("tap0".into()),
+                    backend: NetBackend::Tap {
+                        name: Some("tap0".into())
+                    },
                     mac: Some([0x52, 0x54, 0, 0, 0, 1])
                 },
                 NetLink {
-                    tap: None,
+                    backend: user(&[]),
                     mac: None
-                }
+                },
+                NetLink {
+                    backend: NetBackend::Tap { name: None },
+                    mac: None
+                },
+                NetLink {
+                    backend: user(&["tcp:8080:80", "udp:127.0.0.1:5353:53"]),
+                    mac: None
+                },
             ]
         );
         let e = err("[kernel]\npath = \"k\"\n[[net]]\nmac = \"01:00:5e:00:00:01\"\n");
@@ -868,6 +959,26 @@ mod tests {
         );
         let e = err("[kernel]\npath = \"k\"\n[[net]]\ntap = \"this-name-is-too-long\"\n");
         assert!(e.contains("net.tap"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\nmode = \"slirp\"\n");
+        assert!(
+            e.contains("net.mode = \"slirp\" at line 4: must be \"user\""),
+            "{e}"
+        );
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\nmode = \"user\"\ntap = \"t0\"\n");
+        assert!(
+            e.contains("net.tap = \"t0\" at line 5: works only with mode = \"tap\""),
+            "{e}"
+        );
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\ntap = \"t0\"\nforward = [\"tcp:80:80\"]\n");
+        assert!(
+            e.contains("net.forward = \"tcp:80:80\" at line 5: works only with mode = \"user\""),
+            "{e}"
+        );
+        let e =
+            err("[kernel]\npath = \"k\"\n[[net]]\nforward = [\"tcp:80:80\",\n  \"tcp:8o:80\"]\n");
+        assert!(e.contains("net.forward = \"tcp:8o:80\" at line 5: must be \"PROTO:[HOST_ADDRESS:]HOST_PORT:GUEST_PORT\""), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[[net]]\nforward = [\"tcp:80:80\", \"tcp:80:81\"]\n");
+        assert!(e.contains("already forwards"), "{e}");
     }
 
     #[test]

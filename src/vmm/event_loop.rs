@@ -218,6 +218,22 @@ struct Running {
     paused: bool,
     /// Which queue notifiers epoll watches now.
     watched: Vec<bool>,
+    /// Which backends epoll also watches for room to write (their device
+    /// has output waiting for it).
+    writable: Vec<bool>,
+    /// The backend (index) of each queue notifier's device, if it has one.
+    notifier_backend: Vec<Option<usize>>,
+}
+
+/// What epoll waits for on a backend fd. Edge-triggered: the device reads
+/// until the backend is empty or the guest has no buffers; a later queue
+/// notification resumes it. Writability only while output waits.
+fn backend_events(writable: bool) -> EventSet {
+    let mut events = EventSet::IN | EventSet::EDGE_TRIGGERED;
+    if writable {
+        events |= EventSet::OUT;
+    }
+    events
 }
 
 impl EventLoop {
@@ -228,22 +244,36 @@ impl EventLoop {
         &self,
         epoll: &Epoll,
         watched: &mut [bool],
+        writable: &[bool],
         on: bool,
     ) -> Result<(), std::io::Error> {
         self.watch_queues(epoll, watched, on)?;
         for (i, (fd, _)) in self.backends.iter().enumerate() {
-            // Edge-triggered: the device reads until the tap is empty or the
-            // guest has no buffers; a later queue notification resumes it.
             epoll.ctl(
                 add_or_delete(on),
                 *fd,
-                EpollEvent::new(
-                    EventSet::IN | EventSet::EDGE_TRIGGERED,
-                    TOKEN_BACKEND_BASE + i as u64,
-                ),
+                EpollEvent::new(backend_events(writable[i]), TOKEN_BACKEND_BASE + i as u64),
             )?;
         }
         Ok(())
+    }
+
+    /// Watches backend `index` for room to write exactly while its device
+    /// has output waiting (so a socket that drains wakes the device, and
+    /// one that has room does not wake the loop for nothing).
+    fn follow_backend(&self, st: &mut Running, index: usize) {
+        let Some((fd, transport)) = self.backends.get(index) else {
+            return;
+        };
+        let want = lock(transport).backend_blocked();
+        if want == st.writable[index] || st.paused {
+            return;
+        }
+        st.writable[index] = want;
+        let ev = EpollEvent::new(backend_events(want), TOKEN_BACKEND_BASE + index as u64);
+        if let Err(e) = st.epoll.ctl(ControlOperation::Modify, *fd, ev) {
+            log::warn!("device loop: cannot watch backend {index}: {e}");
+        }
     }
 
     /// Brings the watched queue notifiers in line with `on` and with which
@@ -282,10 +312,20 @@ impl EventLoop {
             )
             .map_err(EventLoopError::Epoll)?;
         let mut watched = vec![false; self.notifiers.len()];
+        let writable = vec![false; self.backends.len()];
         if !paused {
-            self.watch_devices(&epoll, &mut watched, true)
+            self.watch_devices(&epoll, &mut watched, &writable, true)
                 .map_err(EventLoopError::Epoll)?;
         }
+        let notifier_backend = self
+            .notifiers
+            .iter()
+            .map(|n| {
+                self.backends
+                    .iter()
+                    .position(|(_, t)| Arc::ptr_eq(t, &n.transport))
+            })
+            .collect();
         let mut stdin_sent = 0;
         let stdin = match &self.input_gate {
             Some(gate) => {
@@ -311,6 +351,8 @@ impl EventLoop {
             stdin_sent,
             paused,
             watched,
+            writable,
+            notifier_backend,
         };
         let thread = std::thread::Builder::new()
             .name("hvm-devices".into())
@@ -380,11 +422,11 @@ impl EventLoop {
             let ok = match command {
                 LoopCommand::Pause if !st.paused => {
                     st.paused = true;
-                    self.watch_devices(&st.epoll, &mut st.watched, false)
+                    self.watch_devices(&st.epoll, &mut st.watched, &st.writable, false)
                 }
                 LoopCommand::Resume if st.paused => {
                     st.paused = false;
-                    let r = self.watch_devices(&st.epoll, &mut st.watched, true);
+                    let r = self.watch_devices(&st.epoll, &mut st.watched, &st.writable, true);
                     self.target.resume();
                     self.refill(st);
                     r
@@ -479,9 +521,8 @@ impl EventLoop {
                     }
                     _ if st.paused => {}
                     token if token >= TOKEN_BACKEND_BASE => {
-                        if let Some((_, transport)) =
-                            self.backends.get((token - TOKEN_BACKEND_BASE) as usize)
-                        {
+                        let index = (token - TOKEN_BACKEND_BASE) as usize;
+                        if let Some((_, transport)) = self.backends.get(index) {
                             if lock(transport).backend_event() {
                                 // Its backend is gone: hvm serves those queues now.
                                 if let Err(e) = self.watch_queues(&st.epoll, &mut st.watched, true)
@@ -489,6 +530,7 @@ impl EventLoop {
                                     log::warn!("device loop: cannot watch the queues: {e}");
                                 }
                             }
+                            self.follow_backend(&mut st, index);
                         }
                     }
                     token if token >= TOKEN_QUEUE_BASE => {
@@ -499,6 +541,10 @@ impl EventLoop {
                                 // Budget spent with work left: come back after
                                 // whatever else is ready (other queues, stdin).
                                 let _ = n.evt.write(1);
+                            }
+                            let i = (token - TOKEN_QUEUE_BASE) as usize;
+                            if let Some(Some(b)) = st.notifier_backend.get(i).copied() {
+                                self.follow_backend(&mut st, b);
                             }
                             // The guest may have taken input: read more.
                             self.refill(&mut st);

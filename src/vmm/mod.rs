@@ -8,6 +8,7 @@ pub mod exit;
 pub mod gdb;
 pub mod helper;
 pub mod memory;
+pub mod passt;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
@@ -322,7 +323,7 @@ impl Vm {
         let backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
-        let memory = memory::create_guest_memory(spec.memory, backends.need_shared_memory())?;
+        let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
         let console_inputs = backends.console_inputs;
         let servers = backends.servers;
         timeline::mark("memory mapped");

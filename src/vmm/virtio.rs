@@ -10,12 +10,13 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::fs::{FsError, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
-use crate::devices::virtio::net::{Net, NetError, Tap};
+use crate::devices::virtio::net::{FrameStream, Link, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::mac::{default_mac, format_mac};
-use crate::spec::{ConsoleDevice, Spec, VirtioDiscovery};
+use crate::spec::{ConsoleDevice, NetBackend, Spec, VirtioDiscovery};
 use crate::vmm::helper::Helper;
+use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,9 @@ pub enum VirtioError {
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error(transparent)]
-    Net(#[from] NetError),
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Passt(#[from] PasstError),
     #[error(transparent)]
     Virtiofsd(#[from] VirtiofsdError),
     #[error("{source} ({why})")]
@@ -86,15 +89,10 @@ pub struct Backends {
     pub devices: Vec<Box<dyn VirtioDevice>>,
     /// The virtio-consoles' input queues, hvc0 first.
     pub console_inputs: Vec<PendingInput>,
-    /// The file servers behind the shares (the control loop owns them).
+    /// The processes behind devices (passt, virtiofsd; the control loop owns them).
     pub servers: Vec<Helper>,
-}
-
-impl Backends {
     /// Whether another process must map guest RAM (vhost-user servers).
-    pub fn need_shared_memory(&self) -> bool {
-        !self.servers.is_empty()
-    }
+    pub shared_memory: bool,
 }
 
 /// Where the guest is told about the devices: (in the DSDT, on the command line).
@@ -141,13 +139,29 @@ pub fn open_backends(
     if spec.rng {
         devices.push(Box::new(Rng::default()));
     }
-    for (i, link) in spec.nets.iter().enumerate() {
-        let tap = Tap::open(link.tap.as_deref().unwrap_or("hvm%d"))?;
-        let mac = link
+    let mut servers = Vec::new();
+    for (i, net) in spec.nets.iter().enumerate() {
+        // `seed` makes the default MAC stable from run to run.
+        let (link, what, seed) = match &net.backend {
+            NetBackend::Tap { name } => {
+                let tap = Tap::open(name.as_deref().unwrap_or("hvm%d"))?;
+                let what = format!("tap {}", tap.name());
+                let seed = tap.name().to_string();
+                (Link::Tap(tap), what, seed)
+            }
+            NetBackend::User { forwards } => {
+                let (helper, socket) = passt::start(i, forwards)?;
+                let what = format!("user-mode, passt pid {}", helper.pid());
+                servers.push(helper);
+                let stream = FrameStream::new(socket).map_err(PasstError::Socket)?;
+                (Link::Stream(stream), what, "user".to_string())
+            }
+        };
+        let mac = net
             .mac
-            .unwrap_or_else(|| default_mac(&format!("{}#{i}", tap.name())));
-        log::info!("net {i}: tap {} mac {}", tap.name(), format_mac(&mac));
-        devices.push(Box::new(Net::new(tap, mac)));
+            .unwrap_or_else(|| default_mac(&format!("{seed}#{i}")));
+        log::info!("net {i}: {what}, mac {}", format_mac(&mac));
+        devices.push(Box::new(Net::new(link, mac)));
     }
     if devices.len() + spec.shares.len() > IRQS.len() {
         return Err(VirtioError::TooMany {
@@ -155,7 +169,6 @@ pub fn open_backends(
             max: IRQS.len(),
         });
     }
-    let mut servers = Vec::new();
     // Each program is probed once, however many shares it serves.
     let mut launchers: Vec<Launcher> = Vec::new();
     for share in &spec.shares {
@@ -180,6 +193,7 @@ pub fn open_backends(
         devices,
         console_inputs,
         servers,
+        shared_memory: !spec.shares.is_empty(),
     })
 }
 

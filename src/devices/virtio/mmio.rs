@@ -121,6 +121,13 @@ impl MmioTransport {
                 self.notify(index);
                 false
             }
+            BackendEvent::InputOutput { input, output } => {
+                self.notify(input);
+                if self.notify(output) {
+                    self.rekick_queue(output);
+                }
+                false
+            }
             BackendEvent::QueuesToHvm => {
                 self.rekick();
                 true
@@ -134,6 +141,18 @@ impl MmioTransport {
         for k in &self.kicks {
             let _ = k.write(1);
         }
+    }
+
+    /// Marks one queue as kicked (its pass left work for the next turn).
+    fn rekick_queue(&self, index: usize) {
+        if let Some(k) = self.kicks.get(index) {
+            let _ = k.write(1);
+        }
+    }
+
+    /// True while the device's backend cannot take more output.
+    pub fn backend_blocked(&self) -> bool {
+        self.device.backend_blocked()
     }
 
     /// True while a backend process serves the queues (the event loop

@@ -38,6 +38,11 @@ pub enum QueueError {
 pub enum BackendEvent {
     /// Host input arrived: serve this queue.
     Input(usize),
+    /// Host input arrived, and the backend takes output again: serve both.
+    InputOutput {
+        input: usize,
+        output: usize,
+    },
     /// The backend that served the queues is gone: hvm serves them from now
     /// on (the device answers with errors so the guest does not hang).
     QueuesToHvm,
@@ -93,6 +98,11 @@ pub trait VirtioDevice: Send {
         self.input_queue()
             .map_or(BackendEvent::Nothing, BackendEvent::Input)
     }
+    /// True while the backend cannot take more output (a full socket): the
+    /// event loop then also wakes the device when the fd becomes writable.
+    fn backend_blocked(&self) -> bool {
+        false
+    }
     /// True while another process (a vhost-user backend) serves the queues
     /// straight from the guest's kicks, and raises interrupts itself.
     fn queues_external(&self) -> bool {
@@ -145,10 +155,26 @@ pub const PASS_BUDGET: std::time::Duration = std::time::Duration::from_millis(10
 pub fn drain_queue<F>(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-    mut handle: F,
+    handle: F,
 ) -> Result<Served, QueueError>
 where
     F: FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+{
+    drain_queue_until(queue, mem, handle, || false)
+}
+
+/// [`drain_queue`] that also stops as soon as `stop` says so after a chain
+/// (the backend is full): notifications stay off, and the device comes
+/// back to the queue when its backend can take more.
+pub fn drain_queue_until<F, S>(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut handle: F,
+    mut stop: S,
+) -> Result<Served, QueueError>
+where
+    F: FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+    S: FnMut() -> bool,
 {
     let start = std::time::Instant::now();
     let mut left = queue.size();
@@ -161,6 +187,9 @@ where
             queue.add_used(mem, head, len)?;
             used = true;
             left = left.saturating_sub(1);
+            if stop() {
+                return Ok(Served::done(used));
+            }
             if left == 0 || start.elapsed() >= PASS_BUDGET {
                 // Notifications stay off: hvm comes back to this queue itself.
                 return Ok(Served { used, more: true });

@@ -1,14 +1,22 @@
-//! virtio-net backed by a Linux tap device: frames from the guest's
-//! transmit queue go to the tap, frames from the tap fill the receive queue.
-//! The virtio-net header passes through to the tap (IFF_VNET_HDR), so
-//! checksum and TSO offloads work end to end where the tap allows them.
+//! virtio-net: frames from the guest's transmit queue go to a link, frames
+//! from the link fill the receive queue. The link is a Linux tap device
+//! (the virtio-net header passes through, so checksum and TSO offloads work
+//! end to end where the tap allows them) or a stream to passt, user-mode
+//! networking without privileges (plain frames, no offloads).
 
-use super::{drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1};
-use libc::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
-use std::fs::{File, OpenOptions};
+mod stream;
+mod tap;
+
+pub use stream::FrameStream;
+pub use tap::{Tap, TapError};
+
+use super::{
+    drain_queue_until, read_config_bytes, BackendEvent, QueueError, Served, VirtioDevice,
+    VIRTIO_F_VERSION_1,
+};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use stream::Received;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -19,99 +27,6 @@ pub const TX_QUEUE: usize = 1;
 const VNET_HDR_LEN: usize = 12;
 /// Largest frame plus header a tap hands over (64 KiB TSO segment).
 const MAX_FRAME: usize = 65_562;
-
-/// Errors while opening a tap device.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("cannot open /dev/net/tun: {0} (load the tun module: modprobe tun)")]
-    OpenTun(std::io::Error),
-    #[error("tap name {0:?} is too long (15 characters at most)")]
-    NameTooLong(String),
-    #[error(
-        "cannot attach tap device {name}: {source}; creating or attaching a tap needs CAP_NET_ADMIN \
-         (run as root, or create it first: ip tuntap add dev {name} mode tap user $USER)"
-    )]
-    Attach {
-        name: String,
-        source: std::io::Error,
-    },
-    #[error("tap device {name}: {what} failed: {source}")]
-    Configure {
-        name: String,
-        what: &'static str,
-        source: std::io::Error,
-    },
-}
-
-/// An open tap device.
-pub struct Tap {
-    file: File,
-    name: String,
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
-impl Tap {
-    /// Attaches to tap `name`, or creates it (non-persistent) when it does not exist.
-    pub fn open(name: &str) -> Result<Tap, NetError> {
-        if name.len() > 15 {
-            return Err(NetError::NameTooLong(name.into()));
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(NetError::OpenTun)?;
-        let mut req = IfReq {
-            name: [0; 16],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which IfReq lays out.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
-            return Err(NetError::Attach {
-                name: name.into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let actual = String::from_utf8_lossy(&req.name)
-            .trim_end_matches('\0')
-            .to_string();
-        let hdr_len = VNET_HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads one int.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) } < 0 {
-            return Err(NetError::Configure {
-                name: actual,
-                what: "TUNSETVNETHDRSZ",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Tap { file, name: actual })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Tells the tap which offloads the guest can receive; false if it cannot.
-    fn set_offload(&self, flags: libc::c_uint) -> bool {
-        // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
-        unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                TUNSETOFFLOAD as _,
-                flags as libc::c_ulong,
-            ) >= 0
-        }
-    }
-}
 
 /// What became of a frame offered to the receive queue.
 #[derive(Debug, PartialEq, Eq)]
@@ -176,53 +91,121 @@ fn deliver(
     })
 }
 
+/// Where the frames go.
+pub enum Link {
+    Tap(Tap),
+    /// passt (or anything speaking its framing) on a connected socket.
+    Stream(FrameStream),
+}
+
+impl Link {
+    fn describe(&self) -> String {
+        match self {
+            Link::Tap(t) => format!("tap {}", t.name()),
+            Link::Stream(_) => "user-mode (passt)".to_string(),
+        }
+    }
+
+    fn fd(&self) -> RawFd {
+        match self {
+            Link::Tap(t) => t.file.as_raw_fd(),
+            Link::Stream(s) => s.socket().as_raw_fd(),
+        }
+    }
+}
+
 pub struct Net {
-    tap: Tap,
+    link: Link,
+    /// What the link is, for messages ("tap hvm0", "user-mode (passt)").
+    name: String,
     config: [u8; 8],
     offloads: bool,
     /// VIRTIO_NET_F_MRG_RXBUF negotiated: a frame may span several receive
     /// chains, so the guest can post small buffers instead of 64 KiB ones.
     mergeable: bool,
-    /// A frame read from the tap that waits for a receive buffer.
+    /// A frame read from the link that waits for a receive buffer.
     pending: Option<usize>,
+    /// The link's far end is gone: frames from the guest are dropped.
+    down: bool,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     dropped: u64,
 }
 
 impl Net {
-    pub fn new(tap: Tap, mac: crate::mac::Mac) -> Net {
-        let all = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-        let offloads = tap.set_offload(all) && tap.set_offload(0);
+    pub fn new(link: Link, mac: crate::mac::Mac) -> Net {
+        let offloads = match &link {
+            Link::Tap(tap) => {
+                let all = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+                tap.set_offload(all) && tap.set_offload(0)
+            }
+            Link::Stream(_) => false,
+        };
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
         Net {
-            tap,
+            name: link.describe(),
+            link,
             config,
             offloads,
             mergeable: false,
             pending: None,
+            down: false,
             rx_buf: vec![0; MAX_FRAME],
             tx_buf: Vec::new(),
             dropped: 0,
         }
     }
 
-    /// Moves frames from the tap into receive buffers until either runs out.
+    /// Reads the next frame from the link into `rx_buf`, virtio-net header
+    /// first; None when there is none now.
+    fn next_frame(&mut self) -> Option<usize> {
+        match &mut self.link {
+            Link::Tap(tap) => match tap.file.read(&mut self.rx_buf) {
+                Ok(0) => None,
+                Ok(n) => Some(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(e) => {
+                    log::warn!("{}: read failed: {e}", self.name);
+                    None
+                }
+            },
+            Link::Stream(stream) => {
+                // No offloads on this link: the header is all zeroes.
+                self.rx_buf[..VNET_HDR_LEN].fill(0);
+                match stream.receive(&mut self.rx_buf[VNET_HDR_LEN..]) {
+                    Ok(Received::Frame(n)) => Some(VNET_HDR_LEN + n),
+                    Ok(Received::Nothing) => None,
+                    Ok(Received::Closed) => {
+                        self.link_lost("closed the connection".into());
+                        None
+                    }
+                    Err(e) => {
+                        self.link_lost(e.to_string());
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// The far end of a stream link went away: say so once; the guest's
+    /// frames are dropped from now on, so its network stops but nothing hangs.
+    fn link_lost(&mut self, why: String) {
+        if !self.down {
+            self.down = true;
+            log::error!(
+                "net: passt {why}: the guest has no network from now on (passt's own messages, if any, are above)"
+            );
+        }
+    }
+
+    /// Moves frames from the link into receive buffers until either runs out.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
         let mut used = false;
         loop {
-            let len = match self.pending.take() {
-                Some(len) => len,
-                None => match self.tap.file.read(&mut self.rx_buf) {
-                    Ok(0) => return Ok(used),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(used),
-                    Err(e) => {
-                        log::warn!("tap {}: read failed: {e}", self.tap.name);
-                        return Ok(used);
-                    }
-                },
+            let Some(len) = self.pending.take().or_else(|| self.next_frame()) else {
+                return Ok(used);
             };
             match deliver(&mut self.rx_buf[..len], self.mergeable, queue, mem)? {
                 Delivery::NoBuffers => {
@@ -244,25 +227,66 @@ impl Net {
         }
     }
 
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Served, QueueError> {
-        let (tap, buf, dropped) = (&mut self.tap, &mut self.tx_buf, &mut self.dropped);
-        drain_queue(queue, mem, |chain| {
-            buf.clear();
-            // A chain longer than any frame (it may span all of guest RAM) is
-            // dropped unread rather than copied into hvm.
-            let ok = chain
-                .reader(mem)
-                .map(|mut r| r.available_bytes() <= MAX_FRAME && r.read_to_end(buf).is_ok())
-                .unwrap_or(false);
-            log::trace!("net: tx chain of {} bytes (read ok: {ok})", buf.len());
-            if ok && buf.len() > VNET_HDR_LEN {
-                if let Err(e) = tap.file.write(buf) {
-                    *dropped += 1;
-                    log::debug!("tap {}: frame not sent: {e}", tap.name);
-                }
+    /// Whether the link can take no more frames now (a stream whose socket
+    /// is full; taps never push back: what they cannot take is dropped).
+    fn link_blocked(&mut self) -> bool {
+        let Link::Stream(stream) = &mut self.link else {
+            return false;
+        };
+        match stream.flush() {
+            Ok(done) => !done,
+            Err(e) => {
+                self.link_lost(e.to_string());
+                false
             }
-            0
-        })
+        }
+    }
+
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Served, QueueError> {
+        if self.link_blocked() {
+            return Ok(Served::default());
+        }
+        let (link, buf, dropped, down) = (
+            &mut self.link,
+            &mut self.tx_buf,
+            &mut self.dropped,
+            &mut self.down,
+        );
+        let blocked = std::cell::Cell::new(false);
+        let name = &self.name;
+        drain_queue_until(
+            queue,
+            mem,
+            |chain| {
+                buf.clear();
+                // A chain longer than any frame (it may span all of guest RAM) is
+                // dropped unread rather than copied into hvm.
+                let ok = chain
+                    .reader(mem)
+                    .map(|mut r| r.available_bytes() <= MAX_FRAME && r.read_to_end(buf).is_ok())
+                    .unwrap_or(false);
+                log::trace!("net: tx chain of {} bytes (read ok: {ok})", buf.len());
+                if !ok || buf.len() <= VNET_HDR_LEN || *down {
+                    *dropped += 1;
+                    return 0;
+                }
+                let sent = match link {
+                    Link::Tap(tap) => tap.file.write(buf).map(drop),
+                    Link::Stream(stream) => {
+                        let r = stream.send(&buf[VNET_HDR_LEN..]);
+                        blocked.set(stream.blocked());
+                        r
+                    }
+                };
+                if let Err(e) = sent {
+                    *dropped += 1;
+                    log::debug!("{name}: frame not sent: {e}");
+                }
+                0
+            },
+            // A full socket: the rest waits in the ring until it drains.
+            || blocked.get(),
+        )
     }
 }
 
@@ -272,7 +296,7 @@ impl VirtioDevice for Net {
     }
 
     fn label(&self) -> String {
-        format!("virtio-net (tap {})", self.tap.name)
+        format!("virtio-net ({})", self.name)
     }
 
     fn features(&self) -> u64 {
@@ -305,10 +329,13 @@ impl VirtioDevice for Net {
         self.mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         log::info!(
             "net {}: driver ready (mergeable rx buffers: {}, guest offloads: {})",
-            self.tap.name,
+            self.name,
             self.mergeable,
             features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0
         );
+        let Link::Tap(tap) = &self.link else {
+            return Ok(());
+        };
         if !self.offloads {
             return Ok(());
         }
@@ -322,8 +349,8 @@ impl VirtioDevice for Net {
                 flags |= libc::TUN_F_TSO6;
             }
         }
-        if !self.tap.set_offload(flags) {
-            log::warn!("tap {}: cannot set offloads {flags:#x}", self.tap.name);
+        if !tap.set_offload(flags) {
+            log::warn!("{}: cannot set offloads {flags:#x}", self.name);
         }
         Ok(())
     }
@@ -342,11 +369,28 @@ impl VirtioDevice for Net {
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
-        Some(self.tap.file.as_raw_fd())
+        Some(self.link.fd())
     }
 
     fn input_queue(&self) -> Option<usize> {
         Some(RX_QUEUE)
+    }
+
+    fn backend_ready(&mut self) -> BackendEvent {
+        // Writable again: the transmit queue waits for that.
+        let was_blocked = matches!(&self.link, Link::Stream(s) if s.blocked());
+        if was_blocked && !self.link_blocked() {
+            BackendEvent::InputOutput {
+                input: RX_QUEUE,
+                output: TX_QUEUE,
+            }
+        } else {
+            BackendEvent::Input(RX_QUEUE)
+        }
+    }
+
+    fn backend_blocked(&self) -> bool {
+        matches!(&self.link, Link::Stream(s) if s.blocked())
     }
 
     fn reset(&mut self) {
@@ -399,7 +443,7 @@ mod tests {
             "ip addr add 169.254.77.1/24 dev hvmut0 && ip link set hvmut0 up"
         ));
         let mac = [0x52, 0x54, 0, 0x77, 0, 2];
-        let mut net = Net::new(tap, mac);
+        let mut net = Net::new(Link::Tap(tap), mac);
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         net.activate(net.features(), &[], &m).unwrap();
 
@@ -439,6 +483,96 @@ mod tests {
         assert_eq!(&eth[0..6], &mac, "addressed to the guest");
         assert_eq!(&eth[12..14], &[0x08, 0x06], "ARP");
         assert_eq!(&eth[20..22], &[0, 2], "a reply");
+    }
+
+    /// A link to a passt-like peer over a socket pair.
+    fn stream_net() -> (Net, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let net = Net::new(
+            Link::Stream(FrameStream::new(ours).unwrap()),
+            [0x52, 0x54, 0, 1, 2, 3],
+        );
+        (net, theirs)
+    }
+
+    #[test]
+    fn frames_cross_a_passt_stream_without_their_virtio_header() {
+        use std::io::{Read, Write};
+        let (mut net, mut peer) = stream_net();
+        assert_eq!(net.features() & (1 << VIRTIO_NET_F_CSUM), 0, "no offloads");
+        let m = rx_mem();
+        // Guest to passt: the header goes, a length prefix comes.
+        let f = frame(100);
+        m.write_slice(&f, GuestAddress(0x20000)).unwrap();
+        let txq = MockSplitQueue::new(&m, 16);
+        post(&txq, 0, &[(0x20000, f.len() as u32, 0)]);
+        let mut tx: Queue = txq.create_queue().unwrap();
+        assert!(net.transmit(&mut tx, &m).unwrap().used);
+        let mut got = [0u8; 104];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..4], &100u32.to_be_bytes());
+        assert_eq!(&got[4..], &f[VNET_HDR_LEN..]);
+        // passt to guest: a zeroed header (num_buffers 1) before the frame.
+        let eth: Vec<u8> = (0..60u8).collect();
+        peer.write_all(&60u32.to_be_bytes()).unwrap();
+        peer.write_all(&eth).unwrap();
+        let rxq = MockSplitQueue::new(&m, 16);
+        post(&rxq, 0, &[(0x40000, 2048, W)]);
+        let mut rx: Queue = rxq.create_queue().unwrap();
+        net.activate(net.features(), &[], &m).unwrap();
+        assert!(net.receive(&mut rx, &m).unwrap());
+        assert_eq!(used(&rxq, 1), vec![(0, 72)]);
+        let mut back = [0u8; 72];
+        m.read_slice(&mut back, GuestAddress(0x40000)).unwrap();
+        assert_eq!(&back[..10], &[0; 10]);
+        assert_eq!(&back[10..12], &[1, 0]);
+        assert_eq!(&back[12..], &eth[..]);
+    }
+
+    #[test]
+    fn a_full_passt_socket_holds_the_transmit_queue_until_it_drains() {
+        use std::io::Read;
+        let (mut net, mut peer) = stream_net();
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let f = frame(65_000);
+        let txq = MockSplitQueue::new(&m, 256);
+        let chains: Vec<(u64, u32, u16)> = (0..200u64)
+            .map(|i| (0x10000 + i * 0x10000, f.len() as u32, 0))
+            .collect();
+        for c in &chains {
+            m.write_slice(&f, GuestAddress(c.0)).unwrap();
+        }
+        post(&txq, 0, &chains);
+        let mut tx: Queue = txq.create_queue().unwrap();
+        net.transmit(&mut tx, &m).unwrap();
+        let taken = txq.used().idx().load();
+        assert!(taken < 200, "a socket holds less than 13 MB");
+        assert!(net.backend_blocked());
+        // Still blocked: nothing more is taken.
+        net.transmit(&mut tx, &m).unwrap();
+        assert_eq!(txq.used().idx().load(), taken);
+        // passt reads: the link says so, and the rest goes out.
+        let reader = std::thread::spawn(move || {
+            let mut n = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            while n < 200 * 65_004 {
+                n += peer.read(&mut buf).unwrap();
+            }
+            n
+        });
+        let mut rounds = 0;
+        while txq.used().idx().load() < 200 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if net.backend_ready() != BackendEvent::Input(RX_QUEUE) || !net.backend_blocked() {
+                net.transmit(&mut tx, &m).unwrap();
+            }
+            rounds += 1;
+            assert!(rounds < 5000, "the queue never drained");
+        }
+        while net.backend_blocked() {
+            let _ = net.backend_ready();
+        }
+        assert_eq!(reader.join().unwrap(), 200 * 65_004);
     }
 
     const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
@@ -578,7 +712,7 @@ mod tests {
     fn long_tap_names_are_refused() {
         assert!(matches!(
             Tap::open("a-very-long-tap-name"),
-            Err(NetError::NameTooLong(_))
+            Err(TapError::NameTooLong(_))
         ));
     }
 }

@@ -1,0 +1,173 @@
+//! passt, the user-mode network behind `[[net]] mode = "user"`: an
+//! unprivileged program that turns the guest's Ethernet frames into
+//! ordinary host sockets (NAT, DHCP, DNS, port forwards). hvm starts it on
+//! one end of a socket pair (`passt --fd`), so no socket file exists at
+//! all; passt exits by itself when hvm's end closes.
+
+use super::helper::{find_program, Helper};
+use crate::forward::{passt_option, Forward};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Where passt is looked for after PATH.
+const SEARCH: [&str; 2] = ["/usr/bin/passt", "/usr/local/bin/passt"];
+
+/// Errors while starting passt.
+#[derive(Debug, thiserror::Error)]
+pub enum PasstError {
+    #[error("net {index}: user-mode networking needs passt, which was not found (on PATH, {}); install it (Debian, Ubuntu: apt-get install passt; Fedora: dnf install passt) or use a tap: [[net]] mode = \"tap\"", SEARCH.join(", "))]
+    NotFound { index: usize },
+    #[error("net {index}: user-mode networking needs a host interface with a default route (passt gives the guest that interface's addresses and gateway), and this host has none; add one (ip route add default via ... dev ...) or use a tap: [[net]] mode = \"tap\"")]
+    NoRoute { index: usize },
+    #[error("net {index}: cannot start passt: {source}")]
+    Spawn {
+        index: usize,
+        source: std::io::Error,
+    },
+    #[error("cannot set up the socket to passt: {0}")]
+    Socket(std::io::Error),
+}
+
+/// Starts passt for link `index` with `forwards`; returns it with hvm's
+/// end of the connection.
+pub fn start(index: usize, forwards: &[Forward]) -> Result<(Helper, UnixStream), PasstError> {
+    let program = find_program("passt", &SEARCH).ok_or(PasstError::NotFound { index })?;
+    let routes = (
+        std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
+        std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default(),
+    );
+    if !has_default_route(&routes.0, &routes.1) {
+        return Err(PasstError::NoRoute { index });
+    }
+    let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(&program);
+    cmd.args(arguments(fd, forwards));
+    // SAFETY: the closure runs in the child between fork and exec and
+    // makes one system call.
+    unsafe {
+        cmd.pre_exec(move || {
+            // passt's end of the pair is its to inherit.
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let connection = ours.try_clone().map_err(PasstError::Socket)?;
+    let helper = Helper::spawn(
+        &format!("passt (net {index})"),
+        &mut cmd,
+        Some(connection),
+        benign,
+    )
+    .map_err(|source| PasstError::Spawn { index, source })?;
+    drop(theirs);
+    log::info!(
+        "net {index}: {} (pid {}) forwards {}",
+        program.display(),
+        helper.pid(),
+        if forwards.is_empty() {
+            "no host ports".to_string()
+        } else {
+            forwards
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    Ok((helper, ours))
+}
+
+/// passt's command line: in the foreground, quiet, on socket `fd`.
+pub fn arguments(fd: i32, forwards: &[Forward]) -> Vec<String> {
+    let mut args = vec![
+        "--foreground".to_string(),
+        "--quiet".to_string(),
+        "--fd".to_string(),
+        fd.to_string(),
+    ];
+    for f in forwards {
+        args.extend(passt_option(f));
+    }
+    args
+}
+
+/// Whether the host has a usable default route, IPv4 or IPv6 (passt
+/// refuses to start without one: "No external routable interface").
+pub fn has_default_route(route: &str, ipv6_route: &str) -> bool {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
+    let v4 = route.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3
+            && f[1] == "00000000"
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & RTF_UP != 0)
+    });
+    let v6 = ipv6_route.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 10
+            && f[0].bytes().all(|b| b == b'0')
+            && f[1] == "00"
+            && f[9] != "lo"
+            && u32::from_str_radix(f[8], 16)
+                .is_ok_and(|flags| flags & RTF_UP != 0 && flags & RTF_REJECT == 0)
+    });
+    v4 || v6
+}
+
+/// What passt says in normal operation: debug, not warnings.
+fn benign(line: &str) -> bool {
+    line.contains("to syslog") || line.contains("Don't run as root")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::parse_forward;
+
+    #[test]
+    fn arguments_carry_the_socket_and_the_forwards() {
+        let f = [
+            parse_forward("tcp:8080:80").unwrap(),
+            parse_forward("udp:127.0.0.1:5353:53").unwrap(),
+        ];
+        assert_eq!(
+            arguments(5, &f),
+            [
+                "--foreground",
+                "--quiet",
+                "--fd",
+                "5",
+                "-t",
+                "8080:80",
+                "-u",
+                "127.0.0.1/5353:53"
+            ]
+        );
+    }
+
+    #[test]
+    fn default_routes_are_recognised() {
+        let header =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let v4 = format!("{header}eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\neth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        let no_v4 = format!("{header}eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        let v6_lo_reject = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
+        assert!(has_default_route(&v4, ""));
+        assert!(!has_default_route(&no_v4, v6_lo_reject));
+        assert!(has_default_route(&no_v4, v6));
+        assert!(!has_default_route("", ""));
+    }
+
+    #[test]
+    fn a_missing_passt_says_which_package_brings_it() {
+        let text = PasstError::NotFound { index: 0 }.to_string();
+        assert!(text.contains("apt-get install passt"), "{text}");
+        assert!(text.contains("mode = \"tap\""), "{text}");
+    }
+}
