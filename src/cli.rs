@@ -51,6 +51,14 @@ pub enum Command {
         /// With --rootfs it appears in the guest at the same path.
         #[arg(long, value_name = "DIR[:TAG][:ro]")]
         share: Vec<String>,
+        /// A network link (any number; replaces the spec's [[net]]): user
+        /// (passt: no privileges, NAT, DHCP), tap, tap:NAME, or none.
+        #[arg(long, value_name = "user|tap[:NAME]|none")]
+        net: Vec<String>,
+        /// Forward a host port to the guest (any number; user-mode network,
+        /// added if there is none): tcp:8080:80, udp:127.0.0.1:5353:53.
+        #[arg(long, value_name = "PROTO:[ADDR:]HOST:GUEST")]
+        forward: Vec<String>,
         /// Boot with this host directory (typically /) as the guest's root,
         /// read-only over virtio-fs with tmpfs overlays; hvm is the guest's
         /// init and runs CMD (or a shell) as you, in your directory.

@@ -1,10 +1,12 @@
 //! `hvm run` without a spec file, or with flags over one: `--kernel`,
-//! `--initrd`, `--append`, `--cpus`, `--memory`, `--share`, `--rootfs` and
-//! `-- CMD ARGS...` turned into the same validated [`Spec`] a file gives.
+//! `--initrd`, `--append`, `--cpus`, `--memory`, `--share`, `--net`,
+//! `--forward`, `--rootfs` and `-- CMD ARGS...` turned into the same
+//! validated [`Spec`] a file gives.
 //! Errors name the flag, as spec errors name the key.
 
+use crate::forward::{find_clash, parse_forward, FORWARD_SYNTAX};
 use crate::guest_init::{InitConfig, Mount, RunAs};
-use crate::spec::{self, ConsoleDevice, SerialOutput, Share, Spec};
+use crate::spec::{self, ConsoleDevice, NetBackend, NetLink, SerialOutput, Share, Spec};
 use std::path::{Path, PathBuf};
 
 /// The tag the root file system is shared by.
@@ -37,6 +39,10 @@ pub struct MachineFlags {
     pub memory: Option<String>,
     /// `DIR[:TAG][:ro]`, any number.
     pub shares: Vec<String>,
+    /// `user`, `tap`, `tap:NAME` or `none`: these replace the spec's links.
+    pub nets: Vec<String>,
+    /// Port forwards for the (first) user-mode link.
+    pub forwards: Vec<String>,
     pub rootfs: Option<PathBuf>,
     /// What runs in the guest (`-- CMD ARGS...`); needs `rootfs`.
     pub command: Vec<String>,
@@ -51,6 +57,8 @@ impl MachineFlags {
             || self.cpus.is_some()
             || self.memory.is_some()
             || !self.shares.is_empty()
+            || !self.nets.is_empty()
+            || !self.forwards.is_empty()
             || self.rootfs.is_some()
             || !self.command.is_empty()
     }
@@ -181,6 +189,7 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
         }
         spec.shares.push(share);
     }
+    networks(&mut spec, flags)?;
     match &flags.rootfs {
         Some(root) => rootfs(&mut spec, &cwd.join(root), flags, caller)?,
         None if !flags.command.is_empty() => {
@@ -193,6 +202,76 @@ pub fn apply(base: Option<Spec>, flags: &MachineFlags, caller: &Caller) -> Resul
         None => {}
     }
     Ok(spec)
+}
+
+/// `--net` (replacing the spec's links) and `--forward` (onto the first
+/// user-mode link, made if there is none).
+fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
+    if !flags.nets.is_empty() {
+        spec.nets.clear();
+        for n in &flags.nets {
+            let backend = match n.split_once(':') {
+                _ if n == "none" => continue,
+                _ if n == "user" => NetBackend::User {
+                    forwards: Vec::new(),
+                },
+                _ if n == "tap" => NetBackend::Tap { name: None },
+                Some(("tap", name))
+                    if (1..=15).contains(&name.len()) && !name.contains(['/', ' ', '\0']) =>
+                {
+                    NetBackend::Tap {
+                        name: Some(name.to_string()),
+                    }
+                }
+                _ => return Err(bad(
+                    "--net",
+                    n.as_str(),
+                    "must be user, tap, tap:NAME (an interface name of 1 to 15 characters) or none",
+                )),
+            };
+            spec.nets.push(NetLink { backend, mac: None });
+        }
+    }
+    for rule in &flags.forwards {
+        let forward =
+            parse_forward(rule).ok_or_else(|| bad("--forward", rule.as_str(), FORWARD_SYNTAX))?;
+        if !spec
+            .nets
+            .iter()
+            .any(|n| matches!(n.backend, NetBackend::User { .. }))
+        {
+            if !flags.nets.is_empty() {
+                return Err(bad(
+                    "--forward",
+                    rule.as_str(),
+                    "needs a user-mode link (--net user); a tap is reached directly",
+                ));
+            }
+            spec.nets.push(NetLink {
+                backend: NetBackend::User {
+                    forwards: Vec::new(),
+                },
+                mac: None,
+            });
+        }
+        let Some(NetBackend::User { forwards }) = spec
+            .nets
+            .iter_mut()
+            .map(|n| &mut n.backend)
+            .find(|b| matches!(b, NetBackend::User { .. }))
+        else {
+            continue;
+        };
+        forwards.push(forward);
+        if find_clash(forwards).is_some() {
+            return Err(bad(
+                "--forward",
+                rule.as_str(),
+                "listens on a host port another rule already forwards",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where host `path` appears in a guest whose root is host `root`, if it does.
@@ -419,5 +498,66 @@ mod tests {
         f2.rootfs = Some("/proc".into());
         let e = apply(None, &f2, &c).unwrap_err().to_string();
         assert!(e.contains("must be inside it"), "{e}");
+    }
+
+    #[test]
+    fn net_flags_replace_the_links_and_forwards_join_the_user_link() {
+        let base = Spec::from_str(
+            "[kernel]\npath = \"k\"\n[[net]]\ntap = \"tap0\"\n",
+            Path::new("/vms/vm.toml"),
+        )
+        .unwrap();
+        let f = MachineFlags {
+            nets: vec!["user".into(), "tap:t1".into()],
+            forwards: vec!["tcp:8080:80".into(), "udp:[::1]:53:53".into()],
+            ..flags()
+        };
+        let s = apply(Some(base.clone()), &f, &caller()).unwrap();
+        assert_eq!(s.nets.len(), 2);
+        let NetBackend::User { forwards } = &s.nets[0].backend else {
+            panic!("{:?}", s.nets[0]);
+        };
+        assert_eq!(forwards.len(), 2);
+        assert_eq!(
+            s.nets[1].backend,
+            NetBackend::Tap {
+                name: Some("t1".into())
+            }
+        );
+        // --forward alone adds a user-mode link; --net none removes them all.
+        let f = MachineFlags {
+            forwards: vec!["tcp:2222:22".into()],
+            ..flags()
+        };
+        let s = apply(None, &f, &caller()).unwrap();
+        assert!(matches!(&s.nets[0].backend, NetBackend::User { forwards } if forwards.len() == 1));
+        let f = MachineFlags {
+            nets: vec!["none".into()],
+            ..flags()
+        };
+        assert!(apply(Some(base), &f, &caller()).unwrap().nets.is_empty());
+        for (nets, forwards, starts) in [
+            (vec!["slirp"], vec![], "--net slirp: must be user"),
+            (vec!["tap:"], vec![], "--net tap:: must be"),
+            (vec![], vec!["tcp:80"], "--forward tcp:80: must be \"PROTO:"),
+            (
+                vec!["tap"],
+                vec!["tcp:80:80"],
+                "--forward tcp:80:80: needs a user-mode link",
+            ),
+            (
+                vec![],
+                vec!["tcp:80:80", "tcp:80:81"],
+                "--forward tcp:80:81: listens on a host port",
+            ),
+        ] {
+            let f = MachineFlags {
+                nets: nets.into_iter().map(String::from).collect(),
+                forwards: forwards.into_iter().map(String::from).collect(),
+                ..flags()
+            };
+            let e = apply(None, &f, &caller()).unwrap_err().to_string();
+            assert!(e.starts_with(starts), "{e}");
+        }
     }
 }

@@ -113,6 +113,8 @@ fn main() {
             cpus,
             memory,
             share,
+            net,
+            forward,
             rootfs,
             command,
             timeout,
@@ -129,6 +131,8 @@ fn main() {
                 cpus,
                 memory,
                 shares: share,
+                nets: net,
+                forwards: forward,
                 rootfs,
                 command,
             };

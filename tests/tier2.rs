@@ -356,6 +356,43 @@ fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
 }
 
 #[test]
+fn user_mode_network_without_privileges_leases_fetches_and_forwards() {
+    let Some(c) = case("net-user") else { return };
+    assert_case(
+        c,
+        0,
+        &[
+            "HVM-GUEST-NET ip=192.0.2.2/24 router=192.0.2.1",
+            "HOST-HVM-UID 1000",
+        ],
+    );
+    assert!(
+        c.stderr.contains("mergeable rx buffers: true"),
+        "Linux should take mergeable receive buffers\n{}",
+        c.stderr
+    );
+    for (got, expected) in [
+        ("GUEST-USER-DOWN", "HOST-USER-DOWN-EXPECTED"),
+        ("GUEST-FWD-UP", "HOST-FWD-UP-EXPECTED"),
+        ("HOST-FWD-DOWN", "HOST-FWD-DOWN-EXPECTED"),
+    ] {
+        let value = field(&c.console, got);
+        assert!(
+            value.is_some_and(|v| v.len() == 64),
+            "{got} missing\n{}",
+            c.console
+        );
+        assert_eq!(value, field(&c.console, expected), "{got}\n{}", c.console);
+    }
+    assert_eq!(
+        field(&c.console, "HOST-LEFTOVER-PASST"),
+        Some("0"),
+        "passt outlived hvm\n{}",
+        c.console
+    );
+}
+
+#[test]
 fn virtio_blk_moves_256_mib_intact() {
     let Some(c) = case("blk-256M") else { return };
     assert_case(

@@ -121,7 +121,10 @@ pub fn has_default_route(route: &str, ipv6_route: &str) -> bool {
 
 /// What passt says in normal operation: debug, not warnings.
 fn benign(line: &str) -> bool {
-    line.contains("to syslog") || line.contains("Don't run as root")
+    line.contains("to syslog")
+        || line.contains("Don't run as root")
+        || line.contains("Can't run AVX2 build")
+        || line.contains("No external routable interface for IPv6")
 }
 
 #[cfg(test)]

@@ -162,6 +162,62 @@ net_case() {
 }
 net_case
 
+# User-mode networking (passt), run by an ordinary user: no tap, no
+# capabilities. L1 gets what passt needs, an interface with a default route
+# (a dummy one); the guest leases its address by DHCP, fetches 4 MiB from an
+# HTTP server on L1's loopback through the gateway address, and a forwarded
+# host port carries 4 MiB to a guest listener and 4 MiB back.
+net_user_case() {
+    name=net-user
+    wanted "$name" || return
+    echo "@@START $name"
+    ip link set lo up
+    ip link add hvmup0 type dummy 2>/dev/null
+    ip addr add 192.0.2.2/24 dev hvmup0 2>/dev/null
+    ip link set hvmup0 up
+    ip route add default via 192.0.2.1 dev hvmup0 2>/dev/null
+    [ -e /etc/resolv.conf ] || echo "nameserver 192.0.2.53" >/etc/resolv.conf
+    chmod 0666 /dev/kvm
+    W=$TMP/netuser
+    mkdir -p "$W" && chmod 0777 "$W"
+    yes hvm-user-down | head -c 4194304 >"$W/down"
+    yes hvm-fwd-up | head -c 4194304 >"$W/fup"
+    httpd -f -p 127.0.0.1:8000 -h "$W" &
+    httpd_pid=$!
+    spec=$W/$name.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\nmode = "user"\nforward = ["tcp:127.0.0.1:5555:80"]\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
+        "$Q hvm.net=dhcp hvm.run=echo,GUEST-USER-DOWN,\$(wget,-q,-O,-,http://192.0.2.1:8000/down|sha256sum|cut,-c1-64);nc,-l,-p,80,-e,sh,-c,'head,-c,4194304|sha256sum|cut,-c1-64>/tmp/f;yes,hvm-fwd-down|head,-c,4194304';echo,GUEST-FWD-UP,\$(cat,/tmp/f)" >"$spec"
+    /usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups env HOME=/tmp \
+        "$HVM" -v run --timeout 200s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    pid=$!
+    # The forwarded port: retried until the guest listens (before that,
+    # passt accepts and the guest refuses, so nothing arrives).
+    i=0
+    while [ $i -lt 150 ] && kill -0 $pid 2>/dev/null; do
+        nc 127.0.0.1 5555 -e sh -c "cat $W/fup & cat >$W/fdown; wait" 2>/dev/null
+        [ "$(wc -c <"$W/fdown" 2>/dev/null)" = 4194304 ] && break
+        sleep 1
+        i=$((i + 1))
+    done
+    wait $pid
+    code=$?
+    kill $httpd_pid 2>/dev/null
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    echo "HOST-HVM-UID 1000"
+    echo "HOST-USER-DOWN-EXPECTED $(sha256sum <"$W/down" | cut -c1-64)"
+    echo "HOST-FWD-UP-EXPECTED $(sha256sum <"$W/fup" | cut -c1-64)"
+    echo "HOST-FWD-DOWN $(cat "$W/fdown" 2>/dev/null | sha256sum | cut -c1-64)"
+    echo "HOST-FWD-DOWN-EXPECTED $(yes hvm-fwd-down | head -c 4194304 | sha256sum | cut -c1-64)"
+    echo "HOST-LEFTOVER-PASST $(pidof passt | wc -w)"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+net_user_case
+
 # Lifecycle: a VM driven from the outside while Linux runs in it. hvm runs
 # in the background with a name; this side waits for the guest's ready line,
 # acts with hvm's control verbs, then collects the VM like case_ does.

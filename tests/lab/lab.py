@@ -27,7 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 KERNEL_PACKAGE = r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$"
-L1_MODULES = ["kvm-amd", "tun"]
+# dummy: an interface with a default route, which passt needs.
+L1_MODULES = ["kvm-amd", "tun", "dummy"]
 # Seconds without new results before an L1 is declared stuck (the slowest
 # cases, 4 MiB each way over virtio-net or 256 MiB through virtio-blk, take
 # 20 to 60 s; a busy host can double that).
@@ -201,6 +202,14 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
     script = shutil.which("script")
     if script:
         copy_with_libs(script, root, "/usr/bin/script")
+    # passt for the user-mode network cases, and setpriv to run hvm there
+    # as an ordinary user (no root, no capabilities).
+    for tool, where, package in [("passt", "/usr/bin/passt", "passt"), ("setpriv", "/usr/bin/setpriv", "util-linux")]:
+        found = shutil.which(tool)
+        if found:
+            copy_with_libs(os.path.realpath(found), root, where)
+        else:
+            log(f"no {tool} (apt-get install {package}): the lab's user-mode network cases will fail")
     # virtiofsd for the virtio-fs cases, where hvm looks for one.
     virtiofsd = next((p for p in [shutil.which("virtiofsd"), "/usr/libexec/virtiofsd",
                                   "/usr/lib/qemu/virtiofsd"] if p and os.path.exists(p)), None)
@@ -232,6 +241,15 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
     shutil.copy(os.path.join(HERE, "cases.sh"), os.path.join(root, "hvm/cases.sh"))
     insmods = "\n".join(f"insmod /modules/{n} || echo '@@LAB insmod {n} failed' >/dev/ttyS1" for n in names)
     init = f"""#!/bin/sh
+# The root is the initramfs itself (rootfs), where pivot_root fails, and
+# with it the sandboxes of passt and virtiofsd: first move a bind mount of
+# it over / and go on from there, as from a disk.
+if [ -z "$HVM_LAB_REROOTED" ]; then
+    mkdir -p /l1root
+    mount -o rbind / /l1root && cd /l1root && mount -o move . / &&
+        HVM_LAB_REROOTED=1 exec chroot . /init
+    echo "@@LAB cannot re-root L1: sandboxes will fail" >/dev/ttyS1
+fi
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev

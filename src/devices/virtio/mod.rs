@@ -12,6 +12,7 @@ pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
