@@ -6,6 +6,7 @@ mod cli;
 use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, Shell};
 use hvm::api::{self, ApiError, Request, VmInfo};
+use hvm::devices::virtio::vsock::VsockError;
 use hvm::flags::{self, Caller, MachineFlags};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
@@ -48,6 +49,10 @@ fn error_code(e: &VmError) -> i32 {
             VirtioError::Block(_) | VirtioError::Tap(_) | VirtioError::Share { .. } => {
                 code::BAD_INPUT
             }
+            VirtioError::Vsock(v) => match v {
+                VsockError::Exists(_) | VsockError::Listen { .. } => code::BAD_INPUT,
+                VsockError::Epoll(_) => code::INTERNAL,
+            },
             VirtioError::Passt(p) => match p {
                 PasstError::NotFound { .. }
                 | PasstError::NoRoute { .. }

@@ -122,6 +122,18 @@ pub struct NetLink {
     pub mac: Option<crate::mac::Mac>,
 }
 
+/// `[vsock]`: the guest's CID and the host's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    pub cid: u64,
+    /// Host programs connect here; guest connections to host port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+/// Longest vsock socket path: a Unix socket path is at most 107 bytes, and
+/// `_PORT` (up to 11) is added for guest-initiated connections.
+const VSOCK_PATH_MAX: usize = 96;
+
 /// A validated VM spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -144,6 +156,8 @@ pub struct Spec {
     pub nets: Vec<NetLink>,
     /// Host directories over virtio-fs.
     pub shares: Vec<Share>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockSpec>,
     pub virtio_discovery: VirtioDiscovery,
     /// An in-kernel i8254 PIT; `None`: only when the guest boots without ACPI.
     pub pit: Option<bool>,
@@ -181,6 +195,14 @@ struct RawSpec {
     net: Vec<RawNet>,
     #[serde(default)]
     share: Vec<RawShare>,
+    vsock: Option<RawVsock>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVsock {
+    cid: Spanned<i64>,
+    socket: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -696,6 +718,36 @@ impl Spec {
             });
         }
 
+        let vsock = match &raw.vsock {
+            None => None,
+            Some(v) => {
+                let cid = *v.cid.get_ref();
+                if !(3..i64::from(u32::MAX)).contains(&cid) {
+                    return Err(invalid(
+                        "vsock.cid",
+                        cid.to_string(),
+                        v.cid.span(),
+                        "must be 3 to 4294967294 (0 to 2 are the hypervisor's, the local and the host's)"
+                            .into(),
+                    ));
+                }
+                let socket = v.socket.get_ref();
+                let resolved = resolve(socket);
+                if socket.is_empty() || resolved.as_os_str().len() > VSOCK_PATH_MAX {
+                    return Err(invalid(
+                        "vsock.socket",
+                        format!("\"{socket}\""),
+                        v.socket.span(),
+                        format!("must be a path of 1 to {VSOCK_PATH_MAX} bytes (Unix socket paths are short)"),
+                    ));
+                }
+                Some(VsockSpec {
+                    cid: cid as u64,
+                    socket: resolved,
+                })
+            }
+        };
+
         Ok(Spec {
             source: path.to_path_buf(),
             vcpus,
@@ -709,6 +761,7 @@ impl Spec {
             rng: raw.rng.is_some(),
             nets,
             shares,
+            vsock,
             virtio_discovery,
             pit: raw.machine.pit,
             console,
@@ -731,6 +784,7 @@ impl Spec {
             rng: false,
             nets: Vec::new(),
             shares: Vec::new(),
+            vsock: None,
             virtio_discovery: VirtioDiscovery::Auto,
             pit: None,
             console: ConsoleDevice::Serial,
@@ -918,6 +972,31 @@ mod tests {
         );
         assert!(s.rng);
         assert!(!parse("[kernel]\npath = \"k\"\n").unwrap().rng);
+    }
+
+    #[test]
+    fn vsock_parses_and_bad_cids_and_paths_are_rejected() {
+        let s = parse("[kernel]\npath = \"k\"\n[vsock]\ncid = 3\nsocket = \"vm.vsock\"\n").unwrap();
+        let v = s.vsock.unwrap();
+        assert_eq!(v.cid, 3);
+        assert!(v.socket.ends_with("vm.vsock"));
+        for (cid, socket, key) in [
+            ("2", "vm.vsock", "vsock.cid = 2 at line 4: must be 3 to"),
+            ("4294967295", "vm.vsock", "vsock.cid = 4294967295"),
+            ("3", "", "vsock.socket = \"\" at line 5"),
+        ] {
+            let e = err(&format!(
+                "[kernel]\npath = \"k\"\n[vsock]\ncid = {cid}\nsocket = \"{socket}\"\n"
+            ));
+            assert!(e.contains(key), "{e}");
+        }
+        let long = "x".repeat(120);
+        let e = err(&format!(
+            "[kernel]\npath = \"k\"\n[vsock]\ncid = 3\nsocket = \"{long}\"\n"
+        ));
+        assert!(e.contains("Unix socket paths are short"), "{e}");
+        let e = err("[kernel]\npath = \"k\"\n[vsock]\ncid = 3\n");
+        assert!(e.contains("socket"), "{e}");
     }
 
     #[test]

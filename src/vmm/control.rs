@@ -9,7 +9,7 @@
 use super::event_loop::{DeviceLoopHandle, LoopCommand};
 use super::exit::ExitReason;
 use super::gdb::{GdbEvent, GdbServer};
-use super::helper::Helper;
+use super::helper::Companions;
 use super::vcpu::{VcpuCommand, VcpuEvent, VcpuHandle, VcpuState};
 use crate::api::{self, ControlSocket, DeviceInfo, Reply, Request, VmInfo};
 use crate::devices::console_output::SharedOutput;
@@ -141,8 +141,8 @@ pub struct Control {
     outputs: Vec<SharedOutput>,
     kernel_log: Option<SharedOutput>,
     identity: Identity,
-    /// Child processes serving devices; stopped after the devices are.
-    servers: Vec<Helper>,
+    /// Processes and files serving devices; stopped after the devices are.
+    companions: Companions,
     started: Instant,
 }
 
@@ -163,7 +163,7 @@ pub struct Parts {
     /// their last lines go to stderr when the guest fails.
     pub kernel_log: Option<SharedOutput>,
     pub identity: Identity,
-    pub servers: Vec<Helper>,
+    pub companions: Companions,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ControlError {
@@ -219,7 +219,7 @@ impl Control {
             outputs: p.outputs,
             kernel_log: p.kernel_log,
             identity: p.identity,
-            servers: p.servers,
+            companions: p.companions,
             started: Instant::now(),
         })
     }
@@ -721,10 +721,8 @@ impl Control {
         if !self.wait_vcpus(|s| s == VcpuState::Stopped) {
             log::warn!("a vCPU did not stop in time");
         }
-        // No guest can reach them now: stop the file servers.
-        for server in &mut self.servers {
-            server.stop(SERVER_GRACE);
-        }
+        // No guest can reach them now: stop the file servers and passt.
+        self.companions.stop(SERVER_GRACE);
         let (mut dropped, mut undelivered) = (0, 0);
         for output in &self.outputs {
             let report = output.drain();

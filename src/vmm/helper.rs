@@ -1,7 +1,8 @@
-//! A helper program that serves a device from beside the VM (virtiofsd for
-//! a share, passt for a user-mode network): started with its stderr turned
-//! into hvm's log, killed if hvm dies however it dies, and stopped and
-//! reaped when the VM ends.
+//! What serves devices from beside the VM and must go with it: helper
+//! programs (virtiofsd for a share, passt for a user-mode network), started
+//! with their stderr turned into hvm's log, killed if hvm dies however it
+//! dies, stopped and reaped when the VM ends; and socket files hvm made
+//! (vsock), removed then.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -187,6 +188,32 @@ impl Helper {
 }
 
 impl Drop for Helper {
+    fn drop(&mut self) {
+        self.stop(Duration::from_millis(500));
+    }
+}
+
+/// Everything beside the VM: the control loop stops it once no guest can
+/// reach it, and dropping it does the same on every other way out.
+#[derive(Default)]
+pub struct Companions {
+    pub helpers: Vec<Helper>,
+    /// Socket files hvm created, removed at the end.
+    pub socket_files: Vec<PathBuf>,
+}
+
+impl Companions {
+    pub fn stop(&mut self, grace: Duration) {
+        for h in &mut self.helpers {
+            h.stop(grace);
+        }
+        for f in self.socket_files.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+impl Drop for Companions {
     fn drop(&mut self) {
         self.stop(Duration::from_millis(500));
     }

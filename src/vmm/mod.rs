@@ -139,8 +139,8 @@ pub struct Vm {
     )>,
     ged: GedTrigger,
     identity: Identity,
-    /// Child processes serving devices (virtiofsd).
-    servers: Vec<helper::Helper>,
+    /// Processes and files serving devices (virtiofsd, passt, vsock sockets).
+    companions: helper::Companions,
 }
 
 /// The device registry as it is being built: each device gets an id, a
@@ -325,7 +325,7 @@ impl Vm {
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
         let console_inputs = backends.console_inputs;
-        let servers = backends.servers;
+        let companions = backends.companions;
         timeline::mark("memory mapped");
         let vm = create_vm(&kvm, spec, &memory)?;
         timeline::mark("KVM VM created");
@@ -398,7 +398,7 @@ impl Vm {
             notifiers: attached.notifiers,
             backends: attached.backends,
             ged,
-            servers,
+            companions,
             identity: Identity {
                 spec: opts.spec_path.clone(),
                 vcpus: spec.vcpus,
@@ -597,7 +597,7 @@ impl Vm {
             outputs: self.outputs,
             kernel_log: self.kernel_log,
             identity: self.identity,
-            servers: self.servers,
+            companions: self.companions,
         })?;
         // The name is claimed once the guest runs, off its start-up path
         // (the socket's files cost more than the rest of hvm's set-up).

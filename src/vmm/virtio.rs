@@ -12,10 +12,11 @@ use crate::devices::virtio::fs::{FsError, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{FrameStream, Link, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, NetBackend, Spec, VirtioDiscovery};
-use crate::vmm::helper::Helper;
+use crate::vmm::helper::Companions;
 use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -40,6 +41,8 @@ pub enum VirtioError {
     Passt(#[from] PasstError),
     #[error(transparent)]
     Virtiofsd(#[from] VirtiofsdError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("{source} ({why})")]
     Share { source: FsError, why: String },
     #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
@@ -89,8 +92,8 @@ pub struct Backends {
     pub devices: Vec<Box<dyn VirtioDevice>>,
     /// The virtio-consoles' input queues, hvc0 first.
     pub console_inputs: Vec<PendingInput>,
-    /// The processes behind devices (passt, virtiofsd; the control loop owns them).
-    pub servers: Vec<Helper>,
+    /// The processes and files behind devices (the control loop owns them).
+    pub companions: Companions,
     /// Whether another process must map guest RAM (vhost-user servers).
     pub shared_memory: bool,
 }
@@ -139,7 +142,16 @@ pub fn open_backends(
     if spec.rng {
         devices.push(Box::new(Rng::default()));
     }
-    let mut servers = Vec::new();
+    let mut companions = Companions::default();
+    if let Some(v) = &spec.vsock {
+        devices.push(Box::new(Vsock::new(v.cid, &v.socket)?));
+        companions.socket_files.push(v.socket.clone());
+        log::info!(
+            "vsock: guest CID {}, host socket {}",
+            v.cid,
+            v.socket.display()
+        );
+    }
     for (i, net) in spec.nets.iter().enumerate() {
         // `seed` makes the default MAC stable from run to run.
         let (link, what, seed) = match &net.backend {
@@ -152,7 +164,7 @@ pub fn open_backends(
             NetBackend::User { forwards } => {
                 let (helper, socket) = passt::start(i, forwards)?;
                 let what = format!("user-mode, passt pid {}", helper.pid());
-                servers.push(helper);
+                companions.helpers.push(helper);
                 let stream = FrameStream::new(socket).map_err(PasstError::Socket)?;
                 (Link::Stream(stream), what, "user".to_string())
             }
@@ -187,12 +199,12 @@ pub fn open_backends(
             why: server.explain(),
         })?;
         devices.push(Box::new(fs));
-        servers.push(server);
+        companions.helpers.push(server);
     }
     Ok(Backends {
         devices,
         console_inputs,
-        servers,
+        companions,
         shared_memory: !spec.shares.is_empty(),
     })
 }
