@@ -26,6 +26,10 @@ Cases:
  7. virtio-fs in the same lab run as case 5: a one-command run's round trip
     (`hvm run --rootfs / -- true`) and reading 10,000 small files, against
     QEMU microvm with vhost-user-fs and the same virtiofsd.
+ 8. user-mode networking in the same lab run: TCP 32 MiB down (wget) and up
+    (nc) through hvm + passt, against QEMU + the same passt (-netdev
+    stream) and QEMU's libslirp (-netdev user); and vsock 64 MiB into the
+    guest under hvm (QEMU's vsock needs /dev/vhost-vsock, which L1 lacks).
 """
 import argparse
 import datetime
@@ -152,7 +156,14 @@ def linux_boots(runs):
         pair[0 if vmm == "hvm" else 1].append(int(cs) / 100)
     if "FS-BENCH-SKIPPED" in text:
         log("case 7: skipped: no virtiofsd in L1 (apt-get install qemu-system-common)")
-    return boots, fs
+    # Case 8, the same L1: NET-BENCH vmm what centiseconds.
+    net = {}
+    for vmm, what, cs in re.findall(r"^NET-BENCH (hvm-passt|qemu-passt|qemu-slirp|hvm) (down|up|vsock) (\d+)",
+                                    text, re.M):
+        net.setdefault((vmm, what), []).append(int(cs) / 100)
+    if "NET-BENCH-SKIPPED" in text:
+        log("case 8: skipped: no passt in L1 (apt-get install passt)")
+    return boots, fs, net
 
 
 def stats(values):
@@ -302,7 +313,7 @@ def main():
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        boots, fs = linux_boots(1 if args.quick else args.linux_runs)
+        boots, fs, net = linux_boots(1 if args.quick else args.linux_runs)
         for config, (hvm_s, qemu_s) in boots.items():
             cpus, mib = config.split("-")
             table.add(f"5. Linux boot → guest ready, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB",
@@ -311,6 +322,18 @@ def main():
                   "tree": f"7. read {'1,000' if args.quick else '10,000'} small files over virtio-fs (tar to wc, in the guest)"}
         for what, (hvm_s, qemu_s) in fs.items():
             table.add(labels[what], "ms", hvm_s, qemu_s, 1e3)
+        # Throughput from the guest's own timings (higher is better).
+        rate = lambda mib, secs: [mib / s for s in secs if s > 0]
+        for what, arrow in (("down", "host→guest"), ("up", "guest→host")):
+            hvm_rate = rate(32, net.get(("hvm-passt", what), []))
+            for peer, name in (("qemu-passt", "QEMU + passt"), ("qemu-slirp", "QEMU slirp")):
+                peer_rate = rate(32, net.get((peer, what), []))
+                if hvm_rate or peer_rate:
+                    table.add(f"8. TCP {arrow} 32 MiB, user-mode: hvm + passt vs {name}", "MiB/s",
+                              hvm_rate, peer_rate, higher_better=True)
+        vsock = rate(64, net.get(("hvm", "vsock"), []))
+        if vsock:
+            table.add("8. vsock host→guest 64 MiB (hvm alone)", "MiB/s", vsock, [], higher_better=True)
 
     # 6. virtio throughput in the nested lab (TCG-slow: the ratios tell, not the numbers).
     results = os.path.join(ROOT, "target", "lab", "results.txt")
@@ -364,6 +387,15 @@ Notes:
   powering off at once. The file tree is 100 directories of 100 small
   files (`--quick` reads 10 of them), read with `tar cf -` into `wc -c` and
   timed by the guest.
+- Case 8 runs in the same L1 too: the bundled guest leases its address
+  from the user-mode network by DHCP, then fetches 32 MiB with busybox
+  wget from an httpd on L1's loopback (reached at the gateway address) and
+  sends 32 MiB with nc to a listener on L1, timed by the guest; hvm and
+  QEMU (`-M microvm`, virtio-net-device) run the same kernel, initramfs and
+  command line, QEMU once with the same passt (`-netdev stream`, passt on a
+  Unix socket) and once with libslirp (`-netdev user`). The vsock row is
+  hvm alone: 64 MiB from `hvm-vsock unix-connect` in L1 to `hvm-vsock
+  listen` in the guest.
 - Case 6 comes from the same tier-2 run: guest-side timings (1/100 s) of
   the blk-256M and net-tap cases, and L1 reading the same image file.
 - Where hvm's time goes (perf sched_switch stacks, `perf record -e

@@ -6,10 +6,11 @@
 #   guest-images/build.sh initramfs  # initramfs only (seconds)
 #
 # Needs (Debian): linux-source-6.12 busybox-static bc bison flex libelf-dev
-# libssl-dev cpio xz-utils gcc make. The outputs are committed with their
-# checksums (SHA256SUMS) so a fresh clone boots without building anything;
-# the build pins timestamps and names so it is reproducible byte for byte
-# with the same toolchain and source package.
+# libssl-dev cpio xz-utils gcc make (gcc and libc6-dev also build hvm-vsock,
+# the vsock test tool). The outputs are committed with their checksums
+# (SHA256SUMS) so a fresh clone boots without building anything; the build
+# pins timestamps and names so it is reproducible byte for byte with the same
+# toolchain and source package.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 work=${HVM_GUEST_BUILD_DIR:-$here/../target/guest-build}
@@ -53,6 +54,12 @@ build_initramfs() {
         [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
     done
     install -m 0755 "$here/init" "$root/init"
+    # The vsock test tool (busybox has no AF_VSOCK); the same static binary
+    # serves the lab's host side, so it is kept next to the images too.
+    gcc -static -Os -Wall -o "$work/hvm-vsock" "$here/hvm-vsock.c"
+    strip "$work/hvm-vsock"
+    install -m 0755 "$work/hvm-vsock" "$root/bin/hvm-vsock"
+    install -m 0755 "$work/hvm-vsock" "$here/hvm-vsock"
     find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     (cd "$root" && find . -print0 | LC_ALL=C sort -z |
         cpio --null --create --format=newc --owner=0:0 --reproducible 2>/dev/null) |
@@ -65,5 +72,5 @@ case "$what" in
     initramfs) build_initramfs ;;
     *) echo "usage: $0 [all|kernel|initramfs]" >&2; exit 2 ;;
 esac
-(cd "$here" && sha256sum bzImage vmlinux initramfs.cpio.gz >SHA256SUMS 2>/dev/null || true)
+(cd "$here" && sha256sum bzImage vmlinux initramfs.cpio.gz hvm-vsock >SHA256SUMS 2>/dev/null || true)
 echo "built in $here"

@@ -393,6 +393,47 @@ fn user_mode_network_without_privileges_leases_fetches_and_forwards() {
 }
 
 #[test]
+fn vsock_carries_16_mib_each_way_many_connections_and_guest_initiated_ones() {
+    let Some(c) = case("vsock") else { return };
+    assert_case(
+        c,
+        0,
+        &[
+            "GUEST-VSOCK-16MIB-CENTISECONDS",
+            "HOST-VSOCK-SOCKET-LEFT no",
+        ],
+    );
+    // The host program that left after 64 KiB reset the guest's sender only.
+    assert_eq!(
+        field(&c.console, "GUEST-VSOCK-RESET-RC"),
+        Some("1"),
+        "{}",
+        c.console
+    );
+    assert_eq!(
+        field(&c.console, "GUEST-VSOCK-DOWN-RC"),
+        Some("0"),
+        "{}",
+        c.console
+    );
+    for (got, expected) in [
+        ("GUEST-VSOCK-UP", "HOST-VSOCK-UP-EXPECTED"),
+        ("HOST-VSOCK-DOWN", "HOST-VSOCK-DOWN-EXPECTED"),
+        ("GUEST-VSOCK-MANY", "HOST-VSOCK-MANY-EXPECTED"),
+        ("HOST-VSOCK-GUESTINIT", "HOST-VSOCK-GUESTINIT-EXPECTED"),
+        ("GUEST-VSOCK-GUESTINIT", "HOST-VSOCK-REPLY-EXPECTED"),
+    ] {
+        let value = field(&c.console, got);
+        assert!(
+            value.is_some_and(|v| v.len() == 64),
+            "{got} missing\n{}",
+            c.console
+        );
+        assert_eq!(value, field(&c.console, expected), "{got}\n{}", c.console);
+    }
+}
+
+#[test]
 fn virtio_blk_moves_256_mib_intact() {
     let Some(c) = case("blk-256M") else { return };
     assert_case(

@@ -162,6 +162,17 @@ net_case() {
 }
 net_case
 
+# What passt needs in L1: an interface with a default route (a dummy one;
+# passt copies the guest's address and gateway from it) and a resolv.conf.
+user_net_setup() {
+    ip link set lo up
+    ip link add hvmup0 type dummy 2>/dev/null
+    ip addr add 192.0.2.2/24 dev hvmup0 2>/dev/null
+    ip link set hvmup0 up
+    ip route add default via 192.0.2.1 dev hvmup0 2>/dev/null
+    [ -e /etc/resolv.conf ] || echo "nameserver 192.0.2.53" >/etc/resolv.conf
+}
+
 # User-mode networking (passt), run by an ordinary user: no tap, no
 # capabilities. L1 gets what passt needs, an interface with a default route
 # (a dummy one); the guest leases its address by DHCP, fetches 4 MiB from an
@@ -171,12 +182,7 @@ net_user_case() {
     name=net-user
     wanted "$name" || return
     echo "@@START $name"
-    ip link set lo up
-    ip link add hvmup0 type dummy 2>/dev/null
-    ip addr add 192.0.2.2/24 dev hvmup0 2>/dev/null
-    ip link set hvmup0 up
-    ip route add default via 192.0.2.1 dev hvmup0 2>/dev/null
-    [ -e /etc/resolv.conf ] || echo "nameserver 192.0.2.53" >/etc/resolv.conf
+    user_net_setup
     chmod 0666 /dev/kvm
     W=$TMP/netuser
     mkdir -p "$W" && chmod 0777 "$W"
@@ -217,6 +223,77 @@ net_user_case() {
     echo "@@EXIT $name $code"
 }
 net_user_case
+
+# virtio-vsock with Firecracker's host-side convention, both ways: 16 MiB
+# each way, a host program leaving mid-stream (only its connection resets),
+# 32 connections at once, and a guest-initiated connection. The guest's
+# script comes on a drive (too long for the command line); hvm-vsock
+# (guest-images/hvm-vsock.c) is the guest's nc and the host's.
+vsock_case() {
+    name=vsock
+    wanted "$name" || return
+    echo "@@START $name"
+    W=$TMP/vsock
+    mkdir -p "$W"
+    V=/hvm/guest-images/hvm-vsock
+    S=$W/vm.vsock
+    cat >"$W/guest.sh" <<'EOF'
+cs() { tr -d . </proc/uptime | cut -d' ' -f1 | sed 's/^0*//'; }
+yes hvm-vsock-reset | hvm-vsock listen 5002 >/dev/null 2>&1
+echo GUEST-VSOCK-RESET-RC $?
+t0=$(cs)
+echo GUEST-VSOCK-UP $(hvm-vsock listen 5000 </dev/null | sha256sum | cut -c1-64)
+t1=$(cs)
+yes hvm-vsock-down | head -c 16777216 | hvm-vsock listen 5001 >/dev/null
+echo GUEST-VSOCK-DOWN-RC $?
+t2=$(cs)
+echo GUEST-VSOCK-16MIB-CENTISECONDS up=$((t1 - t0)) down=$((t2 - t1))
+for p in $(seq 6000 6031); do (hvm-vsock listen $p </dev/null | sha256sum | cut -c1-64 >/tmp/c$p) & done
+wait
+echo GUEST-VSOCK-MANY $(cat /tmp/c6* | sha256sum | cut -c1-64)
+echo GUEST-VSOCK-GUESTINIT $(yes hvm-vsock-guest | head -c 4194304 | hvm-vsock connect 7000 | sha256sum | cut -c1-64)
+exit
+EOF
+    # A drive of whole sectors; the shell stops at "exit", before the padding.
+    cp "$W/guest.sh" "$W/guest.img" && truncate -s 8192 "$W/guest.img"
+    yes hvm-vsock-reply | head -c 1048576 >"$W/reply"
+    spec=$W/$name.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[drive]]\npath = "%s"\nread_only = true\n[vsock]\ncid = 3\nsocket = "%s"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$Q hvm.run=sh,/dev/vda" "$W/guest.img" "$S" >"$spec"
+    "$HVM" -v run --timeout 280s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    pid=$!
+    # The guest-initiated connection finds this listener (vm.vsock_7000).
+    "$V" unix-listen "${S}_7000" <"$W/reply" >"$W/guestinit" &
+    gi_pid=$!
+    try() { i=0; until "$@" || [ $i -gt 300 ] || ! kill -0 $pid 2>/dev/null; do sleep 0.2; i=$((i + 1)); done; }
+    reset_once() { "$V" unix-connect "$S" 5002 </dev/null 2>/dev/null | head -c 65536 >"$W/reset"; [ "$(wc -c <"$W/reset")" = 65536 ]; }
+    try reset_once
+    up() { yes hvm-vsock-up | head -c 16777216 | "$V" unix-connect "$S" 5000 >/dev/null 2>&1; }
+    try up
+    down() { "$V" unix-connect "$S" 5001 </dev/null >"$W/down" 2>/dev/null; }
+    try down
+    for p in $(seq 6000 6031); do
+        (one() { yes conn-$p | head -c 262144 | "$V" unix-connect "$S" $p >/dev/null 2>&1; }; try one) &
+    done
+    wait $pid
+    code=$?
+    kill $gi_pid 2>/dev/null
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    echo "HOST-VSOCK-UP-EXPECTED $(yes hvm-vsock-up | head -c 16777216 | sha256sum | cut -c1-64)"
+    echo "HOST-VSOCK-DOWN $(sha256sum <"$W/down" | cut -c1-64)"
+    echo "HOST-VSOCK-DOWN-EXPECTED $(yes hvm-vsock-down | head -c 16777216 | sha256sum | cut -c1-64)"
+    echo "HOST-VSOCK-MANY-EXPECTED $(for p in $(seq 6000 6031); do yes conn-$p | head -c 262144 | sha256sum | cut -c1-64; done | sha256sum | cut -c1-64)"
+    echo "HOST-VSOCK-GUESTINIT $(sha256sum <"$W/guestinit" | cut -c1-64)"
+    echo "HOST-VSOCK-GUESTINIT-EXPECTED $(yes hvm-vsock-guest | head -c 4194304 | sha256sum | cut -c1-64)"
+    echo "HOST-VSOCK-REPLY-EXPECTED $(sha256sum <"$W/reply" | cut -c1-64)"
+    echo "HOST-VSOCK-SOCKET-LEFT $([ -e "$S" ] && echo yes || echo no)"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+vsock_case
 
 # Lifecycle: a VM driven from the outside while Linux runs in it. hvm runs
 # in the background with a name; this side waits for the guest's ready line,
@@ -572,6 +649,79 @@ EOF
     done
 }
 fs_bench
+
+# The network benchmark (the benchmark's case 8; with --boot-bench): TCP
+# through user-mode networking, timed in the guest (the bundled one, DHCP):
+# 32 MiB down (wget from an httpd on L1's loopback, reached through the
+# gateway address) and 32 MiB up (nc to a listener on L1), under hvm with
+# passt, QEMU with passt (-netdev stream) and QEMU with libslirp (-netdev
+# user); then vsock under hvm alone (QEMU's needs /dev/vhost-vsock): 64 MiB
+# from L1 to the guest. "NET-BENCH vmm down|up|vsock cs".
+net_bench() {
+    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    [ -x /usr/bin/passt ] || { echo "NET-BENCH-SKIPPED no passt in L1"; return; }
+    qemu=$(command -v qemu-system-x86_64)
+    user_net_setup
+    N=$TMP/netbench
+    mkdir -p "$N"
+    yes hvm-net-bench | head -c 33554432 >"$N/blob"
+    httpd -f -p 127.0.0.1:8001 -h "$N" &
+    httpd_pid=$!
+    (while :; do nc -l -p 5100 >/dev/null; done) &
+    sink_pid=$!
+    t=$GUEST_CS
+    run="g=\$(ip,route|awk,'/default/{print,\$3}');t0=\$($t);wget,-q,-O,/dev/null,http://\$g:8001/blob;t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1))"
+    base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
+    spec=$N/net.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
+        "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$run" >"$spec"
+    net_times() { tr -d '\r' | sed -n 's/^NET-BENCH-TIMES //p'; }
+    qemu_net() {
+        timeout 300 "$qemu" -M microvm,x-option-roms=off -accel kvm -cpu host,pmu=off -m 256M \
+            -nodefaults -no-user-config -nographic -no-reboot -serial stdio "$@" \
+            -device virtio-net-device,netdev=n -kernel "$IMG/bzImage" -initrd "$IMG/initramfs.cpio.gz" \
+            -append "$base hvm.run=$run" </dev/null 2>"$TMP/qemu-net.err"
+    }
+    runs=${HVM_LAB_RUNS:-5}
+    first=1; [ "$runs" -gt 1 ] && first=0
+    for i in $(seq $first "$runs"); do
+        label=NET-BENCH; [ "$i" = 0 ] && label=NET-WARMUP
+        name=net-bench-$i
+        case " $HVM_LAB_SKIP " in *" $name "*) continue ;; esac
+        echo "@@START $name"
+        echo "@@CASE $name"
+        (while sleep 20; do echo NET-BENCH-TICK; done) &
+        ticker=$!
+        set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
+        echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
+        rm -f "$TMP/passt.sock"
+        passt -f -q -1 -s "$TMP/passt.sock" 2>/dev/null &
+        j=0; while [ ! -S "$TMP/passt.sock" ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
+        set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path="$TMP/passt.sock" | net_times)
+        echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
+        set -- $(qemu_net -netdev user,id=n | net_times)
+        echo "$label qemu-slirp down $1"; echo "$label qemu-slirp up $2"
+        [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-STDERR /' "$TMP/qemu-net.err" | head -5
+        # vsock: 64 MiB from L1 into the guest, timed in the guest.
+        vspec=$N/vsock.toml
+        rm -f "$N/vm.vsock"
+        vrun="t0=\$($t);hvm-vsock,listen,5000</dev/null|wc,-c;t1=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0))"
+        printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[vsock]\ncid = 3\nsocket = "%s"\n' \
+            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "${base% hvm.net=dhcp}" "$vrun" "$N/vm.vsock" >"$vspec"
+        "$HVM" run --timeout 300s "$vspec" </dev/null 2>/dev/null >"$N/vsock.out" &
+        vm=$!
+        j=0
+        until yes hvm-vsock-bench | head -c 67108864 | /hvm/guest-images/hvm-vsock unix-connect "$N/vm.vsock" 5000 >/dev/null 2>&1 ||
+            [ $j -gt 300 ] || ! kill -0 $vm 2>/dev/null; do sleep 0.2; j=$((j + 1)); done
+        wait $vm
+        echo "$label hvm vsock $(net_times <"$N/vsock.out")"
+        kill $ticker
+        echo "@@STDERR"
+        echo "@@EXIT $name 0"
+    done
+    kill $httpd_pid $sink_pid 2>/dev/null
+}
+net_bench
 
 rm -rf "$TMP"
 echo "@@DONE"

@@ -226,7 +226,7 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
             for f in range(100):
                 with open(os.path.join(root, f"hvm/tree/d{d}/f{f}"), "w") as out:
                     out.write(f"file {d}/{f} of the hvm tree benchmark\n")
-    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img"]:
+    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img", "hvm-vsock"]:
         shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/guest-images", img))
     shutil.copy(os.path.join(images, "tiny", "hvmtest.elf"), os.path.join(root, "hvm/guest-images/hvmtest.elf"))
     with open(os.path.join(root, "hvm/keepalive.toml"), "w") as f:

@@ -207,8 +207,8 @@ impl Connection {
 
     /// Both directions are finished: the connection can be reset and forgotten.
     pub fn finished(&self) -> bool {
-        let host_to_guest_over =
-            self.guest_done_receiving || (self.host_done && self.to_guest.is_empty());
+        let host_to_guest_over = self.guest_done_receiving
+            || (self.host_done && self.to_guest.is_empty() && self.shutdown_told);
         let guest_to_host_over = self.guest_done_sending && self.to_host.is_empty();
         host_to_guest_over && guest_to_host_over
     }

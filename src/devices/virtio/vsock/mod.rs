@@ -445,14 +445,30 @@ impl Vsock {
         for key in resets {
             self.drop_connection(key, true);
         }
+        // The host program closed its side (or half of it: Unix sockets
+        // cannot tell): nothing more comes from it. It may still read; a
+        // write that fails later resets the connection.
         for key in finished {
-            self.control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+            self.control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
+            self.reset_if_finished(key);
         }
         if let Some((id, key)) = found {
             self.last_served = id;
             return Some(Outgoing::Data(key));
         }
         self.controls.pop_front().map(Outgoing::Control)
+    }
+
+    /// Resets and forgets the connection if both directions are over.
+    fn reset_if_finished(&mut self, key: Key) {
+        let done = self
+            .ids
+            .get(&key)
+            .and_then(|id| self.connections.get(id))
+            .is_some_and(|(_, c)| c.finished());
+        if done {
+            self.drop_connection(key, true);
+        }
     }
 
     fn put_back(&mut self, next: Outgoing) {
@@ -617,10 +633,8 @@ impl Vsock {
                     if h.flags & SHUTDOWN_RCV != 0 {
                         c.guest_done_receiving = true;
                     }
-                    if c.finished() {
-                        self.drop_connection(key, true);
-                    }
                 }
+                self.reset_if_finished(key);
             }
             OP_RST => self.drop_connection(key, false),
             OP_CREDIT_REQUEST => {

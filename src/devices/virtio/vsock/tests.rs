@@ -233,14 +233,23 @@ fn a_host_program_connects_to_a_guest_listener_and_data_flows_both_ways() {
     assert_eq!(p[0].data, b"hello from the host");
     assert_eq!(p[0].buf_alloc, BUF_ALLOC);
     assert_eq!(p[0].fwd_cnt, 20, "what hvm passed on to the host");
-    // The host program leaves: the guest hears SHUTDOWN, answers RST.
-    drop(s);
+    // The host program stops sending: the guest hears SHUTDOWN (send);
+    // it can still send, until it closes too.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
     let p = g.receive_n(1);
+    assert_eq!((p[0].op, p[0].flags), (OP_SHUTDOWN, SHUTDOWN_SEND));
+    g.send(1234, hp, OP_RW, b"after");
+    s.read_exact(&mut buf[..5]).unwrap();
+    assert_eq!(&buf[..5], b"after");
+    let mut shut = header((CID, 1234), (HOST_CID, hp), OP_SHUTDOWN, 0, TYPE_STREAM);
+    shut[32..36].copy_from_slice(&(SHUTDOWN_RCV | SHUTDOWN_SEND).to_le_bytes());
+    g.send_raw(&shut);
+    assert_eq!(ops(&g.receive_n(1)), [OP_RST], "both sides done: reset");
     assert_eq!(
-        (p[0].op, p[0].flags),
-        (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
+        s.read(&mut buf).unwrap(),
+        0,
+        "the host program sees the end"
     );
-    g.send(1234, hp, OP_RST, &[]);
     assert!(g.dev.connections.is_empty());
     assert!(g.dev.ids.is_empty());
 }
