@@ -49,8 +49,10 @@ pub struct Connection {
     fwd_cnt: Wrapping<u32>,
     /// The `fwd_cnt` the guest last heard from us.
     fwd_cnt_told: Wrapping<u32>,
-    /// Host to guest: bytes read from the host socket, not yet in a guest buffer.
-    pub to_guest: Vec<u8>,
+    /// Host to guest: bytes read from the host socket; those from
+    /// `to_guest_at` on are not in a guest buffer yet.
+    to_guest: Vec<u8>,
+    to_guest_at: usize,
     /// Bytes sent to the guest so far.
     rx_cnt: Wrapping<u32>,
     /// The guest's buffer size and how much of what we sent it has consumed.
@@ -78,6 +80,7 @@ impl Connection {
             fwd_cnt: Wrapping(0),
             fwd_cnt_told: Wrapping(0),
             to_guest: Vec::new(),
+            to_guest_at: 0,
             rx_cnt: Wrapping(0),
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
@@ -108,9 +111,19 @@ impl Connection {
         (BUF_ALLOC, self.fwd_cnt.0)
     }
 
-    /// `n` bytes went to the guest.
+    /// Host data waiting for a guest buffer.
+    pub fn for_guest(&self) -> &[u8] {
+        &self.to_guest[self.to_guest_at..]
+    }
+
+    /// The first `n` bytes of [`Connection::for_guest`] went to the guest.
     pub fn sent_to_guest(&mut self, n: usize) {
         self.rx_cnt += Wrapping(n as u32);
+        self.to_guest_at = (self.to_guest_at + n).min(self.to_guest.len());
+        if self.to_guest_at == self.to_guest.len() {
+            self.to_guest.clear();
+            self.to_guest_at = 0;
+        }
     }
 
     /// Whether host data could go to the guest now (given buffers).
@@ -118,13 +131,13 @@ impl Connection {
         self.state == State::Established
             && !self.guest_done_receiving
             && self.guest_room() > 0
-            && (!self.to_guest.is_empty() || (self.readable && !self.host_done))
+            && (!self.for_guest().is_empty() || (self.readable && !self.host_done))
     }
 
     /// Fills `to_guest` from the host socket (up to `max` bytes, within the
     /// guest's room) if it is empty. Returns whether it holds data now.
     pub fn pull_from_host(&mut self, max: usize, scratch: &mut [u8]) -> Wants {
-        if !self.to_guest.is_empty() || !self.readable || self.host_done {
+        if !self.for_guest().is_empty() || !self.readable || self.host_done {
             return Wants::default();
         }
         let n = max.min(self.guest_room() as usize).min(scratch.len());
@@ -201,14 +214,14 @@ impl Connection {
     pub fn host_finished(&self) -> bool {
         self.state == State::Established
             && self.host_done
-            && self.to_guest.is_empty()
+            && self.for_guest().is_empty()
             && !self.shutdown_told
     }
 
     /// Both directions are finished: the connection can be reset and forgotten.
     pub fn finished(&self) -> bool {
         let host_to_guest_over = self.guest_done_receiving
-            || (self.host_done && self.to_guest.is_empty() && self.shutdown_told);
+            || (self.host_done && self.for_guest().is_empty() && self.shutdown_told);
         let guest_to_host_over = self.guest_done_sending && self.to_host.is_empty();
         host_to_guest_over && guest_to_host_over
     }
@@ -232,13 +245,15 @@ mod tests {
         // No credit yet: nothing is read.
         assert!(!c.has_data_for_guest());
         c.pull_from_host(65536, &mut scratch);
-        assert!(c.to_guest.is_empty());
+        assert!(c.for_guest().is_empty());
         c.peer_credit(4096, 0);
         assert!(c.has_data_for_guest());
         c.pull_from_host(65536, &mut scratch);
-        assert_eq!(c.to_guest.len(), 4096);
-        c.to_guest.clear();
-        c.sent_to_guest(4096);
+        assert_eq!(c.for_guest().len(), 4096);
+        c.sent_to_guest(1000);
+        assert_eq!(c.for_guest().len(), 3096);
+        c.sent_to_guest(3096);
+        assert!(c.for_guest().is_empty());
         assert_eq!(c.guest_room(), 0);
         assert!(!c.has_data_for_guest());
         // The guest consumed 1000: room for 1000 more.

@@ -323,6 +323,7 @@ impl Vsock {
         };
         let host_port = self.free_host_port(guest_port);
         let key = (host_port, guest_port);
+        log::debug!("vsock: host program asks for guest port {guest_port} (host port {host_port})");
         let Ok(mut c) = Connection::new(p.stream, State::Connecting) else {
             return;
         };
@@ -432,7 +433,7 @@ impl Vsock {
                     resets.push(*key);
                     continue;
                 }
-                if !c.to_guest.is_empty() {
+                if !c.for_guest().is_empty() {
                     found = Some((id, *key));
                     break;
                 }
@@ -447,10 +448,10 @@ impl Vsock {
         }
         // The host program closed its side (or half of it: Unix sockets
         // cannot tell): nothing more comes from it. It may still read; a
-        // write that fails later resets the connection.
+        // write that fails later resets the connection, and the guest's
+        // SHUTDOWN or RST ends it.
         for key in finished {
             self.control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
-            self.reset_if_finished(key);
         }
         if let Some((id, key)) = found {
             self.last_served = id;
@@ -479,7 +480,7 @@ impl Vsock {
                 self.controls.push_front(c);
             }
         }
-        // Data stays in its connection's to_guest.
+        // Data stays with its connection.
     }
 
     /// Writes `next` into the receive packet; returns the bytes used.
@@ -488,6 +489,7 @@ impl Vsock {
             Outgoing::Control(c) => (c.key, c.op, c.flags),
             Outgoing::Data(key) => (key, OP_RW, 0),
         };
+        log::trace!("vsock: to the guest: op {op} flags {flags} ports {key:?}");
         let (buf_alloc, fwd_cnt) = self
             .ids
             .get(&key)
@@ -513,16 +515,15 @@ impl Vsock {
             return PKT_HEADER_SIZE as u32;
         };
         let room = pkt.data_slice().map_or(0, |d| d.len());
-        let n = room.min(c.to_guest.len());
+        let n = room.min(c.for_guest().len());
         let ok = pkt
             .data_slice()
-            .is_some_and(|d| d.write_slice(&c.to_guest[..n], 0).is_ok());
+            .is_some_and(|d| d.write_slice(&c.for_guest()[..n], 0).is_ok());
         if !ok || n == 0 {
             pkt.set_op(OP_RST);
             self.drop_connection(key, false);
             return PKT_HEADER_SIZE as u32;
         }
-        c.to_guest.drain(..n);
         c.sent_to_guest(n);
         pkt.set_len(n as u32);
         (PKT_HEADER_SIZE + n) as u32
@@ -541,35 +542,10 @@ impl Vsock {
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Served, QueueError> {
         let before = (self.controls.len(), self.credit_due.len());
         let mut payload = Vec::new();
-        let served = super::drain_queue(queue, mem, |mut chain| {
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PAYLOAD as u32) {
-                Ok(pkt) => {
-                    payload.clear();
-                    let len = pkt.len() as usize;
-                    if len > 0 {
-                        payload.resize(len, 0);
-                        let ok = pkt.data_slice().is_some_and(|d| {
-                            d.len() >= len && d.read_slice(&mut payload, 0).is_ok()
-                        });
-                        if !ok {
-                            self.count_malformed("payload shorter than its length");
-                            return 0;
-                        }
-                    }
-                    let header = Header {
-                        src_cid: pkt.src_cid(),
-                        dst_cid: pkt.dst_cid(),
-                        src_port: pkt.src_port(),
-                        dst_port: pkt.dst_port(),
-                        type_: pkt.type_(),
-                        op: pkt.op(),
-                        flags: pkt.flags(),
-                        buf_alloc: pkt.buf_alloc(),
-                        fwd_cnt: pkt.fwd_cnt(),
-                    };
-                    self.handle_packet(header, &payload);
-                }
-                Err(e) => self.count_malformed(&e.to_string()),
+        let served = super::drain_queue(queue, mem, |chain| {
+            match read_tx_packet(chain, mem, &mut payload) {
+                Ok(header) => self.handle_packet(header, &payload),
+                Err(why) => self.count_malformed(why),
             }
             0
         })?;
@@ -587,6 +563,7 @@ impl Vsock {
 
     /// One packet from the guest.
     fn handle_packet(&mut self, h: Header, payload: &[u8]) {
+        log::trace!("vsock: from the guest: {h:?}, {} bytes", payload.len());
         if h.dst_cid != HOST_CID || h.src_cid != self.cid {
             self.count_malformed("addressed wrongly");
             return;
@@ -611,6 +588,7 @@ impl Vsock {
         c.peer_credit(h.buf_alloc, h.fwd_cnt);
         match h.op {
             OP_RESPONSE if c.state == State::Connecting => {
+                log::debug!("vsock: guest port {} accepted host port {}", key.1, key.0);
                 c.state = State::Established;
                 // The host program learns its port; a 20-byte line always fits.
                 let _ = c.stream.write_all(format!("OK {}\n", key.0).as_bytes());
@@ -686,18 +664,67 @@ enum Outgoing {
     Data(Key),
 }
 
-/// The header fields hvm acts on.
+/// A packet header from the guest.
 #[derive(Debug, Clone, Copy)]
 struct Header {
     src_cid: u64,
     dst_cid: u64,
     src_port: u32,
     dst_port: u32,
+    len: u32,
     type_: u16,
     op: u16,
     flags: u32,
     buf_alloc: u32,
     fwd_cnt: u32,
+}
+
+impl Header {
+    /// The little-endian wire layout (virtio 1.2, 5.10.6).
+    fn parse(b: &[u8; PKT_HEADER_SIZE]) -> Header {
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| u64::from(u32_at(o)) | u64::from(u32_at(o + 4)) << 32;
+        Header {
+            src_cid: u64_at(0),
+            dst_cid: u64_at(8),
+            src_port: u32_at(16),
+            dst_port: u32_at(20),
+            len: u32_at(24),
+            type_: u16_at(28),
+            op: u16_at(30),
+            flags: u32_at(32),
+            buf_alloc: u32_at(36),
+            fwd_cnt: u32_at(40),
+        }
+    }
+}
+
+/// Reads one transmit packet: its header, then its payload from however
+/// many descriptors carry it. (Linux 6.x sends large payloads as page
+/// fragments, one descriptor each, which the virtio-vsock crate's parser
+/// refuses; receive buffers are one descriptor and go through the crate.)
+fn read_tx_packet(
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+    payload: &mut Vec<u8>,
+) -> Result<Header, &'static str> {
+    let mut r = chain.reader(mem).map_err(|_| "a bad descriptor chain")?;
+    let mut raw = [0u8; PKT_HEADER_SIZE];
+    r.read_exact(&mut raw)
+        .map_err(|_| "shorter than a packet header")?;
+    let header = Header::parse(&raw);
+    let len = header.len as usize;
+    if len > MAX_PAYLOAD {
+        return Err("a payload longer than 64 KiB");
+    }
+    if r.available_bytes() < len {
+        return Err("a payload shorter than its header says");
+    }
+    payload.resize(len, 0);
+    r.read_exact(payload)
+        .map_err(|_| "a payload that cannot be read")?;
+    Ok(header)
 }
 
 /// Connects to a Unix socket without ever waiting: a listener whose
