@@ -214,6 +214,7 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
                 _ if n == "none" => continue,
                 _ if n == "user" => NetBackend::User {
                     forwards: Vec::new(),
+                    passt: None,
                 },
                 _ if n == "tap" => NetBackend::Tap { name: None },
                 Some(("tap", name))
@@ -250,11 +251,12 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
             spec.nets.push(NetLink {
                 backend: NetBackend::User {
                     forwards: Vec::new(),
+                    passt: None,
                 },
                 mac: None,
             });
         }
-        let Some(NetBackend::User { forwards }) = spec
+        let Some(NetBackend::User { forwards, .. }) = spec
             .nets
             .iter_mut()
             .map(|n| &mut n.backend)
@@ -514,7 +516,7 @@ mod tests {
         };
         let s = apply(Some(base.clone()), &f, &caller()).unwrap();
         assert_eq!(s.nets.len(), 2);
-        let NetBackend::User { forwards } = &s.nets[0].backend else {
+        let NetBackend::User { forwards, .. } = &s.nets[0].backend else {
             panic!("{:?}", s.nets[0]);
         };
         assert_eq!(forwards.len(), 2);
@@ -530,7 +532,9 @@ mod tests {
             ..flags()
         };
         let s = apply(None, &f, &caller()).unwrap();
-        assert!(matches!(&s.nets[0].backend, NetBackend::User { forwards } if forwards.len() == 1));
+        assert!(
+            matches!(&s.nets[0].backend, NetBackend::User { forwards, .. } if forwards.len() == 1)
+        );
         let f = MachineFlags {
             nets: vec!["none".into()],
             ..flags()

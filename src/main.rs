@@ -55,6 +55,7 @@ fn error_code(e: &VmError) -> i32 {
             },
             VirtioError::Passt(p) => match p {
                 PasstError::NotFound { .. }
+                | PasstError::NotExecutable { .. }
                 | PasstError::NoRoute { .. }
                 | PasstError::Spawn { .. } => code::BAD_INPUT,
                 PasstError::Socket(_) => code::INTERNAL,

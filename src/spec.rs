@@ -110,7 +110,11 @@ pub enum VirtioDiscovery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetBackend {
     /// User-mode networking through passt: no privileges, NAT, port forwards.
-    User { forwards: Vec<Forward> },
+    User {
+        forwards: Vec<Forward>,
+        /// The passt program (`None`: searched on PATH and in /usr/bin).
+        passt: Option<PathBuf>,
+    },
     /// A host tap device (created when missing; `None`: hvm creates one named hvmN).
     Tap { name: Option<String> },
 }
@@ -219,6 +223,7 @@ struct RawShare {
 #[serde(deny_unknown_fields)]
 struct RawNet {
     mode: Option<Spanned<String>>,
+    passt: Option<Spanned<String>>,
     tap: Option<Spanned<String>>,
     #[serde(default)]
     forward: Vec<Spanned<String>>,
@@ -337,7 +342,11 @@ pub fn default_tag(path: &str) -> String {
 type Invalid<'a> = dyn Fn(&'static str, String, std::ops::Range<usize>, String) -> SpecError + 'a;
 
 /// `[[net]]`'s backend: `mode`, else tap when a `tap` is named, else user.
-fn net_backend(n: &RawNet, invalid: &Invalid) -> Result<NetBackend, SpecError> {
+fn net_backend(
+    n: &RawNet,
+    invalid: &Invalid,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<NetBackend, SpecError> {
     let tap_mode = match n.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
         None => n.tap.is_some(),
         Some(("user", _)) => false,
@@ -353,6 +362,14 @@ fn net_backend(n: &RawNet, invalid: &Invalid) -> Result<NetBackend, SpecError> {
         }
     };
     if tap_mode {
+        if let Some(p) = &n.passt {
+            return Err(invalid(
+                "net.passt",
+                format!("\"{}\"", p.get_ref()),
+                p.span(),
+                "works only with mode = \"user\"".into(),
+            ));
+        }
         if let Some(f) = n.forward.first() {
             return Err(invalid(
                 "net.forward",
@@ -404,7 +421,10 @@ fn net_backend(n: &RawNet, invalid: &Invalid) -> Result<NetBackend, SpecError> {
             ));
         }
     }
-    Ok(NetBackend::User { forwards })
+    Ok(NetBackend::User {
+        forwards,
+        passt: n.passt.as_ref().map(|p| resolve(p.get_ref())),
+    })
 }
 
 /// Why `tag` cannot name a share, if it cannot.
@@ -670,7 +690,7 @@ impl Spec {
                 },
             };
             nets.push(NetLink {
-                backend: net_backend(n, &invalid)?,
+                backend: net_backend(n, &invalid, &resolve)?,
                 mac,
             });
         }
@@ -1007,6 +1027,7 @@ mod tests {
                 .iter()
                 .map(|f| crate::forward::parse_forward(f).unwrap())
                 .collect(),
+            passt: None,
         };
         assert_eq!(
             s.nets,

@@ -4,11 +4,12 @@
 //! one end of a socket pair (`passt --fd`), so no socket file exists at
 //! all; passt exits by itself when hvm's end closes.
 
-use super::helper::{find_program, Helper};
+use super::helper::{find_program, is_executable, Helper};
 use crate::forward::{passt_option, Forward};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Where passt is looked for after PATH.
@@ -19,6 +20,8 @@ const SEARCH: [&str; 2] = ["/usr/bin/passt", "/usr/local/bin/passt"];
 pub enum PasstError {
     #[error("net {index}: user-mode networking needs passt, which was not found (on PATH, {}); install it (Debian, Ubuntu: apt-get install passt; Fedora: dnf install passt) or use a tap: [[net]] mode = \"tap\"", SEARCH.join(", "))]
     NotFound { index: usize },
+    #[error("net {index}: passt {} is not an executable file; install passt (Debian, Ubuntu: apt-get install passt) or fix [[net]] passt", path.display())]
+    NotExecutable { index: usize, path: PathBuf },
     #[error("net {index}: user-mode networking needs a host interface with a default route (passt gives the guest that interface's addresses and gateway), and this host has none; add one (ip route add default via ... dev ...) or use a tap: [[net]] mode = \"tap\"")]
     NoRoute { index: usize },
     #[error("net {index}: cannot start passt: {source}")]
@@ -30,10 +33,23 @@ pub enum PasstError {
     Socket(std::io::Error),
 }
 
-/// Starts passt for link `index` with `forwards`; returns it with hvm's
-/// end of the connection.
-pub fn start(index: usize, forwards: &[Forward]) -> Result<(Helper, UnixStream), PasstError> {
-    let program = find_program("passt", &SEARCH).ok_or(PasstError::NotFound { index })?;
+/// Starts passt (`named`, else the one found) for link `index` with
+/// `forwards`; returns it with hvm's end of the connection.
+pub fn start(
+    index: usize,
+    forwards: &[Forward],
+    named: Option<&Path>,
+) -> Result<(Helper, UnixStream), PasstError> {
+    let program = match named {
+        Some(p) if is_executable(p) => p.to_path_buf(),
+        Some(p) => {
+            return Err(PasstError::NotExecutable {
+                index,
+                path: p.to_path_buf(),
+            })
+        }
+        None => find_program("passt", &SEARCH).ok_or(PasstError::NotFound { index })?,
+    };
     let routes = (
         std::fs::read_to_string("/proc/net/route").unwrap_or_default(),
         std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default(),

@@ -161,8 +161,8 @@ pub fn open_backends(
                 let seed = tap.name().to_string();
                 (Link::Tap(tap), what, seed)
             }
-            NetBackend::User { forwards } => {
-                let (helper, socket) = passt::start(i, forwards)?;
+            NetBackend::User { forwards, passt } => {
+                let (helper, socket) = passt::start(i, forwards, passt.as_deref())?;
                 let what = format!("user-mode, passt pid {}", helper.pid());
                 companions.helpers.push(helper);
                 let stream = FrameStream::new(socket).map_err(PasstError::Socket)?;
