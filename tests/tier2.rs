@@ -403,11 +403,12 @@ fn vsock_carries_16_mib_each_way_many_connections_and_guest_initiated_ones() {
             "HOST-VSOCK-SOCKET-LEFT no",
         ],
     );
-    // The host program that left after 64 KiB reset the guest's sender only.
-    assert_eq!(
-        field(&c.console, "GUEST-VSOCK-RESET-RC"),
-        Some("1"),
-        "{}",
+    // The host program that left after 64 KiB reset the guest's sender
+    // (EPIPE or SIGPIPE), and only that connection: the others follow.
+    let reset = field(&c.console, "GUEST-VSOCK-RESET-RC");
+    assert!(
+        reset.is_some_and(|rc| rc != "0"),
+        "the guest's sender should fail: {reset:?}\n{}",
         c.console
     );
     assert_eq!(

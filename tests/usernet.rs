@@ -83,6 +83,48 @@ fn a_user_network_runs_passt_which_forwards_and_goes_with_the_vm() {
     assert_eq!(passts(), before, "passt outlived hvm");
 }
 
+/// The passt that process `parent` started.
+fn passt_of(parent: u32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // pid (comm) state ppid ...
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (comm.contains("(passt") && ppid == parent)
+            .then(|| e.file_name().to_string_lossy().parse().ok())
+            .flatten()
+    })
+}
+
+#[test]
+fn passt_dying_is_reported_and_the_vm_goes_on() {
+    if !require_kvm() {
+        return;
+    }
+    let spec = write_spec(
+        "passt-dies",
+        &format!("{}[[net]]\n", tiny_spec(&tiny_elf(), 1, 64, "mode=spin")),
+    );
+    let child = spawn(&["run", "--timeout", "3s", &path_str(&spec)], None);
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(p) = passt_of(child.id()) {
+            break p;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no passt started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: signals a process this test found, by pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    finish(child, Duration::from_secs(30))
+        .assert_code(124)
+        .assert_stderr("passt (net 0) has ended on its own")
+        .assert_no_panic();
+}
+
 #[test]
 fn a_missing_passt_says_which_package_brings_it() {
     let spec = write_spec(

@@ -98,6 +98,11 @@ impl Helper {
                         }
                         kept.push_back(line);
                     }
+                    // Its stderr closed: it has ended. Before hvm ended it,
+                    // that is news (what it serves is gone).
+                    if !quiet.load(Ordering::Relaxed) {
+                        log::error!("{label} has ended on its own");
+                    }
                 });
             if let Err(e) = spawned {
                 log::warn!("{name}: its messages are lost: {e}");
