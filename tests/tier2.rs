@@ -355,6 +355,19 @@ fn virtio_net_link_to_a_host_tap_carries_ping_and_tcp_both_ways() {
     );
 }
 
+/// Each (what arrived, what was sent) pair of SHA-256 fields is there and equal.
+fn assert_checksums_match(c: &Case, pairs: &[(&str, &str)]) {
+    for (got, expected) in pairs {
+        let value = field(&c.console, got);
+        assert!(
+            value.is_some_and(|v| v.len() == 64),
+            "{got} missing\n{}",
+            c.console
+        );
+        assert_eq!(value, field(&c.console, expected), "{got}\n{}", c.console);
+    }
+}
+
 #[test]
 fn user_mode_network_without_privileges_leases_fetches_and_forwards() {
     let Some(c) = case("net-user") else { return };
@@ -371,19 +384,14 @@ fn user_mode_network_without_privileges_leases_fetches_and_forwards() {
         "Linux should take mergeable receive buffers\n{}",
         c.stderr
     );
-    for (got, expected) in [
-        ("GUEST-USER-DOWN", "HOST-USER-DOWN-EXPECTED"),
-        ("GUEST-FWD-UP", "HOST-FWD-UP-EXPECTED"),
-        ("HOST-FWD-DOWN", "HOST-FWD-DOWN-EXPECTED"),
-    ] {
-        let value = field(&c.console, got);
-        assert!(
-            value.is_some_and(|v| v.len() == 64),
-            "{got} missing\n{}",
-            c.console
-        );
-        assert_eq!(value, field(&c.console, expected), "{got}\n{}", c.console);
-    }
+    assert_checksums_match(
+        c,
+        &[
+            ("GUEST-USER-DOWN", "HOST-USER-DOWN-EXPECTED"),
+            ("GUEST-FWD-UP", "HOST-FWD-UP-EXPECTED"),
+            ("HOST-FWD-DOWN", "HOST-FWD-DOWN-EXPECTED"),
+        ],
+    );
     assert_eq!(
         field(&c.console, "HOST-LEFTOVER-PASST"),
         Some("0"),
@@ -417,21 +425,16 @@ fn vsock_carries_16_mib_each_way_many_connections_and_guest_initiated_ones() {
         "{}",
         c.console
     );
-    for (got, expected) in [
-        ("GUEST-VSOCK-UP", "HOST-VSOCK-UP-EXPECTED"),
-        ("HOST-VSOCK-DOWN", "HOST-VSOCK-DOWN-EXPECTED"),
-        ("GUEST-VSOCK-MANY", "HOST-VSOCK-MANY-EXPECTED"),
-        ("HOST-VSOCK-GUESTINIT", "HOST-VSOCK-GUESTINIT-EXPECTED"),
-        ("GUEST-VSOCK-GUESTINIT", "HOST-VSOCK-REPLY-EXPECTED"),
-    ] {
-        let value = field(&c.console, got);
-        assert!(
-            value.is_some_and(|v| v.len() == 64),
-            "{got} missing\n{}",
-            c.console
-        );
-        assert_eq!(value, field(&c.console, expected), "{got}\n{}", c.console);
-    }
+    assert_checksums_match(
+        c,
+        &[
+            ("GUEST-VSOCK-UP", "HOST-VSOCK-UP-EXPECTED"),
+            ("HOST-VSOCK-DOWN", "HOST-VSOCK-DOWN-EXPECTED"),
+            ("GUEST-VSOCK-MANY", "HOST-VSOCK-MANY-EXPECTED"),
+            ("HOST-VSOCK-GUESTINIT", "HOST-VSOCK-GUESTINIT-EXPECTED"),
+            ("GUEST-VSOCK-GUESTINIT", "HOST-VSOCK-REPLY-EXPECTED"),
+        ],
+    );
 }
 
 #[test]

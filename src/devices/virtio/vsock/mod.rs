@@ -15,9 +15,7 @@
 
 mod connection;
 
-use super::{
-    read_config_bytes, BackendEvent, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use super::{read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1};
 #[cfg(test)]
 use connection::BUF_ALLOC;
 use connection::{Connection, Refused, State, Wants};
@@ -817,10 +815,6 @@ impl VirtioDevice for Vsock {
 
     fn input_queue(&self) -> Option<usize> {
         Some(RX_QUEUE)
-    }
-
-    fn backend_ready(&mut self) -> BackendEvent {
-        BackendEvent::Input(RX_QUEUE)
     }
 
     fn reset(&mut self) {
