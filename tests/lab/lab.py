@@ -270,7 +270,7 @@ if [ -e /dev/kvm ]; then
     # __schedule). With one vCPU always there, the key never flips again.
     /hvm/hvm run /hvm/keepalive.toml </dev/null >/dev/null 2>&1 &
     echo "@@LAB kvm ready" >/dev/ttyS1
-    export PATH=/usr/bin:/bin
+    export PATH=/usr/bin:/bin HVM_LAB_L1=1
     sh /hvm/cases.sh /hvm/hvm /hvm/guest-images /hvm/guest-images/stock-vmlinuz /hvm/examples >/dev/ttyS1 2>&1
 else
     echo "@@LAB no /dev/kvm in L1" >/dev/ttyS1
