@@ -215,6 +215,7 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
                 _ if n == "user" => NetBackend::User {
                     forwards: Vec::new(),
                     passt: None,
+                    ipv4: None,
                 },
                 _ if n == "tap" => NetBackend::Tap { name: None },
                 Some(("tap", name))
@@ -252,6 +253,7 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
                 backend: NetBackend::User {
                     forwards: Vec::new(),
                     passt: None,
+                    ipv4: None,
                 },
                 mac: None,
             });
@@ -326,12 +328,22 @@ fn rootfs(
             })
         })
         .collect();
+    // The first user-mode link: hvm's init configures eth0 with what passt
+    // gives (the command runs as the caller, who may not configure it).
+    let network = spec.nets.first_mut().and_then(|n| match &mut n.backend {
+        NetBackend::User { ipv4, .. } => {
+            *ipv4 = crate::host_net::guest_ipv4();
+            ipv4.clone()
+        }
+        NetBackend::Tap { .. } => None,
+    });
     let config = InitConfig {
         command: flags.command.clone(),
         cwd: in_guest(&root, &caller.cwd).map_or_else(|| "/".into(), |p| p.display().to_string()),
         run_as: caller.run_as.clone(),
         interactive: caller.interactive,
         mounts,
+        network,
     };
     spec.shares.insert(
         0,
@@ -485,6 +497,7 @@ mod tests {
             .unwrap();
         let config = InitConfig::decode(encoded).unwrap();
         assert_eq!(config.command, f.command);
+        assert_eq!(config.network, None, "no network, nothing to configure");
         assert_eq!(config.cwd, "/tmp");
         assert_eq!(config.run_as.uid, 1000);
         assert_eq!(config.mounts.len(), 1);

@@ -114,6 +114,10 @@ pub enum NetBackend {
         forwards: Vec<Forward>,
         /// The passt program (`None`: searched on PATH and in /usr/bin).
         passt: Option<PathBuf>,
+        /// The guest's address, told to passt (`None`: passt's own choice,
+        /// which DHCP hands out). Set for `--rootfs` runs, whose init
+        /// configures eth0 itself.
+        ipv4: Option<crate::host_net::GuestIpv4>,
     },
     /// A host tap device (created when missing; `None`: hvm creates one named hvmN).
     Tap { name: Option<String> },
@@ -424,6 +428,7 @@ fn net_backend(
     Ok(NetBackend::User {
         forwards,
         passt: n.passt.as_ref().map(|p| resolve(p.get_ref())),
+        ipv4: None,
     })
 }
 
@@ -1028,6 +1033,7 @@ mod tests {
                 .map(|f| crate::forward::parse_forward(f).unwrap())
                 .collect(),
             passt: None,
+            ipv4: None,
         };
         assert_eq!(
             s.nets,

@@ -657,6 +657,21 @@ fn one_command_run_passes_binary_stdin_unchanged() {
 }
 
 #[test]
+fn one_command_run_with_a_user_network_is_online_as_the_caller() {
+    let Some(c) = case("rootfs-net") else {
+        return;
+    };
+    assert_case(c, 0, &["STDOUT: ROOTFS-NET-ROUTE "]);
+    let host = field(&c.console, "HOST-ROOTFS-NET-EXPECTED").expect("host hash");
+    assert_eq!(host.len(), 64);
+    assert!(
+        c.console.contains(&format!("STDOUT: {host}")),
+        "the command did not fetch the file intact:\n{}",
+        c.console
+    );
+}
+
+#[test]
 fn one_command_run_writes_results_to_a_share_and_never_to_the_root() {
     let Some(c) = case("rootfs-share") else {
         return;

@@ -6,6 +6,7 @@
 
 use super::helper::{find_program, is_executable, Helper};
 use crate::forward::{passt_option, Forward};
+use crate::host_net::GuestIpv4;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -39,6 +40,7 @@ pub fn start(
     index: usize,
     forwards: &[Forward],
     named: Option<&Path>,
+    ipv4: Option<&GuestIpv4>,
 ) -> Result<(Helper, UnixStream), PasstError> {
     let program = match named {
         Some(p) if is_executable(p) => p.to_path_buf(),
@@ -60,7 +62,7 @@ pub fn start(
     let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(&program);
-    cmd.args(arguments(fd, forwards));
+    cmd.args(arguments(fd, forwards, ipv4));
     // SAFETY: the closure runs in the child between fork and exec and
     // makes one system call.
     unsafe {
@@ -98,14 +100,28 @@ pub fn start(
     Ok((helper, ours))
 }
 
-/// passt's command line: in the foreground, quiet, on socket `fd`.
-pub fn arguments(fd: i32, forwards: &[Forward]) -> Vec<String> {
+/// passt's command line: in the foreground, quiet, on socket `fd`; the
+/// guest's address when hvm chose it.
+pub fn arguments(fd: i32, forwards: &[Forward], ipv4: Option<&GuestIpv4>) -> Vec<String> {
     let mut args = vec![
         "--foreground".to_string(),
         "--quiet".to_string(),
         "--fd".to_string(),
         fd.to_string(),
     ];
+    if let Some(ip) = ipv4 {
+        args.extend([
+            "--address".to_string(),
+            ip.address.to_string(),
+            "--netmask".to_string(),
+            ip.prefix.to_string(),
+            "--gateway".to_string(),
+            ip.gateway.to_string(),
+        ]);
+        for d in &ip.dns {
+            args.extend(["--dns".to_string(), d.to_string()]);
+        }
+    }
     for f in forwards {
         args.extend(passt_option(f));
     }
@@ -155,7 +171,7 @@ mod tests {
             parse_forward("udp:127.0.0.1:5353:53").unwrap(),
         ];
         assert_eq!(
-            arguments(5, &f),
+            arguments(5, &f, None),
             [
                 "--foreground",
                 "--quiet",
@@ -166,6 +182,21 @@ mod tests {
                 "-u",
                 "127.0.0.1/5353:53"
             ]
+        );
+    }
+
+    #[test]
+    fn an_address_hvm_chose_is_passed_on() {
+        let ip = GuestIpv4 {
+            address: "192.0.2.2".parse().unwrap(),
+            prefix: 24,
+            gateway: "192.0.2.1".parse().unwrap(),
+            dns: vec!["192.0.2.53".parse().unwrap()],
+        };
+        let args = arguments(3, &[], Some(&ip)).join(" ");
+        assert!(
+            args.ends_with("--address 192.0.2.2 --netmask 24 --gateway 192.0.2.1 --dns 192.0.2.53"),
+            "{args}"
         );
     }
 

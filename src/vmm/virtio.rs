@@ -161,8 +161,12 @@ pub fn open_backends(
                 let seed = tap.name().to_string();
                 (Link::Tap(tap), what, seed)
             }
-            NetBackend::User { forwards, passt } => {
-                let (helper, socket) = passt::start(i, forwards, passt.as_deref())?;
+            NetBackend::User {
+                forwards,
+                passt,
+                ipv4,
+            } => {
+                let (helper, socket) = passt::start(i, forwards, passt.as_deref(), ipv4.as_ref())?;
                 let what = format!("user-mode, passt pid {}", helper.pid());
                 companions.helpers.push(helper);
                 let stream = FrameStream::new(socket).map_err(PasstError::Socket)?;

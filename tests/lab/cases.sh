@@ -476,6 +476,19 @@ cmdcase rootfs-share - --kernel "$IMG/vmlinux" --memory 256M --rootfs / --share 
     sh -c "echo from-the-guest >$TMP/results/r.txt; touch /hvm-guest-wrote; echo etc-write >/etc/hvm-test && echo ETC-WRITABLE"
 # A kernel without virtio-fs built in (Debian's: a module) cannot mount
 # the root: hvm says the command never ran and shows the kernel's words.
+# With a user-mode network: hvm's init configures eth0 as passt does (the
+# command runs as the caller, who could not), and the command fetches a
+# file from L1's loopback through the gateway.
+if wanted rootfs-net; then
+    user_net_setup
+    mkdir -p "$TMP/rn" && yes hvm-rootfs-net | head -c 1048576 >"$TMP/rn/blob"
+    httpd -f -p 127.0.0.1:8002 -h "$TMP/rn" &
+    rn_httpd=$!
+    AFTER="echo HOST-ROOTFS-NET-EXPECTED \$(sha256sum <$TMP/rn/blob | cut -c1-64)" \
+        cmdcase rootfs-net - --kernel "$IMG/vmlinux" --memory 256M --rootfs / --net user -- \
+        sh -c 'g=$(ip route | awk "/default/ {print \$3}"); echo ROOTFS-NET-ROUTE $g; wget -q -O - http://$g:8002/blob | sha256sum | cut -c1-64'
+    kill $rn_httpd 2>/dev/null
+fi
 cmdcase rootfs-nofs - --kernel "$STOCK" --memory 256M --rootfs / -- true
 
 # The shipped examples, run as they are.

@@ -14,6 +14,8 @@
 //! interactive run (hvm's stdin is a terminal) makes
 //! hvc0 the command's terminal instead, for all three.
 
+mod network;
+
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
@@ -62,6 +64,9 @@ pub struct InitConfig {
     /// hvm's stdin is a terminal: hvc0 is the command's terminal.
     pub interactive: bool,
     pub mounts: Vec<Mount>,
+    /// eth0's configuration on a user-mode network (what passt gives).
+    #[serde(default)]
+    pub network: Option<crate::host_net::GuestIpv4>,
 }
 
 impl InitConfig {
@@ -321,6 +326,15 @@ pub fn main() -> ! {
         Err(e) => give_up(&e),
     };
     mount_file_systems(&config);
+    if let Some(ip) = &config.network {
+        // Without it the command runs offline; it is told why on its stderr.
+        if let Err(e) = network::configure(ip) {
+            say(&format!("network: {e}"));
+            if let Ok(mut err) = std::fs::OpenOptions::new().write(true).open("/dev/hvc1") {
+                let _ = err.write_all(format!("hvm-init: network: {e}\n").as_bytes());
+            }
+        }
+    }
     // SAFETY: a short NUL-free name.
     unsafe { libc::sethostname(c"hvm".as_ptr(), 3) };
     let code = if config.interactive {
@@ -656,6 +670,12 @@ mod tests {
                 tag: "out".into(),
                 path: "/home/me/out".into(),
             }],
+            network: Some(crate::host_net::GuestIpv4 {
+                address: "192.0.2.2".parse().unwrap(),
+                prefix: 24,
+                gateway: "192.0.2.1".parse().unwrap(),
+                dns: vec![],
+            }),
         };
         let word = c.encode();
         assert!(
