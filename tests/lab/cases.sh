@@ -683,7 +683,7 @@ fs_bench
 # user); then vsock under hvm alone (QEMU's needs /dev/vhost-vsock): 64 MiB
 # from L1 to the guest. "NET-BENCH vmm down|up|vsock cs".
 net_bench() {
-    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" net-bench "*) ;; *) return ;; esac
     [ -x /usr/bin/passt ] || { echo "NET-BENCH-SKIPPED no passt in L1"; return; }
     qemu=$(command -v qemu-system-x86_64)
     user_net_setup
@@ -692,15 +692,29 @@ net_bench() {
     yes hvm-net-bench | head -c 33554432 >"$N/blob"
     httpd -f -p 127.0.0.1:8001 -h "$N" &
     httpd_pid=$!
-    (while :; do nc -l -p 5100 >/dev/null; done) &
+    # The upload's sink counts what arrives (one line per connection).
+    (while :; do nc -l -p 5100 | wc -c >>"$N/up.bytes"; done) &
     sink_pid=$!
     t=$GUEST_CS
-    run="g=\$(ip,route|awk,'/default/{print,\$3}');t0=\$($t);wget,-q,-O,/dev/null,http://\$g:8001/blob;t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1))"
+    run="g=\$(ip,route|awk,'/default/{print,\$3}');t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
     spec=$N/net.toml
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
         "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$run" >"$spec"
-    net_times() { tr -d '\r' | sed -n 's/^NET-BENCH-TIMES //p'; }
+    # "down up": the transfer times, or "-" for one that did not move all
+    # 32 MiB (the guest's byte count, the sink's last line); the console
+    # goes to $N/last.out, and its DHCP and error lines to the results.
+    net_times() {
+        tr -d '\r' >"$N/last.out"
+        grep -E "HVM-GUEST-NET|wget:|nc:|hvm-vsock:" "$N/last.out" | sed 's/^/NET-BENCH-CONSOLE /' >&2
+        sleep 1 # the sink's count of a connection that just closed
+        sed -n 's/^NET-BENCH-TIMES //p' "$N/last.out" | {
+            read -r down up bytes
+            [ "$bytes" = 33554432 ] || down=-
+            [ "$(tail -n1 "$N/up.bytes" 2>/dev/null)" = 33554432 ] || up=-
+            echo "${down:--} ${up:--}"
+        }
+    }
     qemu_net() {
         timeout 300 "$qemu" -M microvm,x-option-roms=off -accel kvm -cpu host,pmu=off -m 256M \
             -nodefaults -no-user-config -nographic -no-reboot -serial stdio "$@" \
@@ -717,13 +731,16 @@ net_bench() {
         echo "@@CASE $name"
         (while sleep 20; do echo NET-BENCH-TICK; done) &
         ticker=$!
+        : >"$N/up.bytes"
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
         rm -f "$TMP/passt.sock"
         passt -f -q -1 -s "$TMP/passt.sock" 2>/dev/null &
         j=0; while [ ! -S "$TMP/passt.sock" ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
+        : >"$N/up.bytes"
         set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path="$TMP/passt.sock" | net_times)
         echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
+        : >"$N/up.bytes"
         set -- $(qemu_net -netdev user,id=n | net_times)
         echo "$label qemu-slirp down $1"; echo "$label qemu-slirp up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-STDERR /' "$TMP/qemu-net.err" | head -5
@@ -739,7 +756,10 @@ net_bench() {
         until yes hvm-vsock-bench | head -c 67108864 | /hvm/guest-images/hvm-vsock unix-connect "$N/vm.vsock" 5000 >/dev/null 2>&1 ||
             [ $j -gt 300 ] || ! kill -0 $vm 2>/dev/null; do sleep 0.2; j=$((j + 1)); done
         wait $vm
-        echo "$label hvm vsock $(net_times <"$N/vsock.out")"
+        tr -d '\r' <"$N/vsock.out" | grep -E "hvm-vsock:|^[0-9]+$" | sed 's/^/NET-BENCH-CONSOLE /'
+        v=$(tr -d '\r' <"$N/vsock.out" | sed -n 's/^NET-BENCH-TIMES //p')
+        tr -d '\r' <"$N/vsock.out" | grep -qx 67108864 || v=-
+        echo "$label hvm vsock ${v:--}"
         kill $ticker
         echo "@@STDERR"
         echo "@@EXIT $name 0"

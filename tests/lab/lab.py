@@ -380,7 +380,8 @@ def main():
     if shutil.which("qemu-system-x86_64") is None:
         raise SystemExit("lab: qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
-        cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir, with_qemu=args.boot_bench > 0)
+        cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir,
+                                  with_qemu=args.boot_bench > 0 or "net-bench" in args.only)
         console = os.path.splitext(args.out)[0] + "-l1-console.log"
         # L1 under TCG is not reliable: with -smp 2 it often oopses in KVM
         # (an int3 in kvm_arch_vcpu_ioctl_run, a cross-CPU text-patching race
