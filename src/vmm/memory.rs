@@ -92,7 +92,9 @@ pub fn create_guest_memory(size: u64, shared: bool) -> Result<GuestMemoryMmap, M
         source,
     };
     if !shared {
-        return GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(map_error);
+        let mem = GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(map_error)?;
+        keep_out_of_core_dumps(&mem);
+        return Ok(mem);
     }
     let memfd_error = |source| MemoryError::Memfd {
         size: size >> 20,
@@ -116,7 +118,31 @@ pub fn create_guest_memory(size: u64, shared: bool) -> Result<GuestMemoryMmap, M
             (addr, len, Some(at))
         })
         .collect();
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(map_error)
+    let mem = GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(map_error)?;
+    keep_out_of_core_dumps(&mem);
+    Ok(mem)
+}
+
+/// Guest RAM stays out of hvm's core dumps: it is the guest's data (and
+/// may be gigabytes), not hvm's state.
+fn keep_out_of_core_dumps(mem: &GuestMemoryMmap) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in mem.iter() {
+        // SAFETY: advice on a mapping vm-memory made and keeps alive.
+        let r = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_DONTDUMP,
+            )
+        };
+        if r != 0 {
+            log::debug!(
+                "guest RAM may appear in core dumps: madvise: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +155,22 @@ mod tests {
             .filter(|e| e.kind == E820Kind::Ram)
             .map(|e| e.size)
             .sum()
+    }
+
+    #[test]
+    fn guest_ram_is_kept_out_of_core_dumps() {
+        for shared in [false, true] {
+            let mem = create_guest_memory(64 << 20, shared).unwrap();
+            let start = mem.iter().next().unwrap().as_ptr() as usize;
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            let header = format!("{start:x}-");
+            let flags = smaps
+                .lines()
+                .skip_while(|l| !l.starts_with(&header))
+                .find(|l| l.starts_with("VmFlags"))
+                .unwrap_or_default();
+            assert!(flags.contains(" dd"), "shared {shared}: {flags}");
+        }
     }
 
     #[test]
