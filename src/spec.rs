@@ -138,6 +138,9 @@ pub struct VsockSpec {
     pub socket: PathBuf,
 }
 
+/// The largest spec file hvm reads.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
 /// Longest vsock socket path: a Unix socket path is at most 107 bytes, and
 /// `_PORT` (up to 11) is added for guest-initiated connections.
 const VSOCK_PATH_MAX: usize = 96;
@@ -462,11 +465,30 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 impl Spec {
-    /// Reads and validates the spec at `path`.
+    /// Reads and validates the spec at `path` (at most [`MAX_SPEC_BYTES`]:
+    /// `/dev/zero` or a wrong huge file is refused, not read into memory).
     pub fn from_file(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        use std::io::Read;
+        let read_error = |source| SpecError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_SPEC_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
+            return Err(SpecError::Missing {
+                path: path.to_path_buf(),
+                message: format!(
+                    "longer than {} KiB: not a VM spec (a spec is a small TOML file)",
+                    MAX_SPEC_BYTES >> 10
+                ),
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|_| SpecError::Missing {
+            path: path.to_path_buf(),
+            message: "not UTF-8 text: not a VM spec (a spec is a small TOML file)".into(),
         })?;
         Spec::from_str(&text, path)
     }

@@ -251,3 +251,19 @@ fn run_with_flags_alone_boots_the_tiny_guest() {
         .assert_code(9)
         .assert_no_panic();
 }
+
+#[test]
+fn an_endless_or_binary_spec_is_refused_without_reading_it_all() {
+    let started = std::time::Instant::now();
+    hvm(&["validate", "/dev/zero"])
+        .assert_code(3)
+        .assert_stderr("/dev/zero: longer than 1024 KiB: not a VM spec")
+        .assert_no_panic();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let bin = write_spec("binary", "");
+    std::fs::write(&bin, [0xffu8, 0xfe, 0x00, 0x01]).unwrap();
+    hvm(&["validate", &path_str(&bin)])
+        .assert_code(3)
+        .assert_stderr("not UTF-8 text")
+        .assert_no_panic();
+}
