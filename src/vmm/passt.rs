@@ -109,6 +109,12 @@ pub fn arguments(fd: i32, forwards: &[Forward], ipv4: Option<&GuestIpv4>) -> Vec
         "--fd".to_string(),
         fd.to_string(),
     ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // passt drops root for "nobody", looked up by name, and exits where
+        // there is no passwd entry (containers, initramfs): say it by number.
+        args.extend(["--runas".to_string(), "65534:65534".to_string()]);
+    }
     if let Some(ip) = ipv4 {
         args.extend([
             "--address".to_string(),
@@ -170,18 +176,11 @@ mod tests {
             parse_forward("tcp:8080:80").unwrap(),
             parse_forward("udp:127.0.0.1:5353:53").unwrap(),
         ];
+        let args = arguments(5, &f, None);
+        assert_eq!(args[..4], ["--foreground", "--quiet", "--fd", "5"]);
         assert_eq!(
-            arguments(5, &f, None),
-            [
-                "--foreground",
-                "--quiet",
-                "--fd",
-                "5",
-                "-t",
-                "8080:80",
-                "-u",
-                "127.0.0.1/5353:53"
-            ]
+            args[args.len() - 4..],
+            ["-t", "8080:80", "-u", "127.0.0.1/5353:53"]
         );
     }
 

@@ -735,7 +735,7 @@ net_bench() {
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
         rm -f "$TMP/passt.sock"
-        passt -f -q -1 -s "$TMP/passt.sock" 2>/dev/null &
+        passt -f -q -1 --runas 65534:65534 -s "$TMP/passt.sock" 2>/dev/null &
         j=0; while [ ! -S "$TMP/passt.sock" ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
         : >"$N/up.bytes"
         set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path="$TMP/passt.sock" | net_times)
