@@ -692,11 +692,14 @@ net_bench() {
     yes hvm-net-bench | head -c 33554432 >"$N/blob"
     httpd -f -p 127.0.0.1:8001 -h "$N" &
     httpd_pid=$!
-    # The upload's sink counts what arrives (one line per connection).
-    (while :; do nc -l -p 5100 | wc -c >>"$N/up.bytes"; done) &
+    # The upload's sink counts what arrives (one line per connection), then
+    # answers on port 5101: the guest's nc returns while its kernel still
+    # holds unsent data, so the guest's clock stops at that answer.
+    # (busybox nc -l stops at the end of its own stdin: the count runs as -e.)
+    (while :; do nc -l -p 5100 -e sh -c "wc -c >>$N/up.bytes"; nc -l -p 5101 -e true; done) &
     sink_pid=$!
     t=$GUEST_CS
-    run="g=\$(ip,route|awk,'/default/{print,\$3}');t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
+    run="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
     spec=$N/net.toml
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
@@ -711,6 +714,7 @@ net_bench() {
         sed -n 's/^NET-BENCH-TIMES //p' "$N/last.out" | {
             read -r down up bytes
             [ "$bytes" = 33554432 ] || down=-
+            echo "NET-BENCH-UPBYTES $(tr '\n' ' ' <"$N/up.bytes")" >&2
             [ "$(tail -n1 "$N/up.bytes" 2>/dev/null)" = 33554432 ] || up=-
             echo "${down:--} ${up:--}"
         }
@@ -735,11 +739,13 @@ net_bench() {
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
         rm -f "$TMP/passt.sock"
-        passt -f -q -1 --runas 65534:65534 -s "$TMP/passt.sock" 2>/dev/null &
+        passt -f -q -1 --runas 65534:65534 -s "$TMP/passt.sock" 2>"$N/passt.err" &
         j=0; while [ ! -S "$TMP/passt.sock" ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
         : >"$N/up.bytes"
         set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path="$TMP/passt.sock" | net_times)
         echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
+        [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-PASST-STDERR /' "$TMP/qemu-net.err" | head -5
+        [ -s "$N/passt.err" ] && grep -v syslog "$N/passt.err" | sed 's/^/NET-PASST-STDERR /' | head -5
         : >"$N/up.bytes"
         set -- $(qemu_net -netdev user,id=n | net_times)
         echo "$label qemu-slirp down $1"; echo "$label qemu-slirp up $2"
