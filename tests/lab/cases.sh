@@ -738,11 +738,12 @@ net_bench() {
         : >"$N/up.bytes"
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
-        rm -f "$TMP/passt.sock"
-        passt -f -q -1 --runas 65534:65534 -s "$TMP/passt.sock" 2>"$N/passt.err" &
-        j=0; while [ ! -S "$TMP/passt.sock" ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
+        # In /tmp itself: passt binds after dropping to nobody, and $TMP is root's only.
+        rm -f /tmp/hvm-bench-passt.sock
+        passt -f -q -1 --runas 65534:65534 -s /tmp/hvm-bench-passt.sock 2>"$N/passt.err" &
+        j=0; while [ ! -S /tmp/hvm-bench-passt.sock ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
         : >"$N/up.bytes"
-        set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path="$TMP/passt.sock" | net_times)
+        set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path=/tmp/hvm-bench-passt.sock | net_times)
         echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-PASST-STDERR /' "$TMP/qemu-net.err" | head -5
         [ -s "$N/passt.err" ] && grep -v syslog "$N/passt.err" | sed 's/^/NET-PASST-STDERR /' | head -5
