@@ -395,7 +395,9 @@ Notes:
   command line, QEMU once with the same passt (`-netdev stream`, passt on a
   Unix socket) and once with libslirp (`-netdev user`). The vsock row is
   hvm alone: 64 MiB from `hvm-vsock unix-connect` in L1 to `hvm-vsock
-  listen` in the guest.
+  listen` in the guest. A transfer that did not move every byte is not
+  counted (n/a): in the lab, Debian 12's passt (0.0~git20230309) resets
+  32 MiB uploads after 20–27 MiB under hvm and QEMU alike.
 - Case 6 comes from the same tier-2 run: guest-side timings (1/100 s) of
   the blk-256M and net-tap cases, and L1 reading the same image file.
 - Where hvm's time goes (perf sched_switch stacks, `perf record -e
