@@ -696,8 +696,16 @@ net_bench() {
     # answers on port 5101: the guest's nc returns while its kernel still
     # holds unsent data, so the guest's clock stops at that answer.
     # (busybox nc -l stops at the end of its own stdin: the count runs as -e.)
-    (while :; do nc -l -p 5100 -e sh -c "wc -c >>$N/up.bytes"; nc -l -p 5101 -e true; done) &
-    sink_pid=$!
+    # A fresh sink for every VM: one whose upload broke leaves it waiting
+    # for an answer that never comes.
+    sink() {
+        # (busybox has no pkill; no other nc runs during this benchmark.)
+        [ -n "$sink_pid" ] && { kill "$sink_pid"; killall -q nc; } 2>/dev/null
+        : >"$N/up.bytes"
+        (while :; do nc -l -p 5100 -e sh -c "wc -c >>$N/up.bytes"; nc -l -p 5101 -e true; done) &
+        sink_pid=$!
+    }
+    sink_pid=
     t=$GUEST_CS
     run="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
@@ -735,19 +743,19 @@ net_bench() {
         echo "@@CASE $name"
         (while sleep 20; do echo NET-BENCH-TICK; done) &
         ticker=$!
-        : >"$N/up.bytes"
+        sink
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
         # In /tmp itself: passt binds after dropping to nobody, and $TMP is root's only.
         rm -f /tmp/hvm-bench-passt.sock
         passt -f -q -1 --runas 65534:65534 -s /tmp/hvm-bench-passt.sock 2>"$N/passt.err" &
         j=0; while [ ! -S /tmp/hvm-bench-passt.sock ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
-        : >"$N/up.bytes"
+        sink
         set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path=/tmp/hvm-bench-passt.sock | net_times)
         echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-PASST-STDERR /' "$TMP/qemu-net.err" | head -5
         [ -s "$N/passt.err" ] && grep -v syslog "$N/passt.err" | sed 's/^/NET-PASST-STDERR /' | head -5
-        : >"$N/up.bytes"
+        sink
         set -- $(qemu_net -netdev user,id=n | net_times)
         echo "$label qemu-slirp down $1"; echo "$label qemu-slirp up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-STDERR /' "$TMP/qemu-net.err" | head -5
@@ -772,6 +780,7 @@ net_bench() {
         echo "@@EXIT $name 0"
     done
     kill $httpd_pid $sink_pid 2>/dev/null
+    killall -q nc 2>/dev/null
 }
 net_bench
 
