@@ -32,6 +32,23 @@ pub fn default_route(route: &str) -> Option<(String, Ipv4Addr)> {
     })
 }
 
+/// Whether the host has a usable default route, IPv4 or IPv6 (passt
+/// refuses to start without one: "No external routable interface").
+pub fn has_default_route(route: &str, ipv6_route: &str) -> bool {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
+    let v6 = ipv6_route.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 10
+            && f[0].bytes().all(|b| b == b'0')
+            && f[1] == "00"
+            && f[9] != "lo"
+            && u32::from_str_radix(f[8], 16)
+                .is_ok_and(|flags| flags & RTF_UP != 0 && flags & RTF_REJECT == 0)
+    });
+    default_route(route).is_some() || v6
+}
+
 /// The first IPv4 address of interface `name`, with its prefix length.
 fn interface_ipv4(name: &str) -> Option<(Ipv4Addr, u8)> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
@@ -109,6 +126,20 @@ mod tests {
             Some(("eth0".to_string(), Ipv4Addr::new(192, 0, 2, 1)))
         );
         assert_eq!(default_route("Iface\n"), None);
+    }
+
+    #[test]
+    fn default_routes_are_recognised() {
+        let header =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+        let v4 = format!("{header}eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\neth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        let no_v4 = format!("{header}eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
+        let v6_lo_reject = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
+        assert!(has_default_route(&v4, ""));
+        assert!(!has_default_route(&no_v4, v6_lo_reject));
+        assert!(has_default_route(&no_v4, v6));
+        assert!(!has_default_route("", ""));
     }
 
     #[test]

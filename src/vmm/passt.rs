@@ -6,7 +6,7 @@
 
 use super::helper::{find_program, is_executable, Helper};
 use crate::forward::{passt_option, Forward};
-use crate::host_net::GuestIpv4;
+use crate::host_net::{has_default_route, GuestIpv4};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -134,29 +134,6 @@ pub fn arguments(fd: i32, forwards: &[Forward], ipv4: Option<&GuestIpv4>) -> Vec
     args
 }
 
-/// Whether the host has a usable default route, IPv4 or IPv6 (passt
-/// refuses to start without one: "No external routable interface").
-pub fn has_default_route(route: &str, ipv6_route: &str) -> bool {
-    const RTF_UP: u32 = 0x1;
-    const RTF_REJECT: u32 = 0x200;
-    let v4 = route.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 3
-            && f[1] == "00000000"
-            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & RTF_UP != 0)
-    });
-    let v6 = ipv6_route.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() == 10
-            && f[0].bytes().all(|b| b == b'0')
-            && f[1] == "00"
-            && f[9] != "lo"
-            && u32::from_str_radix(f[8], 16)
-                .is_ok_and(|flags| flags & RTF_UP != 0 && flags & RTF_REJECT == 0)
-    });
-    v4 || v6
-}
-
 /// What passt says in normal operation: debug, not warnings.
 fn benign(line: &str) -> bool {
     line.contains("to syslog")
@@ -197,20 +174,6 @@ mod tests {
             args.ends_with("--address 192.0.2.2 --netmask 24 --gateway 192.0.2.1 --dns 192.0.2.53"),
             "{args}"
         );
-    }
-
-    #[test]
-    fn default_routes_are_recognised() {
-        let header =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
-        let v4 = format!("{header}eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\neth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
-        let no_v4 = format!("{header}eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n");
-        let v6_lo_reject = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
-        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n";
-        assert!(has_default_route(&v4, ""));
-        assert!(!has_default_route(&no_v4, v6_lo_reject));
-        assert!(has_default_route(&no_v4, v6));
-        assert!(!has_default_route("", ""));
     }
 
     #[test]
