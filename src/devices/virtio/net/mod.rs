@@ -378,8 +378,7 @@ impl VirtioDevice for Net {
 
     fn backend_ready(&mut self) -> BackendEvent {
         // Writable again: the transmit queue waits for that.
-        let was_blocked = matches!(&self.link, Link::Stream(s) if s.blocked());
-        if was_blocked && !self.link_blocked() {
+        if self.backend_blocked() && !self.link_blocked() {
             BackendEvent::InputOutput {
                 input: RX_QUEUE,
                 output: TX_QUEUE,

@@ -21,6 +21,7 @@ use connection::BUF_ALLOC;
 use connection::{Connection, Refused, State, Wants};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
+use std::ops::Bound;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -415,30 +416,26 @@ impl Vsock {
         let mut finished = Vec::new();
         let mut found = None;
         let mut resets = Vec::new();
-        let ids: Vec<u64> = self
-            .connections
-            .range(self.last_served + 1..)
-            .chain(self.connections.range(..=self.last_served))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some((key, c)) = self.connections.get_mut(&id) else {
-                continue;
-            };
-            if c.has_data_for_guest() {
-                let wants = c.pull_from_host(MAX_PAYLOAD, &mut self.scratch);
-                if wants.reset {
-                    resets.push(*key);
-                    continue;
+        // Round-robin: the connections after the one served last, then the rest.
+        let after = (Bound::Excluded(self.last_served), Bound::Unbounded);
+        let upto = (Bound::Unbounded, Bound::Included(self.last_served));
+        'scan: for range in [after, upto] {
+            for (&id, (key, c)) in self.connections.range_mut(range) {
+                if c.has_data_for_guest() {
+                    let wants = c.pull_from_host(MAX_PAYLOAD, &mut self.scratch);
+                    if wants.reset {
+                        resets.push(*key);
+                        continue;
+                    }
+                    if !c.for_guest().is_empty() {
+                        found = Some((id, *key));
+                        break 'scan;
+                    }
                 }
-                if !c.for_guest().is_empty() {
-                    found = Some((id, *key));
-                    break;
+                if c.host_finished() {
+                    c.shutdown_told = true;
+                    finished.push(*key);
                 }
-            }
-            if c.host_finished() {
-                c.shutdown_told = true;
-                finished.push(*key);
             }
         }
         for key in resets {
