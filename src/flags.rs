@@ -212,19 +212,11 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
         for n in &flags.nets {
             let backend = match n.split_once(':') {
                 _ if n == "none" => continue,
-                _ if n == "user" => NetBackend::User {
-                    forwards: Vec::new(),
-                    passt: None,
-                    ipv4: None,
-                },
+                _ if n == "user" => NetBackend::user(),
                 _ if n == "tap" => NetBackend::Tap { name: None },
-                Some(("tap", name))
-                    if (1..=15).contains(&name.len()) && !name.contains(['/', ' ', '\0']) =>
-                {
-                    NetBackend::Tap {
-                        name: Some(name.to_string()),
-                    }
-                }
+                Some(("tap", name)) if spec::is_interface_name(name) => NetBackend::Tap {
+                    name: Some(name.to_string()),
+                },
                 _ => return Err(bad(
                     "--net",
                     n.as_str(),
@@ -250,11 +242,7 @@ fn networks(spec: &mut Spec, flags: &MachineFlags) -> Result<(), FlagError> {
                 ));
             }
             spec.nets.push(NetLink {
-                backend: NetBackend::User {
-                    forwards: Vec::new(),
-                    passt: None,
-                    ipv4: None,
-                },
+                backend: NetBackend::user(),
                 mac: None,
             });
         }

@@ -123,6 +123,23 @@ pub enum NetBackend {
     Tap { name: Option<String> },
 }
 
+impl NetBackend {
+    /// User mode with passt's defaults and no forwards.
+    pub fn user() -> NetBackend {
+        NetBackend::User {
+            forwards: Vec::new(),
+            passt: None,
+            ipv4: None,
+        }
+    }
+}
+
+/// Whether `name` can name a network interface (1 to 15 bytes, no slash,
+/// space or NUL).
+pub fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len()) && !name.contains(['/', ' ', '\0'])
+}
+
 /// A virtio-net link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetLink {
@@ -387,7 +404,7 @@ fn net_backend(
         }
         if let Some(t) = &n.tap {
             let name = t.get_ref();
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {
+            if !is_interface_name(name) {
                 return Err(invalid(
                     "net.tap",
                     format!("\"{name}\""),
