@@ -42,6 +42,8 @@ const MAX_PAYLOAD: usize = 64 << 10;
 const MAX_CONNECTIONS: usize = 1024;
 /// Host programs that connected but have not sent their `CONNECT` line yet.
 const MAX_PENDING: usize = 64;
+/// Packets without payload waiting for the guest's receive buffers.
+const MAX_QUEUED_CONTROLS: usize = 4096;
 /// A `CONNECT <port>\n` line is never longer.
 const MAX_LINE: usize = 32;
 /// Host ports handed to host-initiated connections start here (as Firecracker's).
@@ -182,6 +184,12 @@ impl Vsock {
     }
 
     fn control(&mut self, key: Key, op: u16, flags: u32) {
+        // Resets for connections that do not exist are a courtesy: a guest
+        // that floods them without taking its answers does not grow this.
+        if op == OP_RST && self.controls.len() >= MAX_QUEUED_CONTROLS {
+            log::debug!("vsock: answers pile up; a reset for {key:?} is dropped");
+            return;
+        }
         self.controls.push_back(Control { key, op, flags });
     }
 
