@@ -347,22 +347,44 @@ impl Vcpu {
         }
     }
 
+    /// Serves a port I/O exit. String instructions (`rep insb`, `rep outsw`)
+    /// arrive as `count` accesses of `size` bytes side by side, which
+    /// kvm-ioctls hands over as one slice: each is a bus access of its own.
+    fn port_io(&mut self, ctx: &VcpuContext) {
+        let vcpu = self.id;
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the io member of the exit union for this KVM_EXIT_IO.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size * io.count as usize;
+        if size == 0 {
+            return;
+        }
+        let base = (run as *mut kvm_bindings::kvm_run).cast::<u8>();
+        // SAFETY: KVM put the `count * size` bytes of this exit at
+        // `data_offset` inside the vCPU's kvm_run mapping (the PIO page);
+        // nothing else refers to them until the next KVM_RUN.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(base.add(io.data_offset as usize), len) };
+        let port = u64::from(io.port);
+        for access in data.chunks_exact_mut(size) {
+            if u32::from(io.direction) == kvm_bindings::KVM_EXIT_IO_OUT {
+                if !ctx.pio.write(port, access) {
+                    log::trace!("vCPU {vcpu}: write to unused port {port:#x}");
+                }
+            } else if !ctx.pio.read(port, access) {
+                // Nothing there: the bus floats high.
+                access.fill(0xff);
+            }
+        }
+    }
+
     /// Runs the guest until one exit, and says what follows.
     fn step(&mut self, ctx: &VcpuContext) -> Step {
         let vcpu = self.id;
         let exit = |reason| Step::Exit(reason);
         match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                if !ctx.pio.write(u64::from(port), data) {
-                    log::trace!("vCPU {vcpu}: write to unused port {port:#x}");
-                }
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                if !ctx.pio.read(u64::from(port), data) {
-                    // Nothing there: the bus floats high.
-                    data.fill(0xff);
-                }
-            }
+            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => self.port_io(ctx),
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !ctx.mmio.write(addr, data) {
                     log::trace!("vCPU {vcpu}: write to unused MMIO {addr:#x}");
