@@ -31,7 +31,11 @@ fn init_logging(cli: &Cli) {
         }
     };
     // gdbstub logs every packet it does not know at info: keep it quieter.
-    let filter = format!("{level},gdbstub=warn");
+    // virtio-queue logs what a guest got wrong at error level, once per
+    // request: a guest could flood stderr with it, and hvm's devices say
+    // the same once (devices::complaint); show it only from -vv on.
+    let queue_level = if cli.verbose >= 2 { level } else { "off" };
+    let filter = format!("{level},gdbstub=warn,virtio_queue={queue_level}");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_target(false)
         .format_timestamp(None)

@@ -426,3 +426,35 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         })
         .ok_or(())
 }
+
+/// A driver that gets everything wrong thousands of times (refused
+/// features, DRIVER_OK without FEATURES_OK, a bad head index) and a guest
+/// that never reads the megabytes piped to its console: hvm's stderr
+/// stays a few lines long, one per device and cause.
+#[test]
+fn misbehaving_guest_cannot_flood_the_log() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("log-flood");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let spec = format!(
+        "{}[[drive]]\npath = \"{}\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=abuse n=5000"),
+        path_str(&disk)
+    );
+    let path = write_spec("log-flood", &spec);
+    let input = vec![b'x'; 4 << 20];
+    let out = finish(
+        spawn(&["run", &path_str(&path)], Some(&input)),
+        Duration::from_secs(60),
+    );
+    out.assert_code(0)
+        .assert_stdout("hvmtest: abuse done")
+        .assert_stderr("not acceptable")
+        .assert_stderr("DRIVER_OK without FEATURES_OK")
+        .assert_no_panic();
+    let lines = out.stderr.lines().count();
+    assert!(lines <= 8, "{lines} lines of log:\n{}", out.stderr);
+}

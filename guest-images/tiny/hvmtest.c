@@ -5,7 +5,7 @@
  * then leaves through the debug-exit port with the number of failures.
  *
  * Kernel command line: mode=check|hello|echo|pit|reset|acpi-off|triple|spin|
- * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq;
+ * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq|abuse;
  * mem=MiB cpus=N initrd_fnv=HEX (what to expect); n=COUNT (ioloop);
  * code=N (exit). Plain integer code only, so that even a software KVM
  * without hardware virtualization can run it.
@@ -19,7 +19,8 @@
  * 0xd0000000, polled, no interrupts): blkread reads sector 0 (4 KiB) and
  * prints "hvmtest: blkread status S fnv=0xH"; hugereq posts one read of
  * 63 x 64 MiB (~4 GiB, all aliasing guest RAM 64..128 MiB) and prints
- * "hvmtest: hugereq status S used_len L". Both exit 0 once answered. */
+ * "hvmtest: hugereq status S used_len L". Both exit 0 once answered.
+ * abuse misdrives the disk n times (see abuse()) and exits 0. */
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -469,6 +470,28 @@ static void hugereq(void) {
     exit_with(0);
 }
 
+/* A driver gone wrong, n times over (virtio-blk): features without
+ * VERSION_1 (FEATURES_OK refused), DRIVER_OK without FEATURES_OK, and a
+ * started queue whose available ring names a head past its end. hvm must
+ * keep its log bounded through all of it. */
+static void abuse(u64 n) {
+    for (u64 i = 0; i < n; i++) {
+        vio_w(VIO_STATUS, 0);
+        vio_w(VIO_STATUS, ST_ACK | ST_DRIVER);
+        vio_w(VIO_DRV_FEATURES_SEL, 1); vio_w(VIO_DRV_FEATURES, 0);
+        vio_w(VIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+        vio_w(VIO_STATUS, 0);
+        vio_w(VIO_STATUS, ST_ACK | ST_DRIVER | ST_DRIVER_OK);
+        blk_init();
+        vq_avail.ring[vq_avail.idx % vq_num] = 0xfff0;
+        barrier();
+        *(volatile u16 *)&vq_avail.idx = (u16)(vq_avail.idx + 1);
+        blk_notify();
+    }
+    puts_("hvmtest: abuse done\n");
+    exit_with(0);
+}
+
 /* As many 1 MiB reads of sector 0 as the queue holds (3 descriptors each),
  * all into the 1 MiB at 16 MiB; each one answered is posted again. */
 static void blkflood(void) {
@@ -530,6 +553,7 @@ void hvmtest_main(u64 boot_params) {
     if (streq(mode, "blkread")) blkread();
     if (streq(mode, "hugereq")) hugereq();
     if (streq(mode, "blkflood")) blkflood();
+    if (streq(mode, "abuse")) { n = 1000; num_arg("n", &n); abuse(n); }
     if (streq(mode, "pit")) { puts_(pit_present() ? "hvmtest: pit present\n" : "hvmtest: pit absent\n"); exit_with(0); }
 
     puts_("hvmtest: start\n");

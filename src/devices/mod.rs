@@ -1,6 +1,7 @@
 //! Emulated devices and the buses that route guest accesses to them.
 pub mod bus;
 pub mod cmos;
+pub mod complaint;
 pub mod console_output;
 pub mod events;
 pub mod ged;

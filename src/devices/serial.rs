@@ -3,6 +3,7 @@
 //! through an eventfd registered as an irqfd.
 
 use super::bus::BusDevice;
+use super::complaint::Complaint;
 pub use super::console_output::SharedOutput;
 use std::collections::VecDeque;
 use std::io;
@@ -30,6 +31,7 @@ impl Trigger for IrqTrigger {
 pub struct SerialDevice {
     uart: Serial<IrqTrigger, NoEvents, SharedOutput>,
     pending: VecDeque<u8>,
+    dropped_input: Complaint,
 }
 
 impl SerialDevice {
@@ -37,6 +39,7 @@ impl SerialDevice {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
+            dropped_input: Complaint::new(),
         }
     }
 
@@ -44,9 +47,12 @@ impl SerialDevice {
     pub fn queue_input(&mut self, bytes: &[u8]) {
         let room = MAX_PENDING_INPUT.saturating_sub(self.pending.len());
         if room < bytes.len() {
-            log::warn!(
-                "guest is not reading its console: dropped {} input bytes",
-                bytes.len() - room
+            self.dropped_input.log(
+                "serial console",
+                format_args!(
+                    "the guest is not reading its console: dropped {} input bytes",
+                    bytes.len() - room
+                ),
             );
         }
         self.pending.extend(&bytes[..bytes.len().min(room)]);

@@ -4,6 +4,7 @@
 
 use super::{BackendEvent, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
+use crate::devices::complaint::Complaint;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -67,6 +68,9 @@ pub struct MmioTransport {
     /// Clones of the queue notification eventfds (KVM's ioeventfds): a
     /// write makes the device loop serve that queue as if kicked.
     kicks: Vec<EventFd>,
+    /// A driver that keeps getting it wrong is told once in the log, then counted.
+    features_refused: Complaint,
+    resets_needed: Complaint,
 }
 
 impl MmioTransport {
@@ -91,6 +95,8 @@ impl MmioTransport {
             interrupt_status: 0,
             irq,
             kicks: Vec::new(),
+            features_refused: Complaint::new(),
+            resets_needed: Complaint::new(),
         }
     }
 
@@ -191,10 +197,8 @@ impl MmioTransport {
     /// The driver did something the spec forbids: tell it to reset the device.
     fn needs_reset(&mut self, why: &str) {
         if self.status & NEEDS_RESET == 0 {
-            log::warn!(
-                "virtio device {}: {why}; device needs reset",
-                self.device.device_id()
-            );
+            self.resets_needed
+                .log(&self.label(), format_args!("{why}; device needs reset"));
             self.status |= NEEDS_RESET;
             self.raise(INT_CONFIG_CHANGE);
         }
@@ -258,10 +262,12 @@ impl MmioTransport {
             {
                 // Refuse: the driver sees FEATURES_OK unset and gives up, and
                 // a DRIVER_OK in the same write does not count either.
-                log::warn!(
-                    "virtio device {}: driver features {:#x} not acceptable (offered {offered:#x})",
-                    self.device.device_id(),
-                    self.driver_features
+                let wanted = self.driver_features;
+                self.features_refused.log(
+                    &self.label(),
+                    format_args!(
+                        "driver features {wanted:#x} not acceptable (offered {offered:#x})"
+                    ),
                 );
                 self.status = new & !(FEATURES_OK | DRIVER_OK);
                 return;

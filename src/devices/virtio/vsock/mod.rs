@@ -16,6 +16,7 @@
 mod connection;
 
 use super::{read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::complaint::Complaint;
 #[cfg(test)]
 use connection::BUF_ALLOC;
 use connection::{Connection, Refused, State, Wants};
@@ -115,7 +116,7 @@ pub struct Vsock {
     credit_due: Vec<Key>,
     scratch: Vec<u8>,
     /// Malformed packets from the guest (logged once, then counted).
-    malformed: u64,
+    malformed: Complaint,
     /// The connection whose data went to the guest last: the next turn
     /// starts after it, so no connection starves the others.
     last_served: u64,
@@ -165,7 +166,7 @@ impl Vsock {
             controls: VecDeque::new(),
             credit_due: Vec::new(),
             scratch: vec![0; MAX_PAYLOAD],
-            malformed: 0,
+            malformed: Complaint::new(),
         })
     }
 
@@ -533,12 +534,10 @@ impl Vsock {
     }
 
     fn count_malformed(&mut self, what: &str) {
-        self.malformed += 1;
-        if self.malformed == 1 {
-            log::warn!("vsock: malformed packet from the guest ({what}); later ones are counted");
-        } else {
-            log::debug!("vsock: malformed packet #{} ({what})", self.malformed);
-        }
+        self.malformed.log(
+            "vsock",
+            format_args!("malformed packet from the guest ({what})"),
+        );
     }
 
     /// Serves the transmit queue: the guest's packets.
