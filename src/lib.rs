@@ -14,6 +14,7 @@ pub mod devices;
 pub mod flags;
 pub mod forward;
 pub mod guest_init;
+pub mod host_file;
 pub mod host_net;
 pub mod mac;
 pub mod spec;

@@ -50,9 +50,10 @@ fn error_code(e: &VmError) -> i32 {
             code::BAD_INPUT
         }
         VmError::Virtio(v) => match v {
-            VirtioError::Block(_) | VirtioError::Tap(_) | VirtioError::Share { .. } => {
-                code::BAD_INPUT
-            }
+            VirtioError::Block(_)
+            | VirtioError::Tap(_)
+            | VirtioError::Share { .. }
+            | VirtioError::SameDisk { .. } => code::BAD_INPUT,
             VirtioError::Vsock(v) => match v {
                 VsockError::Exists(_) | VsockError::Listen { .. } => code::BAD_INPUT,
                 VsockError::Epoll(_) => code::INTERNAL,

@@ -176,6 +176,9 @@ pub struct Spec {
     pub cmdline: String,
     pub replace_cmdline: bool,
     pub serial: SerialOutput,
+    /// The most bytes any console output file (`[serial] file`,
+    /// `--serial-log`) may take; None: no limit.
+    pub serial_max_size: Option<u64>,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub drives: Vec<Drive>,
     /// A virtio-rng entropy device.
@@ -290,6 +293,17 @@ enum RawSize {
     Text(String),
 }
 
+impl RawSize {
+    /// In bytes (a bare integer is MiB); None when not a positive size.
+    fn bytes(&self) -> Option<u64> {
+        match self {
+            RawSize::Mib(n) if *n > 0 => (*n as u64).checked_mul(1 << 20),
+            RawSize::Mib(_) => None,
+            RawSize::Text(s) => parse_size(s).filter(|&b| b > 0),
+        }
+    }
+}
+
 impl fmt::Display for RawSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -315,6 +329,7 @@ struct RawKernel {
 struct RawSerial {
     output: Option<Spanned<String>>,
     file: Option<Spanned<String>>,
+    max_size: Option<Spanned<RawSize>>,
 }
 
 /// Line number (1-based) of a byte offset in `text`.
@@ -554,24 +569,17 @@ impl Spec {
 
         let memory = match &raw.machine.memory {
             None => DEFAULT_MEMORY,
-            Some(m) => {
-                let bytes = match m.get_ref() {
-                    RawSize::Mib(n) if *n > 0 => (*n as u64).checked_mul(1 << 20),
-                    RawSize::Mib(_) => None,
-                    RawSize::Text(s) => parse_size(s),
-                };
-                match bytes.filter(|&b| memory_ok(b)) {
-                    Some(b) => b,
-                    None => {
-                        return Err(invalid(
-                            "machine.memory",
-                            m.get_ref().to_string(),
-                            m.span(),
-                            MEMORY_ALLOWED.to_string(),
-                        ))
-                    }
+            Some(m) => match m.get_ref().bytes().filter(|&b| memory_ok(b)) {
+                Some(b) => b,
+                None => {
+                    return Err(invalid(
+                        "machine.memory",
+                        m.get_ref().to_string(),
+                        m.span(),
+                        MEMORY_ALLOWED.to_string(),
+                    ))
                 }
-            }
+            },
         };
 
         let Some(kernel) = raw.kernel else {
@@ -641,6 +649,19 @@ impl Spec {
                 "only goes with serial.output = \"file\"".into(),
             ));
         }
+
+        let serial_max_size = match &raw.serial.max_size {
+            None => None,
+            Some(m) => Some(m.get_ref().bytes().ok_or_else(|| {
+                invalid(
+                    "serial.max_size",
+                    m.get_ref().to_string(),
+                    m.span(),
+                    "must be a size above 0, such as \"64M\" or \"512K\" (a bare integer is MiB)"
+                        .into(),
+                )
+            })?),
+        };
 
         let virtio_discovery = match raw
             .machine
@@ -821,6 +842,7 @@ impl Spec {
             cmdline,
             replace_cmdline: kernel.replace_cmdline,
             serial,
+            serial_max_size,
             drives,
             rng: raw.rng.is_some(),
             nets,
@@ -844,6 +866,7 @@ impl Spec {
             cmdline: String::new(),
             replace_cmdline: false,
             serial: SerialOutput::Stdio,
+            serial_max_size: None,
             drives: Vec::new(),
             rng: false,
             nets: Vec::new(),
@@ -907,6 +930,18 @@ mod tests {
         assert_eq!(s.cmdline, "quiet");
         assert!(s.replace_cmdline);
         assert_eq!(s.serial, SerialOutput::File(PathBuf::from("/vms/out.log")));
+    }
+
+    #[test]
+    fn serial_max_size_is_a_positive_size() {
+        let s = parse("[kernel]\npath = \"k\"\n[serial]\nmax_size = \"64K\"\n").unwrap();
+        assert_eq!(s.serial_max_size, Some(64 << 10));
+        let s = parse("[kernel]\npath = \"k\"\n[serial]\nmax_size = 2\n").unwrap();
+        assert_eq!(s.serial_max_size, Some(2 << 20));
+        let e = parse("[kernel]\npath = \"k\"\n[serial]\nmax_size = \"0K\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("serial.max_size") && e.contains("line 4"), "{e}");
     }
 
     #[test]

@@ -458,3 +458,111 @@ fn misbehaving_guest_cannot_flood_the_log() {
     let lines = out.stderr.lines().count();
     assert!(lines <= 8, "{lines} lines of log:\n{}", out.stderr);
 }
+
+/// A spec whose guest prints for ever (when asked), with one drive.
+fn spec_with_drive(cmdline: &str, disk: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{}{extra}[[drive]]\npath = \"{}\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, cmdline),
+        path_str(disk)
+    )
+}
+
+#[test]
+fn serial_log_is_never_a_symlink_an_own_input_or_a_locked_file() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("serial-log-safety");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![7u8; 1 << 20]).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, b"keep me").unwrap();
+    let link = dir.join("link.log");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let spec = spec_with_drive("mode=hello", &disk, "");
+
+    // A symlink: refused, its target untouched.
+    run_spec("log-symlink", &spec, &["--serial-log", &path_str(&link)])
+        .assert_code(4)
+        .assert_stderr("symbolic link");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"keep me");
+
+    // The VM's own drive, through a hard link: refused, not truncated.
+    let alias = dir.join("alias.img");
+    std::fs::hard_link(&disk, &alias).unwrap();
+    run_spec("log-own-drive", &spec, &["--serial-log", &path_str(&alias)])
+        .assert_code(4)
+        .assert_stderr("is this VM's drive");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 20);
+
+    // Another running VM's disk: refused while that VM holds it.
+    let other = dir.join("other.img");
+    std::fs::write(&other, vec![9u8; 1 << 20]).unwrap();
+    let other_spec = write_spec("log-other-vm", &spec_with_drive("mode=spin", &other, ""));
+    let running = spawn(&["run", &path_str(&other_spec)], None);
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = run_spec("log-locked", &spec, &["--serial-log", &path_str(&other)]);
+    // SAFETY: ends our own child process.
+    unsafe { libc::kill(running.id() as i32, libc::SIGTERM) };
+    finish(running, Duration::from_secs(30)).assert_code(143);
+    refused.assert_code(4).assert_stderr("is in use (pid");
+    assert_eq!(std::fs::metadata(&other).unwrap().len(), 1 << 20);
+
+    // A new log is private to its owner.
+    let fresh = dir.join("fresh.log");
+    run_spec("log-fresh", &spec, &["--serial-log", &path_str(&fresh)]).assert_code(0);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&fresh).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&fresh)
+        .unwrap()
+        .contains("Hello from"));
+}
+
+#[test]
+fn one_image_cannot_be_two_drives() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("same-disk");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let alias = dir.join("alias.img");
+    std::os::unix::fs::symlink(&disk, &alias).unwrap();
+    let spec = format!(
+        "{}[[drive]]\npath = \"{}\"\nid = \"a\"\n[[drive]]\npath = \"{}\"\nid = \"b\"\nread_only = true\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=hello"),
+        path_str(&disk),
+        path_str(&alias)
+    );
+    run_spec("same-disk", &spec, &[])
+        .assert_code(4)
+        .assert_stderr("drives \"a\" and \"b\" are the same file")
+        .assert_no_panic();
+}
+
+#[test]
+fn console_file_stops_at_max_size() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = scratch("max-size");
+    let file = dir.join("console.log");
+    let log = dir.join("serial.log");
+    let spec = format!(
+        "{}[serial]\noutput = \"file\"\nfile = \"{}\"\nmax_size = \"8K\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=chatter"),
+        path_str(&file)
+    );
+    run_spec(
+        "max-size",
+        &spec,
+        &["--timeout", "2s", "--serial-log", &path_str(&log)],
+    )
+    .assert_code(124)
+    .assert_stderr("reached its max_size (8192 bytes)")
+    .assert_no_panic();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 8 << 10);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 8 << 10);
+}

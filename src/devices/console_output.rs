@@ -21,6 +21,30 @@ const TAIL_LIMIT: usize = 16 << 10;
 struct Sink {
     file: File,
     failed: bool,
+    /// Bytes written so far, and the most this file may take.
+    written: u64,
+    max_size: Option<u64>,
+}
+
+impl Sink {
+    /// Writes what fits; a file that fails or is full takes no more.
+    fn write(&mut self, chunk: &[u8]) {
+        let room = self.max_size.map_or(u64::MAX, |m| m - self.written);
+        let n = chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if let Err(e) = self.file.write_all(&chunk[..n]) {
+            log::warn!("console output file: {e}; no more output goes to it");
+            self.failed = true;
+            return;
+        }
+        self.written += n as u64;
+        if n < chunk.len() {
+            log::warn!(
+                "console output file reached its max_size ({} bytes); later output is not written to it",
+                self.written
+            );
+            self.failed = true;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -96,13 +120,16 @@ impl SharedOutput {
         super::bus::lock(&self.0.state)
     }
 
-    /// Also copies everything into `file`.
-    pub fn add_file(&self, file: File) {
+    /// Also copies everything into `file`, up to `max_size` bytes (a guest
+    /// printing forever must not fill the host's disk).
+    pub fn add_file(&self, file: File, max_size: Option<u64>) {
         let mut s = self.state();
         s.files += 1;
         s.sinks.push(Sink {
             file,
             failed: false,
+            written: 0,
+            max_size,
         });
     }
 
@@ -171,10 +198,7 @@ impl SharedOutput {
                 }
             }
             for sink in sinks.iter_mut().filter(|s| !s.failed) {
-                if let Err(e) = sink.file.write_all(&chunk) {
-                    log::warn!("console output file: {e}; no more output goes to it");
-                    sink.failed = true;
-                }
+                sink.write(&chunk);
             }
             let mut s = self.state();
             // Files added meanwhile follow the ones we had.
@@ -235,8 +259,8 @@ mod tests {
     fn output_reaches_every_file_in_order() {
         let (a, b) = (temp("a"), temp("b"));
         let out = SharedOutput::new(false);
-        out.add_file(File::create(&a).unwrap());
-        out.add_file(File::create(&b).unwrap());
+        out.add_file(File::create(&a).unwrap(), None);
+        out.add_file(File::create(&b).unwrap(), None);
         for i in 0..1000 {
             out.write_bytes(format!("line {i}\n").as_bytes());
         }
@@ -253,14 +277,30 @@ mod tests {
         let good = temp("good");
         let out = SharedOutput::new(false);
         // Opened read-only: every write fails.
-        out.add_file(File::open("/dev/null").unwrap());
-        out.add_file(File::create(&good).unwrap());
+        out.add_file(File::open("/dev/null").unwrap(), None);
+        out.add_file(File::create(&good).unwrap(), None);
         out.write_bytes(b"first\n");
         out.drain();
         out.write_bytes(b"second\n");
         out.drain();
         assert_eq!(std::fs::read_to_string(&good).unwrap(), "first\nsecond\n");
         std::fs::remove_file(good).unwrap();
+    }
+
+    #[test]
+    fn a_file_stops_at_its_max_size_and_the_others_go_on() {
+        let (capped, free) = (temp("capped"), temp("free"));
+        let out = SharedOutput::new(false);
+        out.add_file(File::create(&capped).unwrap(), Some(1000));
+        out.add_file(File::create(&free).unwrap(), None);
+        for _ in 0..30 {
+            out.write_bytes(&[b'y'; 100]);
+            out.drain();
+        }
+        assert_eq!(std::fs::metadata(&capped).unwrap().len(), 1000);
+        assert_eq!(std::fs::metadata(&free).unwrap().len(), 3000);
+        std::fs::remove_file(capped).unwrap();
+        std::fs::remove_file(free).unwrap();
     }
 
     #[test]
@@ -287,7 +327,7 @@ mod tests {
         let (writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(writer));
         let out = SharedOutput::new(false);
-        out.add_file(file);
+        out.add_file(file, None);
         let start = Instant::now();
         let block = vec![b'x'; 1 << 20];
         for _ in 0..16 {

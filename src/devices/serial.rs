@@ -129,7 +129,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("hvm-serial-test-{}", std::process::id()));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let out = SharedOutput::new(false);
-        out.add_file(File::create(&path).unwrap());
+        out.add_file(File::create(&path).unwrap(), None);
         let mut d = SerialDevice::new(irq, out.clone());
         for b in b"hello\nno newline" {
             d.write(0, &[*b]);

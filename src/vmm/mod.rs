@@ -31,6 +31,7 @@ use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
 };
 use crate::devices::virtio::MMIO_WINDOW;
+use crate::host_file::{self, OutputFileError};
 use crate::spec::{ConsoleDevice, SerialOutput, Spec};
 use crate::timeline;
 use control::{Control, ControlError, Identity, Inbox, Parts};
@@ -40,7 +41,6 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,11 +76,10 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
-    #[error("cannot create {what} {path}: {source}")]
+    #[error("{what}: {source}")]
     OutputFile {
         what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
+        source: OutputFileError,
     },
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
@@ -414,12 +413,23 @@ impl Vm {
         spec: &Spec,
         opts: &RunOptions,
     ) -> Result<(SharedOutput, Input, Vec<SharedOutput>), VmError> {
-        let create = |what, path: &PathBuf| {
-            File::create(path).map_err(|source| VmError::OutputFile {
-                what,
-                path: path.clone(),
-                source,
-            })
+        // What the VM reads: an output file must be none of them.
+        let mut inputs = vec![("kernel".to_string(), spec.kernel.clone())];
+        inputs.extend(
+            spec.initrd
+                .iter()
+                .map(|p| ("initrd".to_string(), p.clone())),
+        );
+        inputs.extend(
+            spec.drives
+                .iter()
+                .map(|d| (format!("drive \"{}\"", d.id), d.path.clone())),
+        );
+        let add = |out: &SharedOutput, what, path: &PathBuf| {
+            let file = host_file::create_output(path, &inputs)
+                .map_err(|source| VmError::OutputFile { what, source })?;
+            out.add_file(file, spec.serial_max_size);
+            Ok::<_, VmError>(())
         };
         let stdin_input = || {
             if terminal::stdin_is_tty() {
@@ -433,7 +443,7 @@ impl Vm {
             // logged if asked; stdout and stderr are the command's.
             let kernel = SharedOutput::new(false);
             if let Some(path) = &opts.serial_log {
-                kernel.add_file(create("serial log", path)?);
+                add(&kernel, "serial log", path)?;
             }
             let command = vec![SharedOutput::new(true), SharedOutput::to_stderr()];
             return Ok((kernel, stdin_input(), command));
@@ -442,13 +452,13 @@ impl Vm {
             SerialOutput::Stdio => (SharedOutput::new(true), stdin_input()),
             SerialOutput::File(path) => {
                 let out = SharedOutput::new(false);
-                out.add_file(create("serial output file", path)?);
+                add(&out, "serial output file", path)?;
                 (out, Input::None)
             }
             SerialOutput::Off => (SharedOutput::new(false), Input::None),
         };
         if let Some(path) = &opts.serial_log {
-            out.add_file(create("serial log", path)?);
+            add(&out, "serial log", path)?;
         }
         // A virtio console prints where COM1 does.
         Ok((out.clone(), input, vec![out]))

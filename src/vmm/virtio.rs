@@ -14,12 +14,14 @@ use crate::devices::virtio::net::{FrameStream, Link, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
+use crate::host_file::FileId;
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, NetBackend, Spec, VirtioDiscovery};
 use crate::vmm::helper::Companions;
 use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -45,6 +47,12 @@ pub enum VirtioError {
     Vsock(#[from] VsockError),
     #[error("{source} ({why})")]
     Share { source: FsError, why: String },
+    #[error("drives \"{first}\" and \"{second}\" are the same file ({path}): one disk written through two devices gets corrupted")]
+    SameDisk {
+        first: String,
+        second: String,
+        path: PathBuf,
+    },
     #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
     TooMany { count: usize, max: usize },
     #[error("cannot create an eventfd for a virtio device: {0}")]
@@ -136,7 +144,18 @@ pub fn open_backends(
         )));
         console_inputs.push(pending);
     }
+    let mut disks: Vec<(FileId, &str)> = Vec::new();
     for d in &spec.drives {
+        if let Some(file) = FileId::of_path(&d.path) {
+            if let Some((_, first)) = disks.iter().find(|(f, _)| *f == file) {
+                return Err(VirtioError::SameDisk {
+                    first: first.to_string(),
+                    second: d.id.clone(),
+                    path: d.path.clone(),
+                });
+            }
+            disks.push((file, &d.id));
+        }
         devices.push(Box::new(Block::open(&d.path, d.read_only, &d.id)?));
     }
     if spec.rng {

@@ -1,11 +1,13 @@
 //! virtio-blk backed by a raw image file: read, write, flush (fdatasync),
-//! get-id, discard and write-zeroes (fallocate). The image is locked (POSIX record lock) so that two VMs cannot
+//! get-id, discard and write-zeroes (fallocate). The image is locked (an
+//! open-file-description lock, see [`host_file`]) so that two VMs cannot
 //! write one disk; the error names the process that holds it.
 
 use super::{
     drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::host_file::{self, LockRefused};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -46,59 +48,18 @@ pub enum BlockError {
     },
 }
 
-/// Who holds a conflicting lock on `file`, as "pid N: command line".
-fn lock_holder(file: &File, kind: libc::c_short) -> String {
-    // SAFETY: flock is plain data; F_GETLK fills it in.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: valid descriptor and a live flock struct.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) } != 0
-        || fl.l_type == libc::F_UNLCK as libc::c_short
-    {
-        return "another process".into();
-    }
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", fl.l_pid))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default();
-    format!(
-        "pid {}: {}",
-        fl.l_pid,
-        if cmdline.is_empty() { "?" } else { &cmdline }
-    )
-}
-
 /// Takes a whole-file lock: shared for read-only drives, exclusive otherwise.
 fn lock(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
-    let kind = if read_only {
-        libc::F_RDLCK
-    } else {
-        libc::F_WRLCK
-    } as libc::c_short;
-    // SAFETY: flock is plain data.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: valid descriptor and a live flock struct; F_SETLK does not block.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(BlockError::Locked {
+    host_file::lock(file, !read_only).map_err(|e| match e {
+        LockRefused::Held(holder) => BlockError::Locked {
             path: path.to_path_buf(),
-            holder: lock_holder(file, kind),
-        }),
-        _ => Err(BlockError::Lock {
+            holder,
+        },
+        LockRefused::Failed(source) => BlockError::Lock {
             path: path.to_path_buf(),
-            source: err,
-        }),
-    }
+            source,
+        },
+    })
 }
 
 /// Whether a request keeps to the limits hvm advertises: header and status

@@ -143,7 +143,7 @@ mod tests {
     fn transmitted_bytes_reach_the_output() {
         let path = std::env::temp_dir().join(format!("hvm-hvc-{}", std::process::id()));
         let out = SharedOutput::new(false);
-        out.add_file(std::fs::File::create(&path).unwrap());
+        out.add_file(std::fs::File::create(&path).unwrap(), None);
         let mut c = Console::new(out.clone(), PendingInput::default());
         let m = mem();
         m.write_slice(b"login: ", GuestAddress(0x20000)).unwrap();
