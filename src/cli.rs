@@ -90,6 +90,11 @@ pub enum Command {
         /// spec's share.virtiofsd, else PATH, /usr/libexec, /usr/lib/qemu).
         #[arg(long, value_name = "PATH")]
         virtiofsd: Option<PathBuf>,
+        /// System call filters on hvm's threads: on (a call outside a
+        /// thread's allow-list ends hvm, naming it), log (allowed, logged
+        /// by the kernel), off.
+        #[arg(long, value_name = "on|log|off", default_value = "on")]
+        seccomp: crate::vmm::seccomp::Mode,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {

@@ -88,6 +88,7 @@ fn error_code(e: &VmError) -> i32 {
         | VmError::Bus(_)
         | VmError::EventLoop(_)
         | VmError::EventFd(_)
+        | VmError::Seccomp(_)
         | VmError::Control(ControlError::Signals(_) | ControlError::Setup { .. }) => code::INTERNAL,
     }
 }
@@ -134,6 +135,7 @@ fn main() {
             gdb,
             no_control_socket,
             virtiofsd,
+            seccomp,
         } => {
             let flags = MachineFlags {
                 kernel,
@@ -162,6 +164,7 @@ fn main() {
                     no_control: no_control_socket,
                     gdb,
                     virtiofsd,
+                    seccomp,
                 },
             )
         }

@@ -5,7 +5,7 @@
  * then leaves through the debug-exit port with the number of failures.
  *
  * Kernel command line: mode=check|hello|echo|pit|reset|acpi-off|triple|spin|
- * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq|abuse;
+ * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq|abuse|probe;
  * mem=MiB cpus=N initrd_fnv=HEX (what to expect); n=COUNT (ioloop);
  * code=N (exit). Plain integer code only, so that even a software KVM
  * without hardware virtualization can run it.
@@ -45,6 +45,7 @@ void *memcpy(void *d, const void *s, u64 n) { u8 *p = d; const u8 *q = s; while 
 #define COM1 0x3f8
 #define DEBUG_EXIT 0xf4
 #define BOOT_MARKER 0xf5
+#define SECCOMP_PROBE 0xf6 /* debug builds of hvm: the vCPU thread tries a forbidden call */
 
 static void putc_(char c) {
     while (!(inb(COM1 + 5) & 0x20)) {}
@@ -301,7 +302,7 @@ static void acpi_poweroff(void) {
 static void garbage(void) {
     /* Every port hvm does not use to stop the VM, with all widths. */
     for (u32 p = 0; p < 0x10000; p += (p < 0x1000 ? 1 : 7)) {
-        if ((p >= 0x60 && p <= 0x64) || p == DEBUG_EXIT || p == BOOT_MARKER || p == 0x505 ||
+        if ((p >= 0x60 && p <= 0x64) || p == DEBUG_EXIT || p == BOOT_MARKER || p == SECCOMP_PROBE || p == 0x505 ||
             (p >= 0x600 && p <= 0x602) || (p >= 0xcf8 && p <= 0xcff) || (p >= 0x3f8 && p <= 0x3ff))
             continue;
         outb((u16)p, 0xa5);
@@ -554,6 +555,7 @@ void hvmtest_main(u64 boot_params) {
     if (streq(mode, "hugereq")) hugereq();
     if (streq(mode, "blkflood")) blkflood();
     if (streq(mode, "abuse")) { n = 1000; num_arg("n", &n); abuse(n); }
+    if (streq(mode, "probe")) { puts_("hvmtest: seccomp probe\n"); outb(SECCOMP_PROBE, 1); puts_("hvmtest: probe survived\n"); exit_with(0); }
     if (streq(mode, "pit")) { puts_(pit_present() ? "hvmtest: pit present\n" : "hvmtest: pit absent\n"); exit_with(0); }
 
     puts_("hvmtest: start\n");

@@ -148,16 +148,36 @@ impl SharedOutput {
         s.buf.extend(&bytes[..n]);
         s.dropped += (bytes.len() - n) as u64;
         if !s.writer_started {
-            s.writer_started = true;
-            let me = self.clone();
-            if let Err(e) = std::thread::Builder::new()
-                .name("hvm-console".into())
-                .spawn(move || me.writer())
-            {
-                log::warn!("cannot start the console writer: {e}; guest output is lost");
-            }
+            drop(s);
+            self.start_writer(|| Ok(()));
         } else if s.writer_waiting {
             self.0.changed.notify_all();
+        }
+    }
+
+    /// Starts the thread that writes the output out, if there is anywhere
+    /// to write and it has not started yet; it runs `setup` first (hvm
+    /// filters its system calls there) and writes nothing if that fails.
+    /// Starting it before the guest runs keeps thread creation off the
+    /// threads that serve the guest.
+    pub fn start_writer<F>(&self, setup: F)
+    where
+        F: FnOnce() -> Result<(), String> + Send + 'static,
+    {
+        let mut s = self.state();
+        if s.writer_started || (!s.stdout && s.files == 0) {
+            return;
+        }
+        s.writer_started = true;
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hvm-console".into())
+            .spawn(move || match setup() {
+                Ok(()) => me.writer(),
+                Err(e) => log::error!("console writer: {e}; guest output is lost"),
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the console writer: {e}; guest output is lost");
         }
     }
 

@@ -14,6 +14,29 @@ pub const BOOT_MARKER_PORT: u16 = 0xf5;
 /// QEMU's pvpanic ISA port; Linux's pvpanic driver finds it through ACPI (QEMU0001).
 pub const PVPANIC_PORT: u16 = 0x505;
 
+/// Debug builds only: a write to this port makes the vCPU thread serving
+/// it call getppid, which its system call filter refuses; the tests use it
+/// to prove the filter is there. Release builds have no such port.
+#[cfg(debug_assertions)]
+pub const SECCOMP_PROBE_PORT: u16 = 0xf6;
+
+/// Port 0xf6 (debug builds): the seccomp probe.
+#[cfg(debug_assertions)]
+pub struct SeccompProbe;
+
+#[cfg(debug_assertions)]
+impl BusDevice for SeccompProbe {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) {
+        // SAFETY: a plain system call without arguments.
+        if unsafe { libc::getppid() } > 0 {
+            log::warn!("seccomp probe: getppid ran on a vCPU thread: no filter refused it");
+        }
+    }
+}
+
 /// Port 0xf4: the guest's exit code (like QEMU's isa-debug-exit, but the
 /// byte is the code as it is, so a guest can report success as 0).
 pub struct DebugExit(pub GuestEvents);

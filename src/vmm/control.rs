@@ -16,6 +16,7 @@ use crate::devices::console_output::SharedOutput;
 use crate::devices::events::{GuestEvent, GuestEvents};
 use crate::devices::ged::GedTrigger;
 use crate::timeline;
+use crate::vmm::seccomp;
 use kvm_ioctls::VmFd;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -333,12 +334,19 @@ impl Control {
 
     /// Drains what devices, vCPUs and the device loop reported.
     fn take_reports(&mut self) -> Option<ExitReason> {
+        // First: whatever the guest did next must not hide it.
+        if seccomp::denied() {
+            return Some(ExitReason::HostFailed(
+                "a thread made a system call its filter does not allow (named above)".into(),
+            ));
+        }
         if let Ok(event) = self.inbox.guest.try_recv() {
             return Some(event.into());
         }
         if let Ok(reason) = self.inbox.requests.try_recv() {
             return Some(reason);
         }
+
         while let Some(event) = self
             .deferred
             .pop_front()

@@ -10,6 +10,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::console::{Console, PendingInput, RECEIVE_QUEUE};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::vmm::exit::{ExitReason, ExitRequests};
+use crate::vmm::seccomp::{self, ThreadKind};
 use crate::vmm::terminal::{EscapeFilter, HELP};
 use crate::vmm::virtio::QueueNotifier;
 use std::io::Write;
@@ -446,6 +447,10 @@ impl EventLoop {
     }
 
     fn run(self, mut st: Running) {
+        if let Err(e) = seccomp::apply(ThreadKind::Devices) {
+            self.exit.send(ExitReason::HostFailed(e.to_string()));
+            return;
+        }
         let mut events =
             vec![EpollEvent::default(); 8 + self.notifiers.len() + self.backends.len()];
         let mut filter = EscapeFilter::default();

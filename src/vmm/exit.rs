@@ -58,6 +58,8 @@ pub enum ExitReason {
         vcpu: u32,
         message: String,
     },
+    /// One of hvm's own threads (the device loop) cannot go on.
+    HostFailed(String),
     /// A command's run: the guest powered off or reset without hvm's init
     /// reporting the command's exit status (init failed, or no init ran).
     NoVerdict,
@@ -77,7 +79,7 @@ impl ExitReason {
             | ExitReason::InternalError { .. }
             | ExitReason::FailEntry { .. }
             | ExitReason::NoVerdict => code::GUEST_CRASH,
-            ExitReason::VcpuFailed { .. } => code::INTERNAL,
+            ExitReason::VcpuFailed { .. } | ExitReason::HostFailed(_) => code::INTERNAL,
         }
     }
 
@@ -101,6 +103,7 @@ impl ExitReason {
                 "guest crashed: KVM could not enter vCPU {vcpu} (hardware entry failure reason {reason:#x})"
             ),
             ExitReason::VcpuFailed { vcpu, message } => format!("vCPU {vcpu} failed: {message}"),
+            ExitReason::HostFailed(message) => message.clone(),
             ExitReason::NoVerdict => "the guest stopped without reporting the command's exit \
                  status (its init failed or never ran: see the kernel's messages)"
                 .into(),

@@ -4,6 +4,7 @@
 //! dies, stopped and reaped when the VM ends; and socket files hvm made
 //! (vsock), removed then.
 
+use crate::vmm::seccomp::{self, ThreadKind};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
@@ -86,6 +87,10 @@ impl Helper {
             let spawned = std::thread::Builder::new()
                 .name("hvm-helper-log".into())
                 .spawn(move || {
+                    if let Err(e) = seccomp::apply(ThreadKind::Writer) {
+                        log::error!("{label}: {e}; its messages are not shown");
+                        return;
+                    }
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                         if quiet.load(Ordering::Relaxed) || benign(&line) {
                             log::debug!("{label}: {line}");

@@ -9,6 +9,7 @@ pub mod gdb;
 pub mod helper;
 pub mod memory;
 pub mod passt;
+pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
@@ -41,6 +42,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use seccomp::ThreadKind;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,6 +93,8 @@ pub enum VmError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Gdb(#[from] gdb::GdbError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -112,6 +116,8 @@ pub struct RunOptions {
     pub gdb: Option<String>,
     /// The virtiofsd for every share (overrides the spec and the search).
     pub virtiofsd: Option<PathBuf>,
+    /// System call filters on hvm's threads.
+    pub seccomp: seccomp::Mode,
 }
 
 /// A built VM, not yet running.
@@ -316,6 +322,11 @@ fn load_guest(
 impl Vm {
     /// Builds the machine the spec describes. Nothing runs yet.
     pub fn build(spec: &Spec, opts: &RunOptions) -> Result<Vm, VmError> {
+        // Nothing hvm starts may gain privileges (setuid programs), and
+        // the filters are ready before the first thread that needs one.
+        // SAFETY: a prctl with plain integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        seccomp::prepare(opts.seccomp)?;
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
         let (output, input, virtio_outputs) = Self::console_output(spec, opts)?;
@@ -521,6 +532,19 @@ impl Vm {
         };
         let marker = Arc::new(Mutex::new(marker));
         r.port(&mut pio, "boot marker", marker, BOOT_MARKER_PORT, 1, None)?;
+        #[cfg(debug_assertions)]
+        {
+            use crate::devices::system_ports::{SeccompProbe, SECCOMP_PROBE_PORT};
+            let probe = Arc::new(Mutex::new(SeccompProbe));
+            r.port(
+                &mut pio,
+                "seccomp probe (debug build)",
+                probe,
+                SECCOMP_PROBE_PORT,
+                1,
+                None,
+            )?;
+        }
         let pvpanic = Arc::new(Mutex::new(PvPanic(guest.clone())));
         r.port(&mut pio, "pvpanic", pvpanic, PVPANIC_PORT, 1, None)?;
         let pm_len = u64::from(RESET_PORT - SLEEP_CONTROL_PORT) + 1;
@@ -574,6 +598,12 @@ impl Vm {
             },
             _ => None,
         };
+        // A refused system call wakes the control loop, which ends the VM.
+        seccomp::set_wake(Some(std::os::fd::AsRawFd::as_raw_fd(&*self.inbox.wake)));
+        // Console writers start here, not from the vCPU that prints first.
+        for out in self.outputs.iter().chain(&self.kernel_log) {
+            out.start_writer(|| seccomp::apply(ThreadKind::Writer).map_err(|e| e.to_string()));
+        }
         let devices = EventLoop {
             target: self.target,
             exit: self.exit_requests,
@@ -628,7 +658,14 @@ impl Vm {
                 }
             }
         }
+        // The control loop handles what the guest did from here on.
+        if let Err(e) = seccomp::apply(ThreadKind::Control) {
+            control.abandon();
+            terminal::restore();
+            return Err(e.into());
+        }
         let reason = control.run();
+        seccomp::set_wake(None);
         terminal::restore();
         Ok(reason)
     }

@@ -2,13 +2,17 @@
 //! restored on every way out (normal exit, error, signal, panic), and the
 //! Ctrl-A escape that lets the user leave.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The byte that starts an escape sequence (Ctrl-A).
 pub const ESCAPE: u8 = 0x01;
 
 /// Saved terminal settings, for restoring from anywhere (even a panic hook).
 static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// The settings found at the first raw-mode entry, readable without a lock
+/// (for a signal handler that ends hvm).
+static ORIGINAL: OnceLock<libc::termios> = OnceLock::new();
 
 /// Whether stdin is a terminal.
 pub fn stdin_is_tty() -> bool {
@@ -28,6 +32,7 @@ impl RawMode {
             return Err(std::io::Error::last_os_error());
         }
         *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        let _ = ORIGINAL.set(t);
         let mut raw = t;
         // SAFETY: cfmakeraw only edits the struct it is given.
         unsafe { libc::cfmakeraw(&mut raw) };
@@ -58,6 +63,14 @@ pub fn restore() {
     if let Some(t) = saved {
         // SAFETY: restores settings read earlier from the same descriptor.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
+    }
+}
+
+/// Restores the terminal from a signal handler: no lock, one ioctl.
+pub fn restore_from_signal() {
+    if let Some(t) = ORIGINAL.get() {
+        // SAFETY: tcsetattr is async-signal-safe; settings read earlier.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
     }
 }
 

@@ -6,6 +6,7 @@ use crate::devices::bus::Bus;
 use crate::devices::events::GuestEvents;
 use crate::timeline;
 use crate::vmm::exit::ExitReason;
+use crate::vmm::seccomp::{self, ThreadKind};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -265,6 +266,15 @@ impl Vcpu {
         mut paused: bool,
     ) -> Vcpu {
         let id = self.id;
+        if let Err(e) = seccomp::apply(ThreadKind::Vcpu(id)) {
+            let reason = ExitReason::VcpuFailed {
+                vcpu: id,
+                message: e.to_string(),
+            };
+            ctx.events.send(VcpuEvent::Exit { id, reason });
+            ctx.events.send(VcpuEvent::Stopped { id });
+            return self;
+        }
         if id == 0 && !paused {
             timeline::mark("first KVM_RUN");
         }
