@@ -188,6 +188,34 @@ fn denied_syscall(info: &libc::siginfo_t) -> i64 {
     i64::from(nr)
 }
 
+/// The path an open or openat was refused for (the first 200 bytes), to
+/// say what the thread wanted.
+fn opened_path(nr: i64, ctx: *mut libc::c_void) -> Option<&'static str> {
+    let reg = match nr {
+        libc::SYS_open => libc::REG_RDI,
+        libc::SYS_openat => libc::REG_RSI,
+        _ => return None,
+    };
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: the kernel passes the interrupted thread's ucontext; the
+    // register holds the pointer the thread passed to the call, a C string
+    // in its memory (read up to its NUL or 200 bytes, whichever is first).
+    unsafe {
+        let uc = &*ctx.cast::<libc::ucontext_t>();
+        let p = uc.uc_mcontext.gregs[reg as usize] as *const u8;
+        if p.is_null() {
+            return None;
+        }
+        let mut len = 0;
+        while len < 200 && *p.add(len) != 0 {
+            len += 1;
+        }
+        std::str::from_utf8(std::slice::from_raw_parts(p, len)).ok()
+    }
+}
+
 /// Says which call in which thread was refused; then makes the call fail
 /// and wakes the control loop, or (in the control thread, or with no loop
 /// to wake) restores the terminal and ends hvm. Only async-signal-safe
@@ -210,7 +238,12 @@ extern "C" fn on_sigsys(_signal: libc::c_int, info: *mut libc::siginfo_t, ctx: *
     m.push(names::name(nr));
     m.push(" (");
     m.push_number(nr as u64);
-    m.push("); hvm stops. This is a bug in hvm (please report it); --seccomp=log lets the VM run on and has the kernel log such calls.\n");
+    m.push(")");
+    if let Some(path) = opened_path(nr, ctx) {
+        m.push(" of ");
+        m.push(path);
+    }
+    m.push("; hvm stops. This is a bug in hvm (please report it); --seccomp=log lets the VM run on and has the kernel log such calls.\n");
     // SAFETY: write is async-signal-safe; the buffer is live.
     unsafe { libc::write(libc::STDERR_FILENO, m.buf.as_ptr().cast(), m.len) };
     let wake = WAKE_FD.load(Ordering::SeqCst);
