@@ -62,8 +62,10 @@ impl FromStr for Mode {
     }
 }
 
-/// The compiled programs, one per kind (set once per process).
-static PROGRAMS: OnceLock<HashMap<&'static str, BpfProgram>> = OnceLock::new();
+/// The compiled programs, per kind: the allow-list, and (when the kind has
+/// calls it refuses quietly) a second filter answering those with EACCES.
+/// The kernel runs both and the stricter answer wins. Set once per process.
+static PROGRAMS: OnceLock<HashMap<&'static str, Vec<BpfProgram>>> = OnceLock::new();
 
 /// Set once a call was refused: the control loop ends the VM.
 static DENIED: AtomicBool = AtomicBool::new(false);
@@ -97,35 +99,56 @@ pub fn prepare(mode: Mode) -> Result<(), SeccompError> {
     };
     let mut programs = HashMap::new();
     for kind in ThreadKind::ALL {
-        let name = kind.name();
-        let filter = SeccompFilter::new(
-            kind.rules(),
-            mismatch.clone(),
-            SeccompAction::Allow,
-            TargetArch::x86_64,
-        )
-        .map_err(|source| SeccompError::Compile { kind: name, source })?;
-        let program: BpfProgram = filter
-            .try_into()
-            .map_err(|source| SeccompError::Compile { kind: name, source })?;
-        programs.insert(name, program);
+        programs.insert(kind.name(), compile(kind, mismatch.clone(), mode)?);
     }
     install_sigsys_handler()?;
     let _ = PROGRAMS.set(programs);
     Ok(())
 }
 
+/// `kind`'s programs: its allow-list (calls outside it get `mismatch`)
+/// and, except in log mode, the filter refusing its quiet calls.
+fn compile(
+    kind: ThreadKind,
+    mismatch: SeccompAction,
+    mode: Mode,
+) -> Result<Vec<BpfProgram>, SeccompError> {
+    let name = kind.name();
+    let build = |rules, mismatch, matched| {
+        SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+            .and_then(BpfProgram::try_from)
+            .map_err(|source| SeccompError::Compile { kind: name, source })
+    };
+    // The quiet filter first: installing the allow-list last means no
+    // filter stands in the way of installing the other (prctl, seccomp).
+    let mut programs = Vec::new();
+    let quiet: std::collections::BTreeMap<i64, Vec<seccompiler::SeccompRule>> = kind
+        .refused_quietly()
+        .iter()
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    if mode != Mode::Log && !quiet.is_empty() {
+        let eacces = SeccompAction::Errno(libc::EACCES as u32);
+        programs.push(build(quiet, SeccompAction::Allow, eacces)?);
+    }
+    programs.push(build(kind.rules(), mismatch, SeccompAction::Allow)?);
+    Ok(programs)
+}
+
 /// Filters the calling thread as `kind` (for good: a filter cannot be
 /// removed). Nothing happens when filters are off.
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     THREAD.with(|t| t.set((kind.name(), kind.number())));
-    let Some(program) = PROGRAMS.get().and_then(|p| p.get(kind.name())) else {
+    let Some(programs) = PROGRAMS.get().and_then(|p| p.get(kind.name())) else {
         return Ok(());
     };
-    seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
-        kind: kind.name(),
-        source,
-    })
+    for program in programs {
+        seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
+            kind: kind.name(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 fn install_sigsys_handler() -> Result<(), SeccompError> {
@@ -272,17 +295,15 @@ mod tests {
 
     #[test]
     fn every_kind_compiles_in_both_modes() {
-        for mismatch in [SeccompAction::Trap, SeccompAction::Log] {
+        for (mismatch, mode) in [
+            (SeccompAction::Trap, Mode::On),
+            (SeccompAction::Log, Mode::Log),
+        ] {
             for kind in ThreadKind::ALL {
-                let filter = SeccompFilter::new(
-                    kind.rules(),
-                    mismatch.clone(),
-                    SeccompAction::Allow,
-                    TargetArch::x86_64,
-                )
-                .unwrap();
-                let program: BpfProgram = filter.try_into().unwrap();
-                assert!(!program.is_empty());
+                let programs = compile(kind, mismatch.clone(), mode).unwrap();
+                let quiet = mode == Mode::On && kind != ThreadKind::Control;
+                assert_eq!(programs.len(), if quiet { 2 } else { 1 }, "{}", kind.name());
+                assert!(programs.iter().all(|p| !p.is_empty()));
             }
         }
     }
@@ -325,6 +346,12 @@ mod tests {
             unsafe { libc::dup2(pipe[1], libc::STDERR_FILENO) };
             prepare(Mode::On).unwrap();
             apply(ThreadKind::Writer).unwrap();
+            // Opening a file fails quietly...
+            if std::fs::File::open("/proc/sys/vm/overcommit_memory").is_ok() {
+                // SAFETY: only reached if the filter failed.
+                unsafe { libc::_exit(98) };
+            }
+            // ...any other call outside the list ends the process.
             // SAFETY: a plain system call, refused by the filter.
             unsafe { libc::getppid() };
             // SAFETY: only reached if the filter failed.

@@ -126,6 +126,12 @@ const CONTROL: &[i64] = &[
     libc::SYS_waitid,
 ];
 
+/// Calls that fail with EACCES instead of ending hvm, for threads that
+/// have no business opening files but run library code that tries: glibc's
+/// malloc opens /proc/sys/vm/overcommit_memory the first time it shrinks a
+/// thread's heap, and copes with a refusal (it then frees with madvise).
+const REFUSED_QUIETLY: &[i64] = &[libc::SYS_open, libc::SYS_openat];
+
 /// ioctl request types hvm uses after start: KVM's (0xAE) and the
 /// terminal/socket/tap group 'T' (0x54: TCGETS, TCSETS, TIOCGWINSZ,
 /// FIONBIO, FIOCLEX, TUNSETOFFLOAD). Anything else (block devices,
@@ -156,6 +162,15 @@ impl ThreadKind {
         }
     }
 
+    /// Calls this kind's second filter answers with EACCES (they pass the
+    /// first, which would otherwise end hvm).
+    pub fn refused_quietly(self) -> &'static [i64] {
+        match self {
+            ThreadKind::Control => &[],
+            _ => REFUSED_QUIETLY,
+        }
+    }
+
     /// The allow-list as seccompiler rules: an empty rule list allows the
     /// call whatever its arguments.
     pub fn rules(self) -> BTreeMap<i64, Vec<SeccompRule>> {
@@ -168,6 +183,7 @@ impl ThreadKind {
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = lists
             .iter()
             .flat_map(|l| l.iter())
+            .chain(self.refused_quietly())
             .map(|&nr| (nr, Vec::new()))
             .collect();
         rules.insert(libc::SYS_ioctl, ioctl_rules());
@@ -220,8 +236,9 @@ mod tests {
             !vcpu.contains_key(&libc::SYS_clone3),
             "a vCPU never starts threads"
         );
-        assert!(
-            !vcpu.contains_key(&libc::SYS_openat),
+        assert_eq!(
+            ThreadKind::Vcpu(0).refused_quietly(),
+            [libc::SYS_open, libc::SYS_openat],
             "a vCPU opens no files"
         );
         assert!(!vcpu.contains_key(&libc::SYS_execve));
