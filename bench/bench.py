@@ -13,7 +13,8 @@ debug-exit; QEMU's isa-debug-exit), idles in HLT, or loops on port writes.
 
 Cases:
  1. start-up and teardown (256 MiB, 1 vCPU): process start -> first serial
-    byte, -> process exit; hvm's own timeline from `hvm -v`.
+    byte, -> process exit; hvm's own timeline from `hvm -v`; and what the
+    system call filters cost (hvm against hvm --seccomp=off, interleaved).
  2. memory: peak RSS at 128 MiB, 1 GiB, 16 GiB and 64 GiB configured, and
     overhead = RSS - resident guest RAM (from /proc/PID/smaps) while idle.
  3. vCPU scaling: case 1's exit time with 1, 2, 4, 8 and 16 vCPUs.
@@ -274,6 +275,21 @@ def main():
         table.add(f"1. hvm timeline: {name}", "ms", [t.get(name) for t in tl], [], 1e3)
     baseline_hvm = statistics.median(r.exit for r in hv)
     baseline_qemu = statistics.median(r.exit for r in qe)
+
+    # 1. What the system call filters cost: hvm as it is against hvm
+    # --seccomp=off, interleaved; the row is the per-pair difference.
+    log("case 1: seccomp filters' cost")
+
+    def without_filters():
+        argv = hvm_argv(spec_dir, 1, 256, hello)
+        return argv[:2] + ["--seccomp=off"] + argv[2:]
+
+    on, off = interleaved(runs, warmup, lambda: (run_measured(hvm_argv(spec_dir, 1, 256, hello)),
+                                                 run_measured(without_filters())))
+    for r in on + off:
+        check(r, "case 1 (seccomp)", "Hello from the hvm tiny guest")
+    table.add("1. seccomp filters' cost: start → exit, on − off", "ms",
+              [a.exit - b.exit for a, b in zip(on, off)], [], 1e3)
 
     # 2. Memory.
     for mib in (128, 1024, 16384, 65536):

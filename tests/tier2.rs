@@ -716,3 +716,27 @@ fn one_command_run_on_a_terminal_gives_the_shell_hvc0_as_its_tty() {
     let Some(c) = case("rootfs-tty") else { return };
     assert_case(c, 4, &["typed-5", "/dev/hvc0"]);
 }
+
+/// hvm killed (SIGKILL) while the guest writes and syncs records in a
+/// loop: every record the guest saw synced is in the image.
+#[test]
+fn virtio_blk_writes_the_guest_synced_survive_hvm_being_killed() {
+    let Some(c) = case("durability") else {
+        return;
+    };
+    assert_eq!(c.code, 137, "killed hvm's status\n{}", c.console);
+    let result = field(&c.console, "HOST-DURABLE").expect("the host's check");
+    let synced: u32 = result
+        .trim_start_matches("synced=")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        synced >= 40,
+        "the guest synced only {synced} records\n{}",
+        c.console
+    );
+    assert!(result.ends_with("missing=0"), "{result}\n{}", c.console);
+    assert!(!c.console.contains("DUR-WRITE-FAILED"), "{}", c.console);
+}

@@ -307,6 +307,58 @@ EOF
 }
 vsock_case
 
+# Durability: the guest writes numbered 4 KiB records to a raw disk, syncing
+# each one (dd conv=fsync: a virtio-blk flush) before it prints "synced";
+# hvm is SIGKILLed mid-loop, and every record the guest saw synced must be
+# in the image.
+durability_case() {
+    name=durability
+    wanted "$name" || return
+    echo "@@START $name"
+    W=$TMP/durability
+    mkdir -p "$W"
+    cat >"$W/guest.sh" <<'EOF'
+i=1
+while [ $i -le 2000 ]; do
+    printf 'rec-%08d\n' $i | dd of=/dev/vdb bs=4096 seek=$i count=1 conv=sync,notrunc,fsync 2>/dev/null || { echo DUR-WRITE-FAILED $i; break; }
+    echo DUR-SYNCED $i
+    i=$((i + 1))
+done
+exit
+EOF
+    cp "$W/guest.sh" "$W/guest.img" && truncate -s 8192 "$W/guest.img"
+    dd if=/dev/zero of="$W/data.img" bs=1M count=9 2>/dev/null
+    spec=$W/$name.toml
+    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[drive]]\npath = "%s"\nread_only = true\n[[drive]]\npath = "%s"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$Q hvm.run=sh,/dev/vda" "$W/guest.img" "$W/data.img" >"$spec"
+    "$HVM" -v run --timeout 280s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+    pid=$!
+    i=0
+    until grep -q "DUR-SYNCED 40$" "$TMP/$name.out" 2>/dev/null || [ $i -gt 1000 ] || ! kill -0 $pid 2>/dev/null; do
+        sleep 0.2
+        i=$((i + 1))
+    done
+    kill -KILL $pid 2>/dev/null
+    wait $pid
+    code=$?
+    last=$(grep -o 'DUR-SYNCED [0-9]*' "$TMP/$name.out" | tail -1 | cut -d' ' -f2)
+    missing=0
+    n=1
+    while [ "$n" -le "${last:-0}" ]; do
+        rec=$(dd if="$W/data.img" bs=4096 skip=$n count=1 2>/dev/null | head -c 12)
+        [ "$rec" = "$(printf 'rec-%08d' $n)" ] || missing=$((missing + 1))
+        n=$((n + 1))
+    done
+    echo "@@CASE $name"
+    cat "$TMP/$name.out"
+    echo
+    echo "HOST-DURABLE synced=${last:-0} missing=$missing"
+    echo "@@STDERR"
+    cat "$TMP/$name.err"
+    echo "@@EXIT $name $code"
+}
+durability_case
+
 # Lifecycle: a VM driven from the outside while Linux runs in it. hvm runs
 # in the background with a name; this side waits for the guest's ready line,
 # acts with hvm's control verbs, then collects the VM like case_ does.
