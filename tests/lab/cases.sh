@@ -334,7 +334,7 @@ EOF
     "$HVM" -v run --timeout 280s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
     i=0
-    until grep -q "DUR-SYNCED 40$" "$TMP/$name.out" 2>/dev/null || [ $i -gt 1000 ] || ! kill -0 $pid 2>/dev/null; do
+    until grep -q "DUR-SYNCED 40" "$TMP/$name.out" 2>/dev/null || [ $i -gt 1000 ] || ! kill -0 $pid 2>/dev/null; do
         sleep 0.2
         i=$((i + 1))
     done
