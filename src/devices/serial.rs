@@ -63,6 +63,9 @@ impl SerialDevice {
         while !self.pending.is_empty() && self.uart.fifo_capacity() > 0 {
             let (front, _) = self.pending.as_slices();
             match self.uart.enqueue_raw_bytes(front) {
+                // In loopback mode the UART takes nothing (and says Ok(0)):
+                // the input waits, or this loop would spin for ever.
+                Ok(0) => break,
                 Ok(n) => drop(self.pending.drain(..n)),
                 Err(e) => {
                     log::debug!("serial input: {e:?}");
@@ -79,9 +82,8 @@ impl BusDevice for SerialDevice {
         if let Some(first) = data.first_mut() {
             *first = self.uart.read(offset as u8);
         }
-        if offset == 0 {
-            self.refill();
-        }
+        // Input that waited (a full FIFO, loopback) moves on as soon as it can.
+        self.refill();
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
@@ -90,6 +92,7 @@ impl BusDevice for SerialDevice {
                 log::debug!("serial write: {e:?}");
             }
         }
+        self.refill();
     }
 }
 
@@ -153,6 +156,21 @@ mod tests {
             got.push(read(&mut d, 0));
         }
         assert_eq!(got, input);
+    }
+
+    /// Found by the serial fuzz target: host input while the guest has the
+    /// UART in loopback mode (MCR bit 4) made the device loop spin for ever.
+    #[test]
+    fn input_during_loopback_waits_instead_of_spinning() {
+        let (mut d, _irq) = device();
+        d.write(4, &[0x10]); // MCR: loopback.
+        d.queue_input(b"typed while in loopback");
+        d.write(4, &[0]); // Loopback off: the input flows again.
+        let mut got = Vec::new();
+        while read(&mut d, LSR) & LSR_DATA_READY != 0 {
+            got.push(read(&mut d, 0));
+        }
+        assert_eq!(got, b"typed while in loopback");
     }
 
     #[test]
