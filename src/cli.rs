@@ -95,6 +95,11 @@ pub enum Command {
         /// by the kernel), off.
         #[arg(long, value_name = "on|log|off", default_value = "on")]
         seccomp: crate::vmm::seccomp::Mode,
+        /// When started as root: the user hvm becomes once the VM is built
+        /// (a name, UID or UID:GID; default: the one sudo ran hvm for). A
+        /// root hvm with nobody to become keeps no capabilities.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {

@@ -10,6 +10,7 @@ use hvm::devices::virtio::vsock::VsockError;
 use hvm::flags::{self, Caller, MachineFlags};
 use hvm::spec::Spec;
 use hvm::vmm::exit::code;
+use hvm::vmm::privileges::PrivilegeError;
 use hvm::vmm::{
     control::ControlError, gdb::GdbError, passt::PasstError, virtio::VirtioError,
     virtiofsd::VirtiofsdError,
@@ -77,6 +78,9 @@ fn error_code(e: &VmError) -> i32 {
             VirtioError::EventFd(_) | VirtioError::Bus(_) => code::INTERNAL,
         },
         VmError::Api(a) => api_code(a),
+        VmError::Privileges(PrivilegeError::UnknownUser(_) | PrivilegeError::NotRoot(..)) => {
+            code::USAGE
+        }
         VmError::KvmUnavailable(_)
         | VmError::Kvm { .. }
         | VmError::MissingCapability(_)
@@ -89,6 +93,11 @@ fn error_code(e: &VmError) -> i32 {
         | VmError::EventLoop(_)
         | VmError::EventFd(_)
         | VmError::Seccomp(_)
+        | VmError::Privileges(
+            PrivilegeError::HandOver { .. }
+            | PrivilegeError::Switch { .. }
+            | PrivilegeError::Capabilities(_),
+        )
         | VmError::Control(ControlError::Signals(_) | ControlError::Setup { .. }) => code::INTERNAL,
     }
 }
@@ -136,6 +145,7 @@ fn main() {
             no_control_socket,
             virtiofsd,
             seccomp,
+            user,
         } => {
             let flags = MachineFlags {
                 kernel,
@@ -165,6 +175,7 @@ fn main() {
                     gdb,
                     virtiofsd,
                     seccomp,
+                    user,
                 },
             )
         }

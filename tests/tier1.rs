@@ -593,3 +593,70 @@ fn seccomp_filter_stops_a_forbidden_call_on_a_vcpu_thread() {
             .assert_stderr("getppid ran on a vCPU thread");
     }
 }
+
+/// A root hvm told --user becomes that user once the VM is built: every
+/// thread runs as it with no capabilities, and the files hvm made as root
+/// (the vsock socket) are still removed at the end. Without --user (and
+/// no sudo), root keeps uid 0 but no capabilities.
+#[test]
+fn root_hvm_drops_to_the_user_and_keeps_no_capabilities() {
+    if !require_kvm() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let dir = scratch("drop-user");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let socket = dir.join("vm.vsock");
+    let spec = format!(
+        "{}[vsock]\ncid = 3\nsocket = \"{}\"\n",
+        tiny_spec(&tiny_elf(), 1, 64, "mode=count"),
+        path_str(&socket)
+    );
+    let path = write_spec("drop-user", &spec);
+    for (user, uid) in [(Some("65534:65534"), "65534"), (None, "0")] {
+        let mut args = vec!["run", "--timeout", "3s"];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        let p = path_str(&path);
+        args.push(&p);
+        let child = spawn(&args, None);
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        for task in tasks {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            assert!(
+                field("Uid:").split_whitespace().skip(1).all(|u| u == uid),
+                "{status}"
+            );
+            assert!(field("CapEff:").ends_with("0000000000000000"), "{status}");
+        }
+        finish(child, Duration::from_secs(30))
+            .assert_code(124)
+            .assert_no_panic();
+        assert!(!socket.exists(), "the vsock socket is removed");
+    }
+    run_spec(
+        "drop-user-unknown",
+        &spec,
+        &["--user", "no-such-user-anywhere"],
+    )
+    .assert_code(2)
+    .assert_stderr("no such user");
+}

@@ -167,6 +167,14 @@ impl GdbServer {
         &self.address
     }
 
+    /// The Unix socket it listens on, if that is what it listens on.
+    pub fn socket_path(&self) -> Option<&std::path::Path> {
+        match &self.listener {
+            Listener::Unix(_, path) => Some(path),
+            Listener::Tcp(_) => None,
+        }
+    }
+
     /// The descriptor to watch: the session's while gdb is attached, else the listener's.
     pub fn fd(&self) -> RawFd {
         match (self.conn_fd, &self.listener) {

@@ -87,6 +87,8 @@ impl Helper {
             let spawned = std::thread::Builder::new()
                 .name("hvm-helper-log".into())
                 .spawn(move || {
+                    // A log reader needs no privileges, whoever hvm is.
+                    let _ = crate::vmm::privileges::drop_own_capabilities();
                     if let Err(e) = seccomp::apply(ThreadKind::Writer) {
                         log::error!("{label}: {e}; its messages are not shown");
                         return;

@@ -9,6 +9,7 @@ pub mod gdb;
 pub mod helper;
 pub mod memory;
 pub mod passt;
+pub mod privileges;
 pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
@@ -95,6 +96,8 @@ pub enum VmError {
     Gdb(#[from] gdb::GdbError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -118,10 +121,15 @@ pub struct RunOptions {
     pub virtiofsd: Option<PathBuf>,
     /// System call filters on hvm's threads.
     pub seccomp: seccomp::Mode,
+    /// Who a root hvm becomes once the VM is built (`--user`; default:
+    /// sudo's caller).
+    pub user: Option<String>,
 }
 
 /// A built VM, not yet running.
 pub struct Vm {
+    /// Who hvm becomes once the VM is built (a root hvm only).
+    user: Option<privileges::User>,
     _kvm: Kvm,
     vm: VmFd,
     memory: GuestMemoryMmap,
@@ -327,6 +335,7 @@ impl Vm {
         // SAFETY: a prctl with plain integer arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         seccomp::prepare(opts.seccomp)?;
+        let user = privileges::target(opts.user.as_deref())?;
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
         let (output, input, virtio_outputs) = Self::console_output(spec, opts)?;
@@ -409,6 +418,7 @@ impl Vm {
             backends: attached.backends,
             ged,
             companions,
+            user,
             identity: Identity {
                 spec: opts.spec_path.clone(),
                 vcpus: spec.vcpus,
@@ -598,6 +608,12 @@ impl Vm {
             },
             _ => None,
         };
+        // Everything that needed root is open: become the user (or, as
+        // root, keep no capabilities). The files hvm made as root and
+        // removes at the end become theirs.
+        let mut handed_over = self.companions.socket_files.clone();
+        handed_over.extend(gdb.as_ref().and_then(|g| g.socket_path()).map(Into::into));
+        privileges::drop_privileges(self.user, &handed_over)?;
         // A refused system call wakes the control loop, which ends the VM.
         seccomp::set_wake(Some(std::os::fd::AsRawFd::as_raw_fd(&*self.inbox.wake)));
         // Console writers start here, not from the vCPU that prints first.

@@ -178,7 +178,18 @@ impl ThreadKind {
             ThreadKind::Control => &[COMMON, STREAM_IO, CONTROL],
             ThreadKind::Vcpu(_) => &[COMMON, VCPU],
             ThreadKind::Devices => &[COMMON, STREAM_IO, DEVICES],
-            ThreadKind::Writer => &[COMMON, &[libc::SYS_read]],
+            // set*id: glibc makes every thread of the process change its
+            // ids when the main thread drops root (privileges.rs), and the
+            // helpers' log readers exist by then.
+            ThreadKind::Writer => &[
+                COMMON,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_setgroups,
+                    libc::SYS_setresgid,
+                    libc::SYS_setresuid,
+                ],
+            ],
         };
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = lists
             .iter()
