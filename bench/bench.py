@@ -174,7 +174,7 @@ def stats(values):
     return statistics.median(values), min(values), max(values)
 
 
-TIMELINE = ["spec parsed", "memory mapped", "KVM VM created", "kernel loaded", "first KVM_RUN"]
+TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "kernel loaded", "first KVM_RUN"]
 
 
 def timeline(stderr):

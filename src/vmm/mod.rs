@@ -335,6 +335,7 @@ impl Vm {
         // SAFETY: a prctl with plain integer arguments.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
         seccomp::prepare(opts.seccomp)?;
+        timeline::mark("seccomp filters compiled");
         let user = privileges::target(opts.user.as_deref())?;
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
