@@ -180,7 +180,8 @@ user_net_setup() {
 # capabilities. L1 gets what passt needs, an interface with a default route
 # (a dummy one); the guest leases its address by DHCP, fetches 4 MiB from an
 # HTTP server on L1's loopback through the gateway address, and a forwarded
-# host port carries 4 MiB to a guest listener and 4 MiB back.
+# host port carries 4 MiB to a guest listener and 4 MiB back (the guest
+# waits until L1 says it has all of it: its HTTP server gets fdown-ok).
 net_user_case() {
     name=net-user
     wanted "$name" || return
@@ -198,7 +199,7 @@ net_user_case() {
     spec=$W/$name.toml
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\n[[net]]\nmode = "user"\nforward = ["tcp:127.0.0.1:5555:80"]\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-        "$Q hvm.net=dhcp hvm.run=g=\$(ip,route|awk,'/default/{print,\$3}');echo,GUEST-USER-DOWN,\$(wget,-q,-O,-,http://\$g:8000/down|sha256sum|cut,-c1-64);nc,-l,-p,80,-e,sh,-c,'head,-c,4194304|sha256sum|cut,-c1-64>/tmp/f;yes,hvm-fwd-down|head,-c,4194304';echo,GUEST-FWD-UP,\$(cat,/tmp/f)" >"$spec"
+        "$Q hvm.net=dhcp hvm.run=g=\$(ip,route|awk,'/default/{print,\$3}');echo,GUEST-USER-DOWN,\$(wget,-q,-O,-,http://\$g:8000/down|sha256sum|cut,-c1-64);nc,-l,-p,80,-e,sh,-c,'head,-c,4194304|sha256sum|cut,-c1-64>/tmp/f;yes,hvm-fwd-down|head,-c,4194304';i=0;until,wget,-q,-O,/dev/null,http://\$g:8000/fdown-ok||[,\$i,-gt,120,];do,sleep,1;i=\$((i+1));done;echo,GUEST-FWD-UP,\$(cat,/tmp/f)" >"$spec"
     /usr/bin/setpriv --reuid=1000 --regid=1000 $groups env HOME=/tmp \
         "$HVM" -v run --timeout 200s "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
     pid=$!
@@ -207,7 +208,9 @@ net_user_case() {
     i=0
     while [ $i -lt 150 ] && kill -0 $pid 2>/dev/null; do
         nc 127.0.0.1 5555 -e sh -c "cat $W/fup & cat >$W/fdown; wait" 2>/dev/null
-        [ "$(wc -c <"$W/fdown" 2>/dev/null)" = 4194304 ] && break
+        # The guest powers off once told all arrived: data still in its
+        # TCP send buffer would be lost with it.
+        [ "$(wc -c <"$W/fdown" 2>/dev/null)" = 4194304 ] && echo ok >"$W/fdown-ok" && break
         sleep 1
         i=$((i + 1))
     done
