@@ -33,10 +33,16 @@ for t in "${targets[@]}"; do
         tail -20 "artifacts/$t/regressions.txt"
         continue
     fi
+    # Real inputs to start from (read only; new finds go to corpus/).
+    case $t in
+        kernel) seeds=(../guest-images/tiny) ;;
+        spec) seeds=(../examples) ;;
+        *) seeds=() ;;
+    esac
     echo "fuzz: $t for ${seconds}s"
     # -timeout: an input that runs for 10 s is a hang, and a failure.
     if ! "target/$triple/release/$t" -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/" "corpus/$t" 2>"artifacts/$t/log.txt"; then
+        -artifact_prefix="artifacts/$t/" "corpus/$t" "${seeds[@]}" 2>"artifacts/$t/log.txt"; then
         failed+=("$t")
         tail -40 "artifacts/$t/log.txt"
     fi
