@@ -630,9 +630,10 @@ impl Vm {
             backends: self.backends,
         }
         .spawn(start_paused)?;
+        let gate = vcpu::StartGate::default();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
-            vcpus.push(vcpu.spawn(self.ctx.clone(), start_paused)?);
+            vcpus.push(vcpu.spawn(self.ctx.clone(), start_paused, gate.clone())?);
         }
         if let Some(g) = &gdb {
             eprintln!(
@@ -656,6 +657,15 @@ impl Vm {
             identity: self.identity,
             companions: self.companions,
         })?;
+        // The control thread is filtered before the guest's first
+        // instruction: the vCPUs wait for it at the gate.
+        if let Err(e) = seccomp::apply(ThreadKind::Control) {
+            gate.open();
+            control.abandon();
+            terminal::restore();
+            return Err(e.into());
+        }
+        gate.open();
         // The name is claimed once the guest runs, off its start-up path
         // (the socket's files cost more than the rest of hvm's set-up).
         if !opts.no_control {
@@ -674,12 +684,6 @@ impl Vm {
                     return Err(e.into());
                 }
             }
-        }
-        // The control loop handles what the guest did from here on.
-        if let Err(e) = seccomp::apply(ThreadKind::Control) {
-            control.abandon();
-            terminal::restore();
-            return Err(e.into());
         }
         let reason = control.run();
         seccomp::set_wake(None);

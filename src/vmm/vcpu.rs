@@ -41,6 +41,29 @@ pub struct VcpuContext {
     pub events: VcpuEvents,
 }
 
+/// Holds vCPU threads back until it opens: the control thread installs its
+/// system call filter first, so no guest instruction runs before every
+/// thread that could see its effects is filtered.
+#[derive(Clone, Default)]
+pub struct StartGate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl StartGate {
+    /// Lets every waiting (and later) vCPU thread go.
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *crate::devices::bus::lock(open) = true;
+        changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut is_open = crate::devices::bus::lock(open);
+        while !*is_open {
+            is_open = changed.wait(is_open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// One configured vCPU, ready to run.
 pub struct Vcpu {
     id: u32,
@@ -233,7 +256,12 @@ impl Vcpu {
 
     /// Starts the vCPU's thread; with `paused`, it waits for a Resume
     /// before its first instruction (a debugger attaches first).
-    pub fn spawn(mut self, ctx: VcpuContext, paused: bool) -> Result<VcpuHandle, VcpuError> {
+    pub fn spawn(
+        mut self,
+        ctx: VcpuContext,
+        paused: bool,
+        gate: StartGate,
+    ) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let (commands, rx) = mpsc::channel();
         let attention = Arc::new(AtomicBool::new(false));
@@ -242,7 +270,7 @@ impl Vcpu {
         let flag = attention.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hvm-vcpu{id}"))
-            .spawn(move || self.run(ctx, rx, flag, paused))
+            .spawn(move || self.run(ctx, rx, flag, paused, gate))
             .map_err(|source| VcpuError::Spawn { id, source })?;
         Ok(VcpuHandle {
             id,
@@ -264,6 +292,7 @@ impl Vcpu {
         commands: mpsc::Receiver<VcpuCommand>,
         attention: Arc<AtomicBool>,
         mut paused: bool,
+        gate: StartGate,
     ) -> Vcpu {
         let id = self.id;
         if let Err(e) = seccomp::apply(ThreadKind::Vcpu(id)) {
@@ -275,6 +304,7 @@ impl Vcpu {
             ctx.events.send(VcpuEvent::Stopped { id });
             return self;
         }
+        gate.wait();
         if id == 0 && !paused {
             timeline::mark("first KVM_RUN");
         }

@@ -96,11 +96,22 @@ const DEVICES: &[i64] = &[
     libc::SYS_eventfd2,
 ];
 
-/// The control loop and the way out: stop helpers (kill, wait), remove
-/// sockets and their directory, answer the control socket and gdb, kick
-/// vCPUs (tgkill), restore the terminal, report.
+/// The control loop and the way out: claim the control socket (its
+/// directory, lock file and listener: the filter is on before the guest's
+/// first instruction, the claim comes after), stop helpers (kill, wait),
+/// remove sockets and their directory, answer the control socket and gdb,
+/// kick vCPUs (tgkill), restore the terminal, report.
 const CONTROL: &[i64] = &[
     libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_chmod,
+    libc::SYS_connect,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_ftruncate,
+    libc::SYS_listen,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
     libc::SYS_access,
     libc::SYS_dup,
     libc::SYS_dup3,
@@ -198,8 +209,9 @@ impl ThreadKind {
             .map(|&nr| (nr, Vec::new()))
             .collect();
         rules.insert(libc::SYS_ioctl, ioctl_rules());
-        if self == ThreadKind::Devices {
-            // vsock connects to host programs over Unix sockets only.
+        if matches!(self, ThreadKind::Devices | ThreadKind::Control) {
+            // vsock connects to host programs, and the control socket
+            // listens, over Unix sockets only.
             rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)]);
         }
         rules
