@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""hvm's benchmark: hvm against QEMU's microvm machine, measured in the same
-run, interleaved (hvm, QEMU, hvm, QEMU, ...), reported as medians with min
-and max and the hvm/QEMU ratio of medians.
+"""hvm's benchmark: hvm against Firecracker and QEMU's microvm machine,
+measured in the same run, interleaved (hvm, Firecracker, QEMU, hvm, ...),
+reported as medians with min and max and the hvm/peer ratios of medians.
+
+Firecracker is optional test equipment: --firecracker PATH, $HVM_FIRECRACKER,
+../shared/peers/firecracker beside the project, or `firecracker` on PATH;
+without one its columns say "skipped" and everything else runs.
 
     bench/bench.py            # full run: 2 warm-up + 10 counted runs per case; writes docs/benchmarks.md
     bench/bench.py --quick    # 1 run per case, nothing written to docs (CI uses this so the script never rots)
 
-Both VMMs boot the same tier-1 test guest (guest-images/tiny/hvmtest.elf):
-hvm through its 64-bit Linux boot path, QEMU through the guest's PVH note.
-The guest prints one line on COM1 and leaves through port 0xf4 (hvm's
-debug-exit; QEMU's isa-debug-exit), idles in HLT, or loops on port writes.
+All VMMs boot the same tier-1 test guest (guest-images/tiny/hvmtest.elf):
+hvm through its 64-bit Linux boot path, QEMU and Firecracker through the
+guest's PVH note. The guest prints one line on COM1 and leaves through port
+0xf4 (hvm's debug-exit; QEMU's isa-debug-exit) or, under Firecracker, which
+has neither that nor ACPI power-off, through the i8042 reset line; or it
+idles in HLT, or loops on port writes.
 
 Cases:
  1. start-up and teardown (256 MiB, 1 vCPU): process start -> first serial
@@ -49,6 +55,19 @@ GUEST = os.path.join(ROOT, "guest-images", "tiny", "hvmtest.elf")
 HVM = os.path.join(ROOT, "target", "release", "hvm")
 QEMU = shutil.which("qemu-system-x86_64")
 MiB = 1 << 20
+# The peers, in column order after hvm's.
+PEERS = [("firecracker", "Firecracker"), ("qemu", "QEMU microvm")]
+
+
+def find_firecracker(given):
+    """Firecracker is test equipment the project must not need: None when absent."""
+    for path in [given, os.environ.get("HVM_FIRECRACKER"),
+                 os.path.join(ROOT, "..", "shared", "peers", "firecracker"), shutil.which("firecracker")]:
+        if path and os.access(path, os.X_OK):
+            return os.path.realpath(path)
+    if given:
+        raise SystemExit(f"bench: --firecracker {given}: not an executable file")
+    return None
 
 
 def log(msg):
@@ -128,28 +147,39 @@ def qemu_argv(vcpus, mem_mib, cmdline):
             "-kernel", GUEST, "-append", cmdline]
 
 
-def linux_boots(runs):
-    """Case 5: tests/lab/lab.py --boot-bench: {config: ([hvm s], [QEMU s])}.
+def firecracker_argv(fc, spec_dir, vcpus, mem_mib, cmdline):
+    """Firecracker without its API socket, logging off (it logs to stdout);
+    the guest leaves by the i8042 reset, Firecracker's way out."""
+    path = os.path.join(spec_dir, f"fc-{vcpus}-{mem_mib}-{abs(hash(cmdline))}.json")
+    with open(path, "w") as f:
+        f.write('{"boot-source": {"kernel_image_path": "%s", "boot_args": "%s exit=reset"},\n'
+                ' "drives": [], "machine-config": {"vcpu_count": %d, "mem_size_mib": %d}}\n'
+                % (GUEST, cmdline, vcpus, mem_mib))
+    return [fc, "--no-api", "--level", "Off", "--config-file", path]
+
+
+def linux_boots(runs, fc):
+    """Case 5: tests/lab/lab.py --boot-bench: {config: {vmm: [seconds]}}.
 
     An L1 that dies repeatedly (see tests/lab/lab.py) is reported, not fatal;
     an L1 that finishes without numbers is a broken benchmark and is."""
     out = os.path.join(ROOT, "target", "lab", "boot-bench.txt")
     log(f"case 5: Linux boot in the nested lab, {runs} run(s) each (a few minutes)")
     lab = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lab", "lab.py"), "--hvm", HVM,
-                          "--out", out, "--boot-bench", str(runs)])
+                          "--out", out, "--boot-bench", str(runs)] + (["--firecracker", fc] if fc else []))
     boots = {}
     text = open(out, errors="replace").read() if os.path.exists(out) else ""
-    for vmm, config, cs in re.findall(r"^BOOT-BENCH (hvm|qemu) (\S+) (\d+)$", text, re.M):
-        pair = boots.setdefault(config, ([], []))
-        pair[0 if vmm == "hvm" else 1].append(int(cs) / 100)
+    for vmm, config, cs in re.findall(r"^BOOT-BENCH (hvm|firecracker|qemu) (\S+) (\d+)$", text, re.M):
+        boots.setdefault(config, {}).setdefault(vmm, []).append(int(cs) / 100)
     if lab.returncode != 0 or "(L1 died twice during this case)" in text:
         log(f"case 5: the nested lab's L1 kept dying (exit {lab.returncode}); see {out}")
-    elif len(boots) != 2 or any(not h or not q for h, q in boots.values()):
+    elif len(boots) != 2 or any(not t.get("hvm") or not t.get("qemu") for t in boots.values()):
         # L1 ran every pair, yet a VMM printed no time: the benchmark is broken.
         raise SystemExit(f"bench: case 5 produced no results for a VMM; see {out}")
-    for config, (h, q) in boots.items():
-        if len(h) < runs or len(q) < runs:
-            log(f"case 5: {config}: {len(h)} hvm and {len(q)} QEMU runs of {runs} (an L1 crash lost some)")
+    for config, times in boots.items():
+        counts = {vmm: len(times.get(vmm, [])) for vmm in ("hvm", "firecracker", "qemu")}
+        if min(counts.values()) < runs:
+            log(f"case 5: {config}: runs of {runs} per VMM: {counts} (an L1 crash, or no Firecracker in L1)")
     # Case 7 runs in the same L1: virtio-fs (FS-BENCH vmm what centiseconds [bytes]).
     fs = {}
     for vmm, what, cs in re.findall(r"^FS-BENCH (hvm|qemu) (roundtrip|tree) (\d+)", text, re.M):
@@ -187,14 +217,20 @@ def timeline(stderr):
 
 
 class Table:
-    def __init__(self):
-        self.rows = []
+    """Rows of medians (min–max) per VMM and hvm/peer ratios of medians.
+    A peer that is not installed shows "skipped"; one that has no run for
+    a row (it cannot do that work) shows "n/a"."""
 
-    def add(self, case, unit, hvm, peer, scale=1.0, higher_better=False):
-        self.rows.append((case, unit, stats(hvm), stats(peer), scale, higher_better))
+    def __init__(self, skipped=()):
+        self.rows = []
+        self.skipped = set(skipped)
+
+    def add(self, case, unit, values, scale=1.0):
+        """values: {"hvm": [...], "firecracker": [...], "qemu": [...]}."""
+        self.rows.append((case, unit, {k: stats(v) for k, v in values.items()}, scale))
 
     def markdown(self):
-        def cell(s, scale, unit):
+        def cell(s, scale):
             if s is None:
                 return "n/a"
             med, lo, hi = (v * scale for v in s)
@@ -202,11 +238,21 @@ class Table:
             num = lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
             return f"{num(med)} ({num(lo)}–{num(hi)})"
 
-        lines = ["| case | unit | hvm median (min–max) | QEMU microvm median (min–max) | hvm / QEMU |",
-                 "| --- | --- | --- | --- | --- |"]
-        for case, unit, h, p, scale, _ in self.rows:
-            ratio = f"{h[0] / p[0]:.2f}" if h and p and p[0] else "n/a"
-            lines.append(f"| {case} | {unit} | {cell(h, scale, unit)} | {cell(p, scale, unit)} | {ratio} |")
+        head = "| case | unit | hvm median (min–max) |"
+        for _, label in PEERS:
+            head += f" {label} median (min–max) | hvm / {label.split()[0]} |"
+        lines = [head, "|" + " --- |" * (3 + 2 * len(PEERS))]
+        for case, unit, values, scale in self.rows:
+            h = values.get("hvm")
+            line = f"| {case} | {unit} | {cell(h, scale)} |"
+            for key, _ in PEERS:
+                p = values.get(key)
+                if key in self.skipped and key in values:
+                    line += " skipped | – |"
+                    continue
+                ratio = f"{h[0] / p[0]:.2f}" if h and p and p[0] else "n/a"
+                line += f" {cell(p, scale)} | {ratio} |"
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -221,15 +267,18 @@ def kvm_kind():
     return "unknown"
 
 
-def interleaved(runs, warmup, pair):
-    """Calls pair() warmup+runs times; keeps the counted results."""
-    hv, qe = [], []
+def interleaved(runs, warmup, makers, idle_probe=False):
+    """Runs each of makers' VMMs in turn (hvm, peer, peer, hvm, ...),
+    warmup+runs rounds; returns {name: [counted Run, ...]}. A maker that
+    is None (its VMM is not installed) is left out."""
+    makers = {k: m for k, m in makers.items() if m is not None}
+    out = {k: [] for k in makers}
     for i in range(warmup + runs):
-        h, q = pair()
-        if i >= warmup:
-            hv.append(h)
-            qe.append(q)
-    return hv, qe
+        for name, make in makers.items():
+            r = run_measured(make(), idle_probe)
+            if i >= warmup:
+                out[name].append(r)
+    return out
 
 
 def check(run, what, expect_text):
@@ -247,6 +296,7 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use target/release/hvm as it is")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--no-linux", action="store_true", help="skip case 5 (Linux boots in the nested lab)")
+    ap.add_argument("--firecracker", metavar="PATH", help="the Firecracker binary (default: see above)")
     # A pair (hvm, then QEMU) takes ~20 s under the lab's TCG; 5 pairs per
     # configuration keep the whole benchmark under 10 minutes on 2 CPUs.
     ap.add_argument("--linux-runs", type=int, default=5, help="counted Linux boot pairs per configuration (case 5)")
@@ -257,24 +307,38 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     if QEMU is None:
         raise SystemExit("bench: qemu-system-x86_64 not found: apt-get install qemu-system-x86")
+    fc = find_firecracker(args.firecracker)
+    if fc is None:
+        log("Firecracker not found (--firecracker PATH, $HVM_FIRECRACKER, ../shared/peers/firecracker "
+            "or PATH): its columns are skipped")
     started = time.monotonic()
-    table = Table()
+    table = Table(skipped=[] if fc else ["firecracker"])
     spec_dir = tempfile.mkdtemp(prefix="hvm-bench-")
     hello = "mode=hello"
 
+    def vmms(vcpus, mib, cmdline, verbose=False):
+        """The three VMMs' argv makers for one tiny-guest configuration."""
+        return {"hvm": lambda: hvm_argv(spec_dir, vcpus, mib, cmdline, verbose),
+                "firecracker": (lambda: firecracker_argv(fc, spec_dir, vcpus, mib, cmdline)) if fc else None,
+                "qemu": lambda: qemu_argv(vcpus, mib, cmdline)}
+
+    def column(runs_by_vmm, field):
+        """{vmm: [field of each run]} for Table.add; skipped peers get an empty list."""
+        out = {k: [getattr(r, field) for r in v] for k, v in runs_by_vmm.items()}
+        out.setdefault("firecracker", [])
+        return out
+
     # 1. Start-up and teardown.
     log("case 1: start-up and teardown")
-    hv, qe = interleaved(runs, warmup, lambda: (run_measured(hvm_argv(spec_dir, 1, 256, hello, True)),
-                                                run_measured(qemu_argv(1, 256, hello))))
-    for r in hv + qe:
+    res = interleaved(runs, warmup, vmms(1, 256, hello, verbose=True))
+    for r in sum(res.values(), []):
         check(r, "case 1", "Hello from the hvm tiny guest")
-    table.add("1. start → first serial byte", "ms", [r.first_byte for r in hv], [r.first_byte for r in qe], 1e3)
-    table.add("1. start → process exit", "ms", [r.exit for r in hv], [r.exit for r in qe], 1e3)
-    tl = [timeline(r.stderr) for r in hv]
+    table.add("1. start → first serial byte", "ms", column(res, "first_byte"), 1e3)
+    table.add("1. start → process exit", "ms", column(res, "exit"), 1e3)
+    tl = [timeline(r.stderr) for r in res["hvm"]]
     for name in TIMELINE:
-        table.add(f"1. hvm timeline: {name}", "ms", [t.get(name) for t in tl], [], 1e3)
-    baseline_hvm = statistics.median(r.exit for r in hv)
-    baseline_qemu = statistics.median(r.exit for r in qe)
+        table.add(f"1. hvm timeline: {name}", "ms", {"hvm": [t.get(name) for t in tl]}, 1e3)
+    baseline = {k: statistics.median(r.exit for r in v) for k, v in res.items()}
 
     # 1. What the system call filters cost: hvm as it is against hvm
     # --seccomp=off, interleaved; the row is the per-pair difference.
@@ -284,60 +348,56 @@ def main():
         argv = hvm_argv(spec_dir, 1, 256, hello)
         return argv[:2] + ["--seccomp=off"] + argv[2:]
 
-    on, off = interleaved(runs, warmup, lambda: (run_measured(hvm_argv(spec_dir, 1, 256, hello)),
-                                                 run_measured(without_filters())))
-    for r in on + off:
+    res = interleaved(runs, warmup, {"on": lambda: hvm_argv(spec_dir, 1, 256, hello), "off": without_filters})
+    for r in res["on"] + res["off"]:
         check(r, "case 1 (seccomp)", "Hello from the hvm tiny guest")
     table.add("1. seccomp filters' cost: start → exit, on − off", "ms",
-              [a.exit - b.exit for a, b in zip(on, off)], [], 1e3)
+              {"hvm": [a.exit - b.exit for a, b in zip(res["on"], res["off"])]}, 1e3)
 
-    # 2. Memory.
+    # 2. Memory: peak RSS is VmHWM, read while the guest idles.
     for mib in (128, 1024, 16384, 65536):
         log(f"case 2: memory {mib} MiB")
-        hv, qe = interleaved(runs if not args.quick else 1, 0 if args.quick else 1,
-                             lambda: (run_measured(hvm_argv(spec_dir, 1, mib, "mode=spin"), idle_probe=True),
-                                      run_measured(qemu_argv(1, mib, "mode=spin"), idle_probe=True)))
-        ok_q = [r for r in qe if r.first_byte is not None]
-        table.add(f"2. peak RSS, {mib // 1024 if mib >= 1024 else mib} {'GiB' if mib >= 1024 else 'MiB'}",
-                  "MiB", [r.peak_rss for r in hv], [r.peak_rss for r in ok_q], 1 / MiB)
-        table.add(f"2. overhead (RSS − guest RAM), {mib // 1024 if mib >= 1024 else mib} {'GiB' if mib >= 1024 else 'MiB'}",
-                  "MiB", [r.overhead for r in hv], [r.overhead for r in ok_q], 1 / MiB)
-        if len(ok_q) < len(qe):
-            log(f"  QEMU failed at {mib} MiB: {qe[0].stderr.strip()[:200]}")
+        res = interleaved(runs if not args.quick else 1, 0 if args.quick else 1, vmms(1, mib, "mode=spin"),
+                          idle_probe=True)
+        size = f"{mib // 1024 if mib >= 1024 else mib} {'GiB' if mib >= 1024 else 'MiB'}"
+        for name, rs in res.items():
+            if any(r.first_byte is None for r in rs):
+                log(f"  {name} failed at {size}: {rs[0].stderr.strip()[:200]}")
+            res[name] = [r for r in rs if r.first_byte is not None]
+        table.add(f"2. peak RSS, {size}", "MiB", column(res, "peak_rss"), 1 / MiB)
+        table.add(f"2. overhead (RSS − guest RAM), {size}", "MiB", column(res, "overhead"), 1 / MiB)
 
     # 3. vCPU scaling.
     for n in (1, 2, 4, 8, 16):
         log(f"case 3: {n} vCPUs")
-        hv, qe = interleaved(runs, warmup, lambda: (run_measured(hvm_argv(spec_dir, n, 256, hello)),
-                                                    run_measured(qemu_argv(n, 256, hello))))
-        table.add(f"3. start → exit, {n} vCPU{'s' if n > 1 else ''}", "ms", [r.exit for r in hv],
-                  [r.exit for r in qe], 1e3)
+        res = interleaved(runs, warmup, vmms(n, 256, hello))
+        table.add(f"3. start → exit, {n} vCPU{'s' if n > 1 else ''}", "ms", column(res, "exit"), 1e3)
 
     # 4. Exit path.
     log("case 4: 100,000 port writes")
     n = 100_000
-    hv, qe = interleaved(max(3, runs // 2) if not args.quick else 1, 0 if args.quick else 1,
-                         lambda: (run_measured(hvm_argv(spec_dir, 1, 256, f"mode=ioloop n={n}")),
-                                  run_measured(qemu_argv(1, 256, f"mode=ioloop n={n}"))))
-    for r in hv + qe:
+    res = interleaved(max(3, runs // 2) if not args.quick else 1, 0 if args.quick else 1,
+                      vmms(1, 256, f"mode=ioloop n={n}"))
+    for r in sum(res.values(), []):
         check(r, "case 4", "ioloop done")
-    rate = lambda r, base: n / max(r.exit - base, 1e-6)
-    table.add("4. port-I/O exits per second", "exits/s", [rate(r, baseline_hvm) for r in hv],
-              [rate(r, baseline_qemu) for r in qe])
+    rates = {k: [n / max(r.exit - baseline[k], 1e-6) for r in v] for k, v in res.items()}
+    rates.setdefault("firecracker", [])
+    table.add("4. port-I/O exits per second", "exits/s", rates)
 
     # 5. Linux boot, hvm and QEMU on a KVM that runs Linux (the nested lab).
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        boots, fs, net = linux_boots(1 if args.quick else args.linux_runs)
-        for config, (hvm_s, qemu_s) in boots.items():
+        boots, fs, net = linux_boots(1 if args.quick else args.linux_runs, fc)
+        for config, times in boots.items():
             cpus, mib = config.split("-")
+            times.setdefault("firecracker", [])
             table.add(f"5. Linux boot → guest ready, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB",
-                      "ms", hvm_s, qemu_s, 1e3)
+                      "ms", times, 1e3)
         labels = {"roundtrip": "7. `run --rootfs / -- true`: start → exit (QEMU: vhost-user-fs, busybox init)",
                   "tree": f"7. read {'1,000' if args.quick else '10,000'} small files over virtio-fs (tar to wc, in the guest)"}
         for what, (hvm_s, qemu_s) in fs.items():
-            table.add(labels[what], "ms", hvm_s, qemu_s, 1e3)
+            table.add(labels[what], "ms", {"hvm": hvm_s, "qemu": qemu_s}, 1e3)
         # Throughput from the guest's own timings (higher is better).
         rate = lambda mib, secs: [mib / s for s in secs if s > 0]
         for what, arrow in (("down", "host→guest"), ("up", "guest→host")):
@@ -346,10 +406,10 @@ def main():
                 peer_rate = rate(32, net.get((peer, what), []))
                 if hvm_rate or peer_rate:
                     table.add(f"8. TCP {arrow} 32 MiB, user-mode: hvm + passt vs {name}", "MiB/s",
-                              hvm_rate, peer_rate, higher_better=True)
+                              {"hvm": hvm_rate, "qemu": peer_rate})
         vsock = rate(64, net.get(("hvm", "vsock"), []))
         if vsock:
-            table.add("8. vsock host→guest 64 MiB (hvm alone)", "MiB/s", vsock, [], higher_better=True)
+            table.add("8. vsock host→guest 64 MiB (hvm alone)", "MiB/s", {"hvm": vsock})
 
     # 6. virtio throughput in the nested lab (TCG-slow: the ratios tell, not the numbers).
     results = os.path.join(ROOT, "target", "lab", "results.txt")
@@ -365,26 +425,33 @@ def main():
                             ("virtio-net TCP host→guest 4 MiB", "GUEST-NET-DOWN-4MIB-CENTISECONDS", 4)):
         v = mib_s(mib, centis(key))
         if v:
-            table.add(f"6. {label}, nested lab", "MiB/s", [v], [])
+            table.add(f"6. {label}, nested lab", "MiB/s", {"hvm": [v]})
 
     shutil.rmtree(spec_dir, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    fc_version = (subprocess.run([fc, "--version"], capture_output=True, text=True).stdout.splitlines() or ["?"])[0] \
+        if fc else "Firecracker skipped (not found)"
     qemu_version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     report = f"""# Benchmarks
 
 Measured {datetime.date.today().isoformat()} at commit `{commit}` on {os.cpu_count()} CPUs, host KVM:
-{kvm_kind()}. Peer: {qemu_version}, `-M microvm`. {runs} counted runs per
-case after {warmup} warm-up runs ({1 if args.quick else args.linux_runs} boot pairs per configuration
-after one warm-up pair for case 5), hvm and QEMU interleaved; wall {time.monotonic() - started:.0f} s.
+{kvm_kind()}. Peers: {fc_version}; {qemu_version}, `-M microvm`. {runs} counted runs per
+case after {warmup} warm-up runs ({1 if args.quick else args.linux_runs} boot rounds per configuration
+after one warm-up round for case 5), the VMMs interleaved; wall {time.monotonic() - started:.0f} s.
 
-Reproduce: `bench/bench.py` (builds hvm in release mode first; needs qemu-system-x86).
+Reproduce: `bench/bench.py --firecracker PATH` (builds hvm in release mode first; needs
+qemu-system-x86; without a Firecracker binary its columns say "skipped").
 
 {table.markdown()}
 
 Notes:
-- Both VMMs boot the same guest (`guest-images/tiny/hvmtest.elf`): hvm
-  through its Linux 64-bit boot path, QEMU through the guest's PVH note.
+- All VMMs boot the same guest (`guest-images/tiny/hvmtest.elf`): hvm
+  through its Linux 64-bit boot path, QEMU and Firecracker through the
+  guest's PVH note. Under Firecracker the guest leaves by the i8042 reset
+  (`exit=reset`), its only way out; hvm and QEMU take the debug-exit port.
+- Firecracker runs as `firecracker --no-api --level Off --config-file
+  vm.json` (no API socket; logging off, as it logs to stdout).
 - Times are from the benchmark's fork to the first byte on the VMM's stdout
   and to its exit. hvm's timeline is measured from the start of `main`.
 - Peak RSS is the process's VmHWM while the guest idles (after boot).

@@ -100,6 +100,11 @@ pub enum Command {
         /// root hvm with nobody to become keeps no capabilities.
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// At exit, print where the time went: hvm's phases, and the
+        /// guest's exits to hvm by kind and device, with hvm's time serving
+        /// them (a clock read per exit: leave it off for benchmarks).
+        #[arg(long)]
+        stats: bool,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {

@@ -146,6 +146,7 @@ fn main() {
             virtiofsd,
             seccomp,
             user,
+            stats,
         } => {
             let flags = MachineFlags {
                 kernel,
@@ -176,6 +177,7 @@ fn main() {
                     virtiofsd,
                     seccomp,
                     user,
+                    stats,
                 },
             )
         }

@@ -1,7 +1,7 @@
 //! hvm's boot timeline: milliseconds since the process started, logged at
 //! each milestone (`RUST_LOG=hvm::timeline=info`, or `-v`).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -16,7 +16,20 @@ pub fn since_start() -> Duration {
     START.get().map(Instant::elapsed).unwrap_or_default()
 }
 
-/// Logs a milestone.
-pub fn mark(what: &str) {
-    log::info!(target: "hvm::timeline", "{what}: {:.3} ms", since_start().as_secs_f64() * 1e3);
+/// Every milestone so far, for `--stats`.
+static MARKS: Mutex<Vec<(&'static str, Duration)>> = Mutex::new(Vec::new());
+
+/// Logs a milestone and keeps it.
+pub fn mark(what: &'static str) {
+    let at = since_start();
+    log::info!(target: "hvm::timeline", "{what}: {:.3} ms", at.as_secs_f64() * 1e3);
+    MARKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((what, at));
+}
+
+/// The milestones so far, in order.
+pub fn marks() -> Vec<(&'static str, Duration)> {
+    MARKS.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }

@@ -660,3 +660,32 @@ fn root_hvm_drops_to_the_user_and_keeps_no_capabilities() {
     .assert_code(2)
     .assert_stderr("no such user");
 }
+
+/// `--stats` counts the guest's exits by device: 1,000 writes to the unused
+/// port 0x80 show up as such, the console's as COM1's, with the phases.
+#[test]
+fn stats_count_exits_by_device_and_phase() {
+    if !require_kvm() {
+        return;
+    }
+    let spec = tiny_spec(&tiny_elf(), 1, 64, "mode=ioloop n=1000");
+    let out = run_spec("stats", &spec, &["--stats"]);
+    out.assert_code(0)
+        .assert_stdout("ioloop done")
+        .assert_no_panic();
+    let line = |what: &str| {
+        out.stderr
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in:\n{}", out.stderr))
+            .to_string()
+    };
+    assert!(line("unused port 0x80").contains(" 1000 exits"));
+    assert!(line("serial COM1").contains("exits"));
+    assert!(line("phases").contains("first KVM_RUN"));
+    assert!(line("phases").contains("VM stopped"));
+    // Without the flag, nothing is counted or printed.
+    let plain = run_spec("stats-off", &spec, &[]);
+    plain.assert_code(0);
+    assert!(!plain.stderr.contains("hvm: stats"), "{}", plain.stderr);
+}

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod control;
 pub mod event_loop;
 pub mod exit;
+pub mod exit_stats;
 pub mod gdb;
 pub mod helper;
 pub mod memory;
@@ -124,6 +125,8 @@ pub struct RunOptions {
     /// Who a root hvm becomes once the VM is built (`--user`; default:
     /// sudo's caller).
     pub user: Option<String>,
+    /// Count exits and print them, with the phases' times, at exit.
+    pub stats: bool,
 }
 
 /// A built VM, not yet running.
@@ -387,6 +390,7 @@ impl Vm {
             mmio: Arc::new(mmio),
             guest,
             events: vcpu_events,
+            stats: opts.stats.then(exit_stats::StatsSink::default),
         };
 
         let supported = kvm
@@ -642,6 +646,11 @@ impl Vm {
                 g.address()
             );
         }
+        // The device map names the exits `--stats` counts.
+        let device_map = match &self.ctx.stats {
+            Some(_) => self.identity.devices.clone(),
+            None => Vec::new(),
+        };
         let mut control = Control::new(Parts {
             vm: self.vm,
             inbox: self.inbox,
@@ -688,6 +697,9 @@ impl Vm {
         let reason = control.run();
         seccomp::set_wake(None);
         terminal::restore();
+        if let Some(sink) = &self.ctx.stats {
+            eprint!("{}", sink.report(&device_map, &timeline::marks()));
+        }
         Ok(reason)
     }
 }

@@ -6,12 +6,14 @@ use crate::devices::bus::Bus;
 use crate::devices::events::GuestEvents;
 use crate::timeline;
 use crate::vmm::exit::ExitReason;
+use crate::vmm::exit_stats::{ExitKind, ExitStats, StatsSink};
 use crate::vmm::seccomp::{self, ThreadKind};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
@@ -39,6 +41,8 @@ pub struct VcpuContext {
     pub guest: GuestEvents,
     /// Where vCPU threads report to the control loop.
     pub events: VcpuEvents,
+    /// With `--stats`: where each thread's exit counts go when it ends.
+    pub stats: Option<StatsSink>,
 }
 
 /// Holds vCPU threads back until it opens: the control thread installs its
@@ -305,6 +309,7 @@ impl Vcpu {
             return self;
         }
         gate.wait();
+        let mut stats = ctx.stats.as_ref().map(|_| ExitStats::default());
         if id == 0 && !paused {
             timeline::mark("first KVM_RUN");
         }
@@ -326,7 +331,7 @@ impl Vcpu {
                 log::debug!("vCPU {id}: the VM is stopping");
                 break;
             }
-            match self.step(&ctx) {
+            match self.step(&ctx, stats.as_mut()) {
                 Step::Continue => {}
                 Step::Exit(reason) => {
                     log::debug!("vCPU {id} stops: {reason:?}");
@@ -338,6 +343,9 @@ impl Vcpu {
                     ctx.events.send(VcpuEvent::Debug { id, exception, dr6 });
                 }
             }
+        }
+        if let (Some(sink), Some(stats)) = (&ctx.stats, &stats) {
+            sink.add(stats);
         }
         ctx.events.send(VcpuEvent::Stopped { id });
         self
@@ -419,72 +427,110 @@ impl Vcpu {
         }
     }
 
-    /// Runs the guest until one exit, and says what follows.
-    fn step(&mut self, ctx: &VcpuContext) -> Step {
+    /// Runs the guest until one exit, and says what follows; counts the
+    /// exit in `stats` when there are any.
+    fn step(&mut self, ctx: &VcpuContext, stats: Option<&mut ExitStats>) -> Step {
+        let Some(stats) = stats else {
+            return self.serve_one(ctx).1;
+        };
+        let entered = Instant::now();
+        let (kind, step, returned) = self.serve_one(ctx);
+        let returned = returned.unwrap_or(entered);
+        stats.record(kind, returned - entered, returned.elapsed());
+        step
+    }
+
+    /// One KVM_RUN and the exit it returned for: its kind, what follows,
+    /// and, with `--stats`, when KVM_RUN returned.
+    fn serve_one(&mut self, ctx: &VcpuContext) -> (ExitKind, Step, Option<Instant>) {
         let vcpu = self.id;
-        let exit = |reason| Step::Exit(reason);
-        match self.fd.run() {
-            Ok(VcpuExit::IoOut(..)) | Ok(VcpuExit::IoIn(..)) => self.port_io(ctx),
+        let result = self.fd.run();
+        let returned = ctx.stats.is_some().then(Instant::now);
+        let exit = |kind, reason| (kind, Step::Exit(reason), returned);
+        let go_on = |kind| (kind, Step::Continue, returned);
+        match result {
+            Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => {
+                self.port_io(ctx);
+                go_on(ExitKind::Port(port))
+            }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 if !ctx.mmio.write(addr, data) {
                     log::trace!("vCPU {vcpu}: write to unused MMIO {addr:#x}");
                 }
+                go_on(ExitKind::Mmio(addr))
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !ctx.mmio.read(addr, data) {
                     data.fill(0xff);
                 }
+                go_on(ExitKind::Mmio(addr))
             }
-            Ok(VcpuExit::Shutdown) => return exit(ExitReason::TripleFault { vcpu }),
+            Ok(VcpuExit::Shutdown) => exit(
+                ExitKind::Other("shutdown (triple fault)"),
+                ExitReason::TripleFault { vcpu },
+            ),
             Ok(VcpuExit::Hlt) => {
                 // The in-kernel LAPIC handles HLT; an exit here is spurious. Yield, go on.
                 std::thread::yield_now();
+                go_on(ExitKind::Other("HLT"))
             }
-            Ok(VcpuExit::SystemEvent(kind, _)) => {
-                return exit(match kind {
+            Ok(VcpuExit::SystemEvent(kind, _)) => exit(
+                ExitKind::Other("system event"),
+                match kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
                     kvm_bindings::KVM_SYSTEM_EVENT_CRASH => ExitReason::GuestPanic,
                     _ => ExitReason::PowerOff,
-                })
-            }
-            Ok(VcpuExit::FailEntry(reason, _cpu)) => {
-                return exit(ExitReason::FailEntry { vcpu, reason })
-            }
+                },
+            ),
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => exit(
+                ExitKind::Other("failed entry"),
+                ExitReason::FailEntry { vcpu, reason },
+            ),
             Ok(VcpuExit::InternalError) => {
                 let suberror = self.fd.get_kvm_run().exit_reason;
                 // SAFETY: KVM filled the internal-error member of the exit union for this exit.
                 let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 log::debug!("vCPU {vcpu}: internal error, exit reason {suberror}, suberror {sub}");
-                return exit(ExitReason::InternalError {
-                    vcpu,
-                    suberror: sub,
-                });
+                exit(
+                    ExitKind::Other("internal error"),
+                    ExitReason::InternalError {
+                        vcpu,
+                        suberror: sub,
+                    },
+                )
             }
-            Ok(VcpuExit::Debug(arch)) => {
-                return Step::Debug {
+            Ok(VcpuExit::Debug(arch)) => (
+                ExitKind::Other("debug (gdb)"),
+                Step::Debug {
                     exception: arch.exception,
                     dr6: arch.dr6,
-                }
+                },
+                returned,
+            ),
+            Ok(VcpuExit::Intr) => {
+                self.fd.set_kvm_immediate_exit(0);
+                go_on(ExitKind::Other("interrupted (signal)"))
             }
-            Ok(VcpuExit::Intr) => self.fd.set_kvm_immediate_exit(0),
             Ok(other) => {
-                return exit(ExitReason::VcpuFailed {
-                    vcpu,
-                    message: format!("unexpected KVM exit {other:?}"),
-                })
+                let message = format!("unexpected KVM exit {other:?}");
+                exit(
+                    ExitKind::Other("unexpected"),
+                    ExitReason::VcpuFailed { vcpu, message },
+                )
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // Kicked by the control loop: clear the flag, then obey.
                 self.fd.set_kvm_immediate_exit(0);
+                go_on(ExitKind::Other("kicked by hvm (pause, stop, gdb)"))
             }
-            Err(e) => {
-                return exit(ExitReason::VcpuFailed {
+            Err(e) => exit(
+                ExitKind::Other("KVM_RUN failed"),
+                ExitReason::VcpuFailed {
                     vcpu,
                     message: format!("KVM_RUN failed: {e}"),
-                })
-            }
+                },
+            ),
         }
-        Step::Continue
     }
 }
 

@@ -599,12 +599,16 @@ if [ -n "$STOCK" ]; then
     EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"stock-disk\"\n[rng]"
     case_ debian-cloud-virtio "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,GUEST-SHA256-READ,\$(sha256sum</dev/vda|cut,-d',',-f1);echo,SERIAL,\$(cat</sys/block/vda/serial);echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current)"
 fi
-# Linux boot time, hvm against QEMU's microvm machine on the same KVM (the
-# benchmark's case 5; runs only when asked: lab.py --boot-bench N, which puts
-# QEMU into L1). Runs alternate hvm, QEMU, hvm, ...; each line
-# "BOOT-BENCH vmm config centiseconds" is the time from the VMM's start to the
-# guest's ready line on its console. Both boot the same bzImage, initramfs
-# and command line; QEMU gets the host's CPUID, as hvm passes it, but no vPMU:
+# Linux boot time, hvm against Firecracker and QEMU's microvm machine on the
+# same KVM (the benchmark's case 5; runs only when asked: lab.py --boot-bench
+# N, which puts QEMU, and Firecracker if given, into L1). Runs alternate hvm,
+# Firecracker, QEMU, hvm, ...; each line "BOOT-BENCH vmm config centiseconds"
+# is the time from the VMM's start to the guest's ready line on its console.
+# All boot the same kernel build, initramfs and command line: hvm and
+# Firecracker the ELF vmlinux (Firecracker takes no bzImage), QEMU's qboot
+# the bzImage. The guest leaves by the i8042 reset (hvm.mode=reboot), the
+# only way out Firecracker has; QEMU gets -no-reboot to stop there too.
+# QEMU gets the host's CPUID, as hvm passes it, but no vPMU:
 # with one, QEMU's 2-vCPU guests crashed L1 within minutes ("corrupted stack
 # end detected inside scheduler"); with pmu=off (or -cpu EPYC) none did.
 ready_cs() {
@@ -615,13 +619,18 @@ ready_cs() {
         cat >/dev/null
     }
 }
-# One pair: hvm then QEMU, each booting the same kernel to its ready line.
+# One round: hvm, Firecracker (when there is one), QEMU, each booting the
+# same kernel to its ready line.
 boot_pair() {
     label=$1
     echo "$label hvm ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$HVM" run "$spec")"
+    if [ -n "$fc" ]; then
+        echo "$label firecracker ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$fc" --no-api --level Off \
+            --config-file "$fc_json")"
+    fi
     echo "$label qemu ${cpus}cpu-${mib}M $(ready_cs timeout 120 "$qemu" -M microvm,x-option-roms=off \
         -accel kvm -cpu host,pmu=off -smp "$cpus" -m "${mib}M" -nodefaults -no-user-config -nographic \
-        -serial stdio -kernel "$IMG/bzImage" -initrd "$IMG/initramfs.cpio.gz" -append "$cmdline")"
+        -no-reboot -serial stdio -kernel "$IMG/bzImage" -initrd "$IMG/initramfs.cpio.gz" -append "$cmdline")"
     [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
 }
 # Each counted pair is a case of its own (boot-bench-1cpu-128M-3, ...), so a
@@ -630,10 +639,14 @@ boot_bench() {
     cpus=$1 mib=$2 warm=
     case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
     qemu=$(command -v qemu-system-x86_64)
-    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet"
+    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
+    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot"
     spec=$TMP/boot-$cpus-$mib.toml
     printf '[machine]\nvcpus = %s\nmemory = "%sM"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
-        "$cpus" "$mib" "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+        "$cpus" "$mib" "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+    fc_json=$TMP/boot-$cpus-$mib.json
+    printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}}\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" "$cpus" "$mib" >"$fc_json"
     runs=${HVM_LAB_RUNS:-5}
     for i in $(seq 1 "$runs"); do
         name=boot-bench-${cpus}cpu-${mib}M-$i

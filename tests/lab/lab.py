@@ -176,7 +176,7 @@ def add_qemu(root):
     shutil.copy(firmware, os.path.join(root, "usr/share/qemu/bios-microvm.bin"))
 
 
-def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
+def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False, firecracker=None):
     root = os.path.join(work, "root")
     # etc, var, home, root and run as on a real system: the --rootfs cases
     # boot L1's own root, and hvm's init puts overlays on the first four.
@@ -217,6 +217,9 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False):
         copy_with_libs(os.path.realpath(virtiofsd), root, "/usr/libexec/virtiofsd")
     else:
         log("no virtiofsd (apt-get install qemu-system-common): the lab's share cases will fail")
+    if firecracker:
+        # The boot benchmark's second peer (test equipment, given with --firecracker).
+        copy_with_libs(firecracker, root, "/usr/bin/firecracker")
     if with_qemu:
         add_qemu(root)
         # The virtio-fs benchmark's tree: 100 directories of 100 small
@@ -354,7 +357,8 @@ def main():
     ap.add_argument("--bench", action="store_true", help="run only the throughput case (virtio-blk 256 MiB)")
     ap.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
     ap.add_argument("--boot-bench", type=int, metavar="RUNS", default=0,
-                    help="run only the Linux boot benchmark, hvm against QEMU microvm, RUNS times each")
+                    help="run only the Linux boot benchmark, hvm against QEMU microvm (and Firecracker), RUNS times each")
+    ap.add_argument("--firecracker", metavar="PATH", help="a Firecracker binary for the boot benchmark (optional)")
     args = ap.parse_args()
     if args.bench:
         args.only = "blk-256M"
@@ -370,7 +374,8 @@ def main():
             shutil.copytree(args.images, images, ignore=shutil.ignore_patterns("tiny", "*.sh"))
             extra = modules_cpio(moddir, STOCK_GUEST_MODULES, work, "stock-modules.cpio")
             concat_initrd(os.path.join(images, "stock-initrd"), os.path.join(images, "initramfs.cpio.gz"), extra)
-            env = dict(os.environ, HVM_LAB_ONLY=args.only.replace(",", " "), HVM_LAB_RUNS=str(args.boot_bench))
+            env = dict(os.environ, HVM_LAB_ONLY=args.only.replace(",", " "), HVM_LAB_RUNS=str(args.boot_bench),
+                       HVM_LAB_FIRECRACKER=os.path.abspath(args.firecracker) if args.firecracker else "")
             with open(args.out, "w") as f:
                 subprocess.run(["sh", os.path.join(HERE, "cases.sh"), os.path.abspath(args.hvm), images, vmlinuz,
                                 os.path.join(ROOT, "examples")],
@@ -381,7 +386,8 @@ def main():
         raise SystemExit("lab: qemu-system-x86_64 is missing: apt-get install qemu-system-x86")
     with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
         cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir,
-                                  with_qemu=args.boot_bench > 0 or "net-bench" in args.only)
+                                  with_qemu=args.boot_bench > 0 or "net-bench" in args.only,
+                                  firecracker=args.firecracker if args.boot_bench else None)
         console = os.path.splitext(args.out)[0] + "-l1-console.log"
         # L1 under TCG is not reliable: with -smp 2 it often oopses in KVM
         # (an int3 in kvm_arch_vcpu_ioctl_run, a cross-CPU text-patching race
