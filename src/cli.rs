@@ -105,6 +105,16 @@ pub enum Command {
         /// them (a clock read per exit: leave it off for benchmarks).
         #[arg(long)]
         stats: bool,
+        /// When the guest crashes or --timeout expires, also write the
+        /// crash report (every vCPU's registers, symbols, the console's
+        /// last lines) to FILE as JSON.
+        #[arg(long, value_name = "FILE")]
+        crash_report: Option<PathBuf>,
+        /// The kernel's System.map (or its ELF vmlinux) for function names
+        /// in crash reports, when the kernel booted is a bzImage (adds
+        /// nokaslr to the command line, so the addresses match).
+        #[arg(long, value_name = "PATH")]
+        symbols: Option<PathBuf>,
     },
     /// Check a spec without booting it: exit 0, or a message naming the key and line.
     Validate {

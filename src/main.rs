@@ -15,7 +15,7 @@ use hvm::vmm::{
     control::ControlError, gdb::GdbError, passt::PasstError, virtio::VirtioError,
     virtiofsd::VirtiofsdError,
 };
-use hvm::vmm::{RunOptions, Vm, VmError};
+use hvm::vmm::{Outcome, RunOptions, Vm, VmError};
 use hvm::{timeline, vmm};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,6 +147,8 @@ fn main() {
             seccomp,
             user,
             stats,
+            crash_report,
+            symbols,
         } => {
             let flags = MachineFlags {
                 kernel,
@@ -167,6 +169,10 @@ fn main() {
             run(
                 spec,
                 &flags,
+                Reports {
+                    crash_report,
+                    symbols,
+                },
                 RunOptions {
                     timeout,
                     serial_log,
@@ -232,7 +238,20 @@ fn validate(spec: &Path) -> i32 {
     }
 }
 
-fn run(spec_file: Option<PathBuf>, flags: &MachineFlags, opts: RunOptions) -> i32 {
+/// What hvm tells about a run besides its exit code.
+struct Reports {
+    /// `--crash-report FILE`: the crash report as JSON.
+    crash_report: Option<PathBuf>,
+    /// `--symbols PATH`: overrides `[kernel] symbols`.
+    symbols: Option<PathBuf>,
+}
+
+fn run(
+    spec_file: Option<PathBuf>,
+    flags: &MachineFlags,
+    reports: Reports,
+    opts: RunOptions,
+) -> i32 {
     let base = match spec_file.as_deref().map(Spec::from_file).transpose() {
         Ok(s) => s,
         Err(e) => {
@@ -248,8 +267,12 @@ fn run(spec_file: Option<PathBuf>, flags: &MachineFlags, opts: RunOptions) -> i3
             return code::USAGE;
         }
     };
-    if opts.gdb.is_some() && !spec.cmdline.split_whitespace().any(|w| w == "nokaslr") {
-        // Symbols from vmlinux match only where the kernel was linked.
+    if reports.symbols.is_some() {
+        spec.symbols = reports.symbols;
+    }
+    let wants_symbols = opts.gdb.is_some() || spec.symbols.is_some();
+    if wants_symbols && !spec.cmdline.split_whitespace().any(|w| w == "nokaslr") {
+        // Symbols match only where the kernel was linked.
         spec.cmdline.push_str(" nokaslr");
     }
     if let Some(name) = &opts.name {
@@ -262,9 +285,15 @@ fn run(spec_file: Option<PathBuf>, flags: &MachineFlags, opts: RunOptions) -> i3
     let outcome = Vm::build(&spec, &opts).and_then(|vm| vm.run(&opts));
     vmm::terminal::restore();
     match outcome {
-        Ok(reason) => {
+        Ok(Outcome { reason, crash }) => {
             if let Some(msg) = reason.message() {
                 eprintln!("hvm: {msg}");
+            }
+            if let Some(report) = crash {
+                eprint!("{}", report.render());
+                if let Some(path) = &reports.crash_report {
+                    write_crash_report(path, &report, &spec);
+                }
             }
             log::info!("VM stopped: {reason:?}, exit code {}", reason.exit_code());
             log_leftovers();
@@ -274,6 +303,26 @@ fn run(spec_file: Option<PathBuf>, flags: &MachineFlags, opts: RunOptions) -> i3
             eprintln!("hvm: {e}");
             error_code(&e)
         }
+    }
+}
+
+/// Writes the JSON report with the care of any guest output file (no
+/// symlinks, none of the VM's inputs, 0600).
+fn write_crash_report(path: &Path, report: &vmm::crash_report::CrashReport, spec: &Spec) {
+    use std::io::Write;
+    let inputs = spec.inputs();
+    let written = hvm::host_file::create_output(path, &inputs)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| {
+            f.write_all(report.json().as_bytes())
+                .map_err(|e| e.to_string())
+        });
+    match written {
+        Ok(()) => eprintln!("hvm: crash report written to {}", path.display()),
+        Err(e) => eprintln!(
+            "hvm: cannot write the crash report to {}: {e}",
+            path.display()
+        ),
     }
 }
 

@@ -175,6 +175,9 @@ pub struct Spec {
     /// Extra command-line text, appended after hvm's defaults (or replacing them).
     pub cmdline: String,
     pub replace_cmdline: bool,
+    /// Where a crash report finds the kernel's symbols (System.map or an
+    /// ELF vmlinux) when the kernel booted is a bzImage.
+    pub symbols: Option<PathBuf>,
     pub serial: SerialOutput,
     /// The most bytes any console output file (`[serial] file`,
     /// `--serial-log`) may take; None: no limit.
@@ -322,6 +325,7 @@ struct RawKernel {
     cmdline: Option<Spanned<String>>,
     #[serde(default)]
     replace_cmdline: bool,
+    symbols: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -841,6 +845,7 @@ impl Spec {
             initrd: kernel.initrd.map(|i| resolve(i.get_ref())),
             cmdline,
             replace_cmdline: kernel.replace_cmdline,
+            symbols: kernel.symbols.map(|i| resolve(i.get_ref())),
             serial,
             serial_max_size,
             drives,
@@ -854,6 +859,23 @@ impl Spec {
         })
     }
 
+    /// The files the VM reads (kernel, initrd, drives), named for
+    /// messages: an output file must be none of them.
+    pub fn inputs(&self) -> Vec<(String, PathBuf)> {
+        let mut inputs = vec![("kernel".to_string(), self.kernel.clone())];
+        inputs.extend(
+            self.initrd
+                .iter()
+                .map(|p| ("initrd".to_string(), p.clone())),
+        );
+        inputs.extend(
+            self.drives
+                .iter()
+                .map(|d| (format!("drive \"{}\"", d.id), d.path.clone())),
+        );
+        inputs
+    }
+
     /// A spec with nothing but a kernel: every other key at its default.
     /// `source` names it in messages.
     pub fn with_kernel(kernel: PathBuf, source: PathBuf) -> Spec {
@@ -865,6 +887,7 @@ impl Spec {
             initrd: None,
             cmdline: String::new(),
             replace_cmdline: false,
+            symbols: None,
             serial: SerialOutput::Stdio,
             serial_max_size: None,
             drives: Vec::new(),

@@ -689,3 +689,124 @@ fn stats_count_exits_by_device_and_phase() {
     plain.assert_code(0);
     assert!(!plain.stderr.contains("hvm: stats"), "{}", plain.stderr);
 }
+
+/// A triple fault gets a crash report: the failed vCPU's RIP with the
+/// function it is in (the guest's ELF has symbols), its control
+/// registers, the console's last line; --crash-report writes the same
+/// values as JSON.
+#[test]
+fn triple_fault_report_names_rip_its_function_and_the_control_registers() {
+    if !require_kvm() {
+        return;
+    }
+    let json = scratch("crash-report").join("report.json");
+    let out = run_spec(
+        "triple-report",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=triple"),
+        &["--crash-report", &path_str(&json)],
+    );
+    out.assert_code(125)
+        .assert_stderr("guest crashed: triple fault on vCPU 0")
+        .assert_stderr("vCPU 0 (failed): 64-bit long mode, CPL 0")
+        .assert_stderr("<triple_fault+0x")
+        .assert_stderr("| hvmtest: triple fault")
+        .assert_no_panic();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let vcpu = &report["vcpus"][0];
+    assert_eq!(report["failed_vcpu"], 0);
+    assert_eq!(report["exit_code"], 125);
+    assert!(vcpu["rip_symbol"]
+        .as_str()
+        .unwrap()
+        .starts_with("triple_fault+0x"));
+    // The text shows the same registers as the JSON.
+    for reg in ["rip", "cr0", "cr3", "cr4"] {
+        let value = vcpu[reg].as_str().unwrap();
+        let shown = if reg == "rip" {
+            format!(
+                "RIP {:#018x}",
+                u64::from_str_radix(&value[2..], 16).unwrap()
+            )
+        } else {
+            format!("{} {value}", reg.to_uppercase())
+        };
+        out.assert_stderr(&shown);
+    }
+    assert_ne!(vcpu["cr3"], "0x0");
+}
+
+/// A guest still running when --timeout expires: the report says where
+/// each vCPU was (mode=spin idles in spin_here), and it costs nothing when
+/// the guest ends well (no report).
+#[test]
+fn timeout_report_names_where_the_vcpus_were() {
+    if !require_kvm() {
+        return;
+    }
+    let out = run_spec(
+        "timeout-report",
+        &tiny_spec(&tiny_elf(), 2, 64, "mode=spin"),
+        &["--timeout", "300ms"],
+    );
+    out.assert_code(124)
+        .assert_stderr("hvm: crash report")
+        .assert_stderr("<spin_here+0x")
+        .assert_stderr("| hvmtest: spinning")
+        .assert_no_panic();
+    // Both vCPUs are there, the boot vCPU first (none failed).
+    let v0 = out.stderr.find("  vCPU 0:").expect("vCPU 0 in the report");
+    let v1 = out.stderr.find("  vCPU 1:").expect("vCPU 1 in the report");
+    assert!(v0 < v1, "{}", out.stderr);
+    let well = run_spec(
+        "no-report",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=hello"),
+        &[],
+    );
+    well.assert_code(0);
+    assert!(!well.stderr.contains("crash report"), "{}", well.stderr);
+}
+
+/// The CMOS clock reads the host's UTC time (within 2 s) and advances.
+#[test]
+fn cmos_clock_reads_the_hosts_utc_time_and_advances() {
+    if !require_kvm() {
+        return;
+    }
+    let out = run_spec("rtc", &tiny_spec(&tiny_elf(), 1, 64, "mode=rtc"), &[]);
+    out.assert_code(0).assert_no_panic();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let times: Vec<i64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("hvmtest: rtc "))
+        .map(|t| epoch_of(t.trim()))
+        .collect();
+    assert_eq!(times.len(), 2, "{}", out.stdout);
+    assert!(
+        times[1] > times[0],
+        "the clock did not advance: {}",
+        out.stdout
+    );
+    // The second reading was taken just before hvm exited.
+    assert!(
+        (host - times[1]).abs() <= 2,
+        "guest {} host {host}",
+        times[1]
+    );
+}
+
+/// Seconds since the epoch of "YYYY-MM-DD HH:MM:SS" (UTC).
+fn epoch_of(t: &str) -> i64 {
+    let n: Vec<i64> = t
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (y, m, d) = (n[0], n[1], n[2]);
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d - 1 - 719_468;
+    days * 86_400 + n[3] * 3600 + n[4] * 60 + n[5]
+}

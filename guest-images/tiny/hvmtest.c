@@ -27,6 +27,7 @@ typedef unsigned int u32;
 typedef unsigned long u64;
 
 void triple_fault(void);
+void spin_here(void) __attribute__((noreturn));
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
@@ -518,6 +519,40 @@ static void pvh_leave(void) {
     exit_with(0);
 }
 
+/* ---- the CMOS real-time clock ---- */
+static u8 cmos(u8 reg) { outb(0x70, reg); return inb(0x71); }
+static u64 bcd(u8 v) { return (u64)(v >> 4) * 10 + (v & 15); }
+static void put2(u64 v) { putc_((char)('0' + v / 10 % 10)); putc_((char)('0' + v % 10)); }
+
+/* Prints the clock as "hvmtest: rtc YYYY-MM-DD HH:MM:SS" (BCD, 24-hour, as
+ * hvm starts it), read as Linux does: wait out update-in-progress, read
+ * until two reads agree. Returns the seconds register. */
+static u8 rtc_print(void) {
+    u8 t[7], u[7];
+    const u8 regs[7] = {0x32, 0x09, 0x08, 0x07, 0x04, 0x02, 0x00};
+    do {
+        while (cmos(0x0a) & 0x80) {}
+        for (int i = 0; i < 7; i++) t[i] = cmos(regs[i]);
+        for (int i = 0; i < 7; i++) u[i] = cmos(regs[i]);
+    } while (t[6] != u[6] || t[5] != u[5]);
+    puts_("hvmtest: rtc "); put2(bcd(t[0])); put2(bcd(t[1])); putc_('-'); put2(bcd(t[2])); putc_('-');
+    put2(bcd(t[3])); putc_(' '); put2(bcd(t[4])); putc_(':'); put2(bcd(t[5])); putc_(':'); put2(bcd(t[6]));
+    puts_("\n");
+    return t[6];
+}
+
+/* mode=rtc: the time now, then again once the seconds changed twice
+ * (1-2 s later): the test compares both with the host's clock. */
+static void rtc(void) {
+    u8 s = rtc_print();
+    for (int changes = 0; changes < 2;) {
+        u8 now = cmos(0x00);
+        if (now != s) { s = now; changes++; }
+    }
+    rtc_print();
+    exit_with(0);
+}
+
 /* Entered through the PVH note (QEMU, Firecracker): only the modes a
  * benchmark needs. */
 void hvmtest_pvh(u64 start_info) {
@@ -552,7 +587,8 @@ void hvmtest_main(u64 boot_params) {
     if (streq(mode, "reset")) { puts_("hvmtest: i8042 reset\n"); outb(0x64, 0xfe); puts_("hvmtest: still running after reset\n"); exit_with(92); }
     if (streq(mode, "acpi-off")) { puts_("hvmtest: ACPI power-off\n"); acpi_poweroff(); }
     if (streq(mode, "triple")) { puts_("hvmtest: triple fault\n"); triple_fault(); }
-    if (streq(mode, "spin")) { puts_("hvmtest: spinning\n"); for (;;) __asm__ volatile("cli; hlt"); }
+    if (streq(mode, "spin")) { puts_("hvmtest: spinning\n"); spin_here(); }
+    if (streq(mode, "rtc")) rtc();
     if (streq(mode, "ioloop")) {
         num_arg("n", &n);
         for (u64 i = 0; i < n; i++) outb(0x80, (u8)i);

@@ -92,9 +92,20 @@ pvh_gdt_desc:
     .section .text.entry, "ax"
     .code64
     .globl triple_fault
+    .type triple_fault, @function
 triple_fault:
     lidt null_idt(%rip)
     ud2
+    .size triple_fault, . - triple_fault
+
+/* Where mode=spin idles for good: a known function for crash reports. */
+    .globl spin_here
+    .type spin_here, @function
+spin_here:
+    cli
+    hlt
+    jmp spin_here
+    .size spin_here, . - spin_here
 
     .section .rodata
 null_idt:

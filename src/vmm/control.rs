@@ -16,6 +16,7 @@ use crate::devices::console_output::SharedOutput;
 use crate::devices::events::{GuestEvent, GuestEvents};
 use crate::devices::ged::GedTrigger;
 use crate::timeline;
+use crate::vmm::crash_report::{self, CaptureRequest, VcpuSnapshot};
 use crate::vmm::seccomp;
 use kvm_ioctls::VmFd;
 use std::collections::{HashMap, VecDeque};
@@ -145,6 +146,17 @@ pub struct Control {
     /// Processes and files serving devices; stopped after the devices are.
     companions: Companions,
     started: Instant,
+    /// Raised before vCPUs are stopped when the VM ends for a crash report.
+    capture: CaptureRequest,
+    /// What the vCPU threads recorded as they left (crash reports only).
+    states: Vec<VcpuSnapshot>,
+}
+
+/// How the VM ended: the reason, and for a crash report every vCPU's
+/// last state.
+pub struct Ended {
+    pub reason: ExitReason,
+    pub states: Vec<VcpuSnapshot>,
 }
 
 /// Everything the control loop takes over.
@@ -165,6 +177,7 @@ pub struct Parts {
     pub kernel_log: Option<SharedOutput>,
     pub identity: Identity,
     pub companions: Companions,
+    pub capture: CaptureRequest,
 }
 
 fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> ControlError {
@@ -222,6 +235,8 @@ impl Control {
             identity: p.identity,
             companions: p.companions,
             started: Instant::now(),
+            capture: p.capture,
+            states: Vec::new(),
         })
     }
 
@@ -244,9 +259,14 @@ impl Control {
     }
 
     /// Runs until the VM has a reason to stop, then stops its threads.
-    pub fn run(mut self) -> ExitReason {
+    pub fn run(mut self) -> Ended {
         let mut reason = self.wait_for_reason();
         timeline::mark("VM stopped");
+        let report = crash_report::wanted(&reason);
+        if report {
+            // Each vCPU records where it was as it leaves.
+            self.capture.request();
+        }
         if self.kernel_log.is_some() && matches!(reason, ExitReason::PowerOff | ExitReason::Reset) {
             // A command's verdict comes through the debug-exit port only.
             reason = ExitReason::NoVerdict;
@@ -255,8 +275,23 @@ impl Control {
             gdb.report_exit(reason.exit_code());
         }
         self.teardown();
-        self.report_kernel_log(&reason);
-        reason
+        if report {
+            // States sent after the last wait, or kept for later.
+            while let Some(event) = self
+                .deferred
+                .pop_front()
+                .or_else(|| self.inbox.vcpus.try_recv().ok())
+            {
+                self.on_vcpu_event(event);
+            }
+        } else {
+            // (A crash report shows the console's last lines itself.)
+            self.report_kernel_log(&reason);
+        }
+        Ended {
+            reason,
+            states: std::mem::take(&mut self.states),
+        }
     }
 
     /// When a command's guest fails, the kernel's last words (nobody saw
@@ -382,6 +417,7 @@ impl Control {
             VcpuEvent::Paused { id } => self.set_state(id, VcpuState::Paused),
             VcpuEvent::Resumed { id } => self.set_state(id, VcpuState::Running),
             VcpuEvent::Stopped { id } => self.set_state(id, VcpuState::Stopped),
+            VcpuEvent::State(state) => self.states.push(*state),
         }
         None
     }
@@ -412,7 +448,8 @@ impl Control {
                 Ok(
                     e @ (VcpuEvent::Paused { .. }
                     | VcpuEvent::Resumed { .. }
-                    | VcpuEvent::Stopped { .. }),
+                    | VcpuEvent::Stopped { .. }
+                    | VcpuEvent::State(_)),
                 ) => {
                     self.on_vcpu_event(e);
                 }

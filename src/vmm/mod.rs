@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod control;
+pub mod crash_report;
 pub mod event_loop;
 pub mod exit;
 pub mod exit_stats;
@@ -12,6 +13,7 @@ pub mod memory;
 pub mod passt;
 pub mod privileges;
 pub mod seccomp;
+pub mod symbols;
 pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
@@ -157,6 +159,14 @@ pub struct Vm {
     identity: Identity,
     /// Processes and files serving devices (virtiofsd, passt, vsock sockets).
     companions: helper::Companions,
+    /// Where a crash report reads the kernel's symbols.
+    symbols: PathBuf,
+}
+
+/// How a run ended: the reason, and what hvm saw when the guest failed.
+pub struct Outcome {
+    pub reason: ExitReason,
+    pub crash: Option<crash_report::CrashReport>,
 }
 
 /// The device registry as it is being built: each device gets an id, a
@@ -391,6 +401,7 @@ impl Vm {
             guest,
             events: vcpu_events,
             stats: opts.stats.then(exit_stats::StatsSink::default),
+            capture: crash_report::CaptureRequest::default(),
         };
 
         let supported = kvm
@@ -424,6 +435,7 @@ impl Vm {
             ged,
             companions,
             user,
+            symbols: spec.symbols.clone().unwrap_or_else(|| spec.kernel.clone()),
             identity: Identity {
                 spec: opts.spec_path.clone(),
                 vcpus: spec.vcpus,
@@ -440,17 +452,7 @@ impl Vm {
         opts: &RunOptions,
     ) -> Result<(SharedOutput, Input, Vec<SharedOutput>), VmError> {
         // What the VM reads: an output file must be none of them.
-        let mut inputs = vec![("kernel".to_string(), spec.kernel.clone())];
-        inputs.extend(
-            spec.initrd
-                .iter()
-                .map(|p| ("initrd".to_string(), p.clone())),
-        );
-        inputs.extend(
-            spec.drives
-                .iter()
-                .map(|d| (format!("drive \"{}\"", d.id), d.path.clone())),
-        );
+        let inputs = spec.inputs();
         let add = |out: &SharedOutput, what, path: &PathBuf| {
             let file = host_file::create_output(path, &inputs)
                 .map_err(|source| VmError::OutputFile { what, source })?;
@@ -591,7 +593,7 @@ impl Vm {
     /// Runs the VM until it stops, and says why: starts the device loop
     /// and the vCPU threads, then hands everything to the control loop.
     /// Restores the terminal and flushes the console before returning.
-    pub fn run(self, opts: &RunOptions) -> Result<ExitReason, VmError> {
+    pub fn run(self, opts: &RunOptions) -> Result<Outcome, VmError> {
         let signals = control::take_stop_signals()?;
         vcpu::install_kick_handler()?;
         let gdb = opts
@@ -651,6 +653,9 @@ impl Vm {
             Some(_) => self.identity.devices.clone(),
             None => Vec::new(),
         };
+        // The guest's last words, for a crash report (COM1's, where the
+        // kernel's console is).
+        let console = self.outputs.first().cloned().unwrap_or_default();
         let mut control = Control::new(Parts {
             vm: self.vm,
             inbox: self.inbox,
@@ -665,6 +670,7 @@ impl Vm {
             kernel_log: self.kernel_log,
             identity: self.identity,
             companions: self.companions,
+            capture: self.ctx.capture.clone(),
         })?;
         // The control thread is filtered before the guest's first
         // instruction: the vCPUs wait for it at the gate.
@@ -694,13 +700,25 @@ impl Vm {
                 }
             }
         }
-        let reason = control.run();
+        let ended = control.run();
         seccomp::set_wake(None);
         terminal::restore();
         if let Some(sink) = &self.ctx.stats {
             eprint!("{}", sink.report(&device_map, &timeline::marks()));
         }
-        Ok(reason)
+        let crash = crash_report::wanted(&ended.reason).then(|| {
+            crash_report::CrashReport::build(
+                &ended.reason,
+                ended.states,
+                &self.symbols,
+                &self.memory,
+                console.last_lines(crash_report::CONSOLE_LINES),
+            )
+        });
+        Ok(Outcome {
+            reason: ended.reason,
+            crash,
+        })
     }
 }
 
@@ -717,6 +735,13 @@ fn dsdt_devices() -> Vec<DsdtDevice> {
             port: COM1_PORT,
             len: COM1_LEN as u8,
             irq: Some(COM1_IRQ),
+        },
+        DsdtDevice::Ports {
+            name: "RTC_",
+            hid: "PNP0B00",
+            port: CMOS_PORT,
+            len: CMOS_LEN as u8,
+            irq: None,
         },
         DsdtDevice::Ports {
             name: "PEVT",

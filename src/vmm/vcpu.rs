@@ -5,6 +5,7 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::devices::events::GuestEvents;
 use crate::timeline;
+use crate::vmm::crash_report::{self, CaptureRequest, VcpuSnapshot};
 use crate::vmm::exit::ExitReason;
 use crate::vmm::exit_stats::{ExitKind, ExitStats, StatsSink};
 use crate::vmm::seccomp::{self, ThreadKind};
@@ -43,6 +44,9 @@ pub struct VcpuContext {
     pub events: VcpuEvents,
     /// With `--stats`: where each thread's exit counts go when it ends.
     pub stats: Option<StatsSink>,
+    /// Raised when the VM ends for a crash report: each thread records
+    /// its state as it leaves.
+    pub capture: CaptureRequest,
 }
 
 /// Holds vCPU threads back until it opens: the control thread installs its
@@ -99,6 +103,8 @@ pub enum VcpuEvent {
     Debug { id: u32, exception: u32, dr6: u64 },
     /// The guest did something that ends the VM.
     Exit { id: u32, reason: ExitReason },
+    /// The vCPU's state as it left, for a crash report.
+    State(Box<VcpuSnapshot>),
     /// The thread has left.
     Stopped { id: u32 },
 }
@@ -310,6 +316,7 @@ impl Vcpu {
         }
         gate.wait();
         let mut stats = ctx.stats.as_ref().map(|_| ExitStats::default());
+        let mut captured = false;
         if id == 0 && !paused {
             timeline::mark("first KVM_RUN");
         }
@@ -335,6 +342,14 @@ impl Vcpu {
                 Step::Continue => {}
                 Step::Exit(reason) => {
                     log::debug!("vCPU {id} stops: {reason:?}");
+                    if crash_report::wanted(&reason) {
+                        // This vCPU's state first, exactly as it failed.
+                        ctx.capture.request();
+                        let internal = matches!(reason, ExitReason::InternalError { .. });
+                        let state = VcpuSnapshot::capture(id, &mut self.fd, internal);
+                        ctx.events.send(VcpuEvent::State(Box::new(state)));
+                        captured = true;
+                    }
                     ctx.events.send(VcpuEvent::Exit { id, reason });
                     break;
                 }
@@ -346,6 +361,10 @@ impl Vcpu {
         }
         if let (Some(sink), Some(stats)) = (&ctx.stats, &stats) {
             sink.add(stats);
+        }
+        if ctx.capture.requested() && !captured {
+            let state = VcpuSnapshot::capture(id, &mut self.fd, false);
+            ctx.events.send(VcpuEvent::State(Box::new(state)));
         }
         ctx.events.send(VcpuEvent::Stopped { id });
         self

@@ -4,6 +4,7 @@
 //! hvm's I/O ports) and which devices sit where (DSDT).
 
 use super::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::devices::cmos::CENTURY as CMOS_CENTURY;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -236,10 +237,14 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     b.sleep_status_reg = io_reg(SLEEP_STATUS_PORT);
     b.reset_reg = io_reg(RESET_PORT);
     b.reset_value = RESET_VALUE;
-    // IA-PC boot architecture: no VGA (bit 2), no CMOS RTC to probe (bit 5).
-    // The 8042 bit (1) stays clear: hvm's i8042 only resets the machine, and
-    // Linux would otherwise stall probing a keyboard controller that is not there.
-    b.iapc_boot_arch = ((1u16 << 2) | (1 << 5)).into();
+    // IA-PC boot architecture: no VGA (bit 2). The CMOS RTC is there (bit
+    // 5 clear; the DSDT names it PNP0B00, and Linux's rtc_cmos makes it
+    // /dev/rtc0). The 8042 bit (1) stays clear: hvm's i8042 only resets the
+    // machine, and Linux would otherwise stall probing a keyboard
+    // controller that is not there.
+    b.iapc_boot_arch = (1u16 << 2).into();
+    // Where the clock keeps its century (Linux reads it from here).
+    b.century = CMOS_CENTURY;
     b.hypervisor_vendor_identity = u64::from_le_bytes(*b"HVM\0\0\0\0\0").into();
     sdt_bytes(&b.finalize())
 }
