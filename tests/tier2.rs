@@ -740,3 +740,67 @@ fn virtio_blk_writes_the_guest_synced_survive_hvm_being_killed() {
     assert!(result.ends_with("missing=0"), "{result}\n{}", c.console);
     assert!(!c.console.contains("DUR-WRITE-FAILED"), "{}", c.console);
 }
+
+/// A kernel panic (sysrq c) ends hvm with 125 and a crash report that
+/// has the panic's line and RIP named from vmlinux's symbols; the JSON
+/// file says the same.
+#[test]
+fn kernel_panic_gets_a_crash_report_with_symbols_and_the_panic_line() {
+    let Some(c) = case("crash-sysrq") else { return };
+    let show = || format!("--- console\n{}\n--- hvm stderr\n{}", c.console, c.stderr);
+    assert_eq!(c.code, 125, "{}", show());
+    for needle in [
+        "hvm: guest kernel panicked (pvpanic)",
+        "hvm: crash report (function names from",
+        "Kernel panic - not syncing: sysrq triggered crash",
+        "  vCPU 0",
+        "  vCPU 1",
+    ] {
+        assert!(c.stderr.contains(needle), "stderr lacks {needle:?}\n{}", show());
+    }
+    let rip = c
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("RIP ") && l.contains(" <"))
+        .unwrap_or_else(|| panic!("no symbolized RIP\n{}", show()));
+    assert!(rip.contains("+0x"), "{rip}");
+    let json = c
+        .console
+        .split("CRASH-JSON-BEGIN")
+        .nth(1)
+        .and_then(|rest| rest.split("CRASH-JSON-END").next())
+        .unwrap_or_else(|| panic!("no JSON report\n{}", show()));
+    let report: serde_json::Value = serde_json::from_str(json.trim()).expect("valid JSON");
+    assert_eq!(report["exit_code"], 125);
+    assert_eq!(report["vcpus"].as_array().map(Vec::len), Some(2));
+    let tail = report["console_tail"].to_string();
+    assert!(tail.contains("sysrq triggered crash"), "{tail}");
+}
+
+/// A Debian kernel finds the CMOS clock (/dev/rtc0) and reads the host's
+/// UTC time from it.
+#[test]
+fn stock_debian_kernel_has_a_real_time_clock_at_the_hosts_time() {
+    let Some(c) = case("debian-cloud-rtc") else {
+        return;
+    };
+    assert_case(c, 0, &["/dev/rtc0"]);
+    let num = |key| -> i64 {
+        field(&c.console, key)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in\n{}", c.console))
+    };
+    let (host, rtc) = (num("HOST-START"), num("RTC-NOW"));
+    let uptime: i64 = field(&c.console, "RTC-NOW")
+        .and_then(|v| v.split("UPTIME").nth(1))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("UPTIME");
+    // The clock read now is L1's start time plus the guest's uptime plus
+    // hvm's start-up; whole seconds each side.
+    let drift = rtc - host - uptime;
+    assert!((-2..=3).contains(&drift), "RTC {rtc}, host {host}, uptime {uptime}\n{}", c.console);
+    // hwclock read the same clock: it printed this year.
+    let year = 1970 + rtc / 31_556_952;
+    assert!(c.console.contains(&year.to_string()), "{}", c.console);
+}

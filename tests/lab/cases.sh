@@ -593,7 +593,18 @@ INPUT='echo HVC-LOGIN-$((6*7)) $(tty)\npoweroff -f\n'
 READY=HVC-SHELL-READY
 case_ hvc-login "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=hvc"
 
+# A kernel panic ends hvm with 125 and a crash report: the panic's line
+# from the console's tail, and RIP named from the vmlinux's symbol table;
+# the same report as JSON (printed after the console).
+AFTER="echo CRASH-JSON-BEGIN; cat $TMP/crash.json; echo; echo CRASH-JSON-END"
+case_ crash-sysrq "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 256M "$Q hvm.run=echo,c,>/proc/sysrq-trigger" \
+    --crash-report "$TMP/crash.json"
+
 if [ -n "$STOCK" ]; then
+    # The CMOS clock as a distro kernel finds it (PNP0B00 in the DSDT):
+    # /dev/rtc0, read by hwclock, against L1's clock when hvm started
+    # (RTC-NOW - HOST-START - guest uptime is hvm's own start-up, ~0).
+    case_ debian-cloud-rtc "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,HOST-START,$(date +%s);ls,/dev/rtc0;hwclock,-r,-u;echo,RTC-NOW,\$(cat,/sys/class/rtc/rtc0/since_epoch),UPTIME,\$(cut,-d.,-f1,/proc/uptime)"
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
     # Debian's kernel has no virtio-mmio command-line devices: it finds them in the DSDT.
     EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"stock-disk\"\n[rng]"
