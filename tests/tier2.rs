@@ -756,7 +756,11 @@ fn kernel_panic_gets_a_crash_report_with_symbols_and_the_panic_line() {
         "  vCPU 0",
         "  vCPU 1",
     ] {
-        assert!(c.stderr.contains(needle), "stderr lacks {needle:?}\n{}", show());
+        assert!(
+            c.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            show()
+        );
     }
     let rip = c
         .stderr
@@ -799,7 +803,11 @@ fn stock_debian_kernel_has_a_real_time_clock_at_the_hosts_time() {
     // The clock read now is L1's start time plus the guest's uptime plus
     // hvm's start-up; whole seconds each side.
     let drift = rtc - host - uptime;
-    assert!((-2..=3).contains(&drift), "RTC {rtc}, host {host}, uptime {uptime}\n{}", c.console);
+    assert!(
+        (-2..=3).contains(&drift),
+        "RTC {rtc}, host {host}, uptime {uptime}\n{}",
+        c.console
+    );
     // hwclock read the same clock: it printed this year.
     let year = 1970 + rtc / 31_556_952;
     assert!(c.console.contains(&year.to_string()), "{}", c.console);

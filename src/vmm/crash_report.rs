@@ -119,6 +119,8 @@ pub struct VcpuSnapshot {
 }
 
 const EFER_LMA: u64 = 1 << 10;
+/// Where a 64-bit kernel's addresses start (the upper canonical half).
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 const DOUBLE_FAULT: u8 = 8;
 
 fn mode(cr0: u64, efer: u64, cs: &kvm_bindings::kvm_segment) -> &'static str {
@@ -314,18 +316,32 @@ impl CrashReport {
             ),
             Err(e) => (None, format!("no function names: {e}")),
         };
+        let mut unmatched = Vec::new();
         for v in &mut vcpus {
             if let Some(syms) = &symbols {
                 v.rip_symbol = syms.name(v.rip);
                 v.stack = read_stack(v, syms, memory);
+                if v.rip_symbol.is_none() && v.rip >= KERNEL_HALF && v.unreadable.is_none() {
+                    unmatched.push(v.vcpu.to_string());
+                }
             }
         }
+        let symbols = if unmatched.is_empty() {
+            source
+        } else {
+            // Kernel addresses the symbols do not know: moved or mismatched.
+            format!(
+                "{source}; the kernel RIP of vCPU {} is in no function they name: \
+                 KASLR moved the kernel (boot with nokaslr), or they are another build's",
+                unmatched.join(", ")
+            )
+        };
         CrashReport {
             reason: reason.message().unwrap_or_default(),
             exit_code: reason.exit_code(),
             failed_vcpu,
             vcpus,
-            symbols: source,
+            symbols,
             console_tail,
         }
     }
@@ -495,6 +511,54 @@ mod tests {
         assert_eq!(json["vcpus"][0]["rip_symbol"], "triple_fault+0x0/0x10");
         assert_eq!(json["vcpus"][0]["events"][0]["vector"], 14);
         assert_eq!(json["failed_vcpu"], 1);
+    }
+
+    #[test]
+    fn build_names_functions_finds_callers_and_says_when_symbols_do_not_match() {
+        let dir = std::env::temp_dir().join(format!("hvm-crash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = dir.join("System.map");
+        std::fs::write(
+            &map,
+            "ffffffff81000000 T start_kernel\nffffffff81000100 T do_crash\nffffffff81000200 T end\n",
+        )
+        .unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        // The stack at guest-physical 0x8000: junk, then a return address.
+        memory.write_obj(0x1234u64, GuestAddress(0x8000)).unwrap();
+        memory
+            .write_obj(0xffff_ffff_8100_0010u64, GuestAddress(0x8008))
+            .unwrap();
+        let inside = VcpuSnapshot {
+            vcpu: 0,
+            rip: 0xffff_ffff_8100_0104,
+            stack_gpa: Some(0x8000),
+            ..snapshot()
+        };
+        let moved = VcpuSnapshot {
+            vcpu: 1,
+            rip: 0xffff_ffff_a300_0104,
+            ..snapshot()
+        };
+        let reason = ExitReason::TripleFault { vcpu: 1 };
+        let r = CrashReport::build(&reason, vec![inside, moved], &map, &memory, vec![]);
+        assert_eq!(r.failed_vcpu, Some(1));
+        assert_eq!(r.vcpus[0].vcpu, 1, "the failed vCPU comes first");
+        assert_eq!(r.vcpus[1].rip_symbol.as_deref(), Some("do_crash+0x4"));
+        assert_eq!(r.vcpus[1].stack.len(), 1);
+        assert_eq!(r.vcpus[1].stack[0].symbol, "start_kernel+0x10");
+        assert_eq!(r.vcpus[1].stack[0].at, 0x8ff8 + 8);
+        assert!(
+            r.symbols.contains("vCPU 1 is in no function"),
+            "{}",
+            r.symbols
+        );
+        assert!(r.render().contains("the guest printed nothing"));
+        let missing = CrashReport::build(&reason, vec![], &dir.join("nope"), &memory, vec![]);
+        assert!(missing
+            .symbols
+            .starts_with("no function names: cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

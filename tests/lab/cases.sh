@@ -697,6 +697,29 @@ boot_bench() {
 boot_bench 1 128
 boot_bench 2 512
 
+# Where a boot's time goes, kernel message by message, under hvm and under
+# Firecracker (lab.py --only boot-dmesg --firecracker PATH): the boot
+# benchmark's kernel and command line without `quiet`, each line with the
+# guest's timestamp, prefixed "DMESG vmm".
+if case " $HVM_LAB_ONLY " in *" boot-dmesg "*) true ;; *) false ;; esac; then
+    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
+    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd hvm.mode=reboot"
+    spec=$TMP/dmesg.toml
+    printf '[machine]\nvcpus = 1\nmemory = "128M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+    echo "@@START boot-dmesg"
+    echo "@@CASE boot-dmesg"
+    timeout 120 "$HVM" run --stats "$spec" </dev/null 2>&1 | tr -d '\r' | sed 's/^/DMESG hvm /'
+    if [ -n "$fc" ]; then
+        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}\n' \
+            "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$TMP/dmesg.json"
+        timeout 120 "$fc" --no-api --level Off --config-file "$TMP/dmesg.json" </dev/null 2>&1 | tr -d '\r' |
+            sed 's/^/DMESG firecracker /'
+    fi
+    echo "@@STDERR"
+    echo "@@EXIT boot-dmesg 0"
+fi
+
 # The virtio-fs benchmark (the benchmark's case 7; with --boot-bench): L1's
 # root as the guest's root over virtio-fs, with the same virtiofsd and
 # kernel under both VMMs. "FS-BENCH vmm roundtrip cs": from the VMM's start

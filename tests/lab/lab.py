@@ -387,7 +387,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="hvm-lab-") as work:
         cpio = build_l1_initramfs(work, args.hvm, args.images, vmlinuz, moddir,
                                   with_qemu=args.boot_bench > 0 or "net-bench" in args.only,
-                                  firecracker=args.firecracker if args.boot_bench else None)
+                                  firecracker=args.firecracker)
         console = os.path.splitext(args.out)[0] + "-l1-console.log"
         # L1 under TCG is not reliable: with -smp 2 it often oopses in KVM
         # (an int3 in kvm_arch_vcpu_ioctl_run, a cross-CPU text-patching race
