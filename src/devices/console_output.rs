@@ -16,6 +16,11 @@ const BUFFER_LIMIT: usize = 4 << 20;
 const DRAIN_STALL: Duration = Duration::from_millis(500);
 /// The guest's last output kept whatever the sinks (for failure reports).
 const TAIL_LIMIT: usize = 16 << 10;
+/// Output arriving within this long of the last write is gathered for
+/// this long before it is written ...
+const GATHER: Duration = Duration::from_millis(2);
+/// ... unless this much is waiting already.
+const GATHER_BELOW: usize = 4096;
 
 /// One file the output is copied to; a failing file is dropped alone.
 struct Sink {
@@ -185,6 +190,7 @@ impl SharedOutput {
     /// no lock held while it writes.
     fn writer(self) {
         let mut chunk = Vec::new();
+        let mut last_write: Option<Instant> = None;
         loop {
             let (stdout, to_stderr, mut sinks) = {
                 let mut s = self.state();
@@ -193,6 +199,16 @@ impl SharedOutput {
                     s = self.0.changed.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
                 s.writer_waiting = false;
+                if s.buf.len() < GATHER_BELOW && last_write.is_some_and(|t| t.elapsed() < GATHER) {
+                    // In a burst from a UART (one exit per byte), waking
+                    // and writing per byte costs more than the guest's
+                    // exit: gather for a moment, unprompted (no one
+                    // notifies a writer that is not waiting). The first
+                    // bytes after a quiet spell go out at once.
+                    drop(s);
+                    std::thread::sleep(GATHER);
+                    s = self.state();
+                }
                 chunk.clear();
                 chunk.extend(s.buf.drain(..));
                 s.in_flight = chunk.len();
@@ -227,6 +243,7 @@ impl SharedOutput {
             s.stdout_broken |= stdout_broken;
             s.delivered += chunk.len() as u64;
             s.in_flight = 0;
+            last_write = Some(Instant::now());
             self.0.changed.notify_all();
         }
     }

@@ -22,7 +22,7 @@ pub mod virtiofsd;
 use crate::api::{ApiError, ControlSocket, DeviceInfo};
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
-use crate::arch::x86_64::regs;
+use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::BusDevice;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
@@ -404,9 +404,12 @@ impl Vm {
             capture: crash_report::CaptureRequest::default(),
         };
 
-        let supported = kvm
+        let mut supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("get supported CPUID"))?;
+        if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            cpuid::offer_tsc_deadline(&mut supported);
+        }
         let vcpus = (0..spec.vcpus)
             .map(|id| Vcpu::new(&vm, &supported, id, spec.vcpus, boot.entry))
             .collect::<Result<Vec<_>, _>>()?;

@@ -602,8 +602,9 @@ case_ crash-sysrq "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 256M "$Q hvm.run=ech
 
 if [ -n "$STOCK" ]; then
     # The CMOS clock as a distro kernel finds it (PNP0B00 in the DSDT):
-    # /dev/rtc0, read by hwclock, against L1's clock when hvm started
-    # (RTC-NOW - HOST-START - guest uptime is hvm's own start-up, ~0).
+    # /dev/rtc0, read by hwclock, against L1's clock before hvm started and
+    # right after it exited (the guest reads the clock last, then powers off).
+    AFTER='echo HOST-END $(date +%s)'
     case_ debian-cloud-rtc "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,HOST-START,$(date +%s);ls,/dev/rtc0;hwclock,-r,-u;echo,RTC-NOW,\$(cat,/sys/class/rtc/rtc0/since_epoch),UPTIME,\$(cut,-d.,-f1,/proc/uptime)"
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
     # Debian's kernel has no virtio-mmio command-line devices: it finds them in the DSDT.
@@ -703,7 +704,7 @@ boot_bench 2 512
 # guest's timestamp, prefixed "DMESG vmm".
 if case " $HVM_LAB_ONLY " in *" boot-dmesg "*) true ;; *) false ;; esac; then
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
-    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd hvm.mode=reboot"
+    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd hvm.mode=reboot printk.time=1"
     spec=$TMP/dmesg.toml
     printf '[machine]\nvcpus = 1\nmemory = "128M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
