@@ -26,9 +26,12 @@ Cases:
  3. vCPU scaling: case 1's exit time with 1, 2, 4, 8 and 16 vCPUs.
  4. exit path: 100,000 OUTs to an unused port; exits/s = 100000 / (time of
     that run - time of a plain run).
- 5. Linux boot: process start -> the bundled Linux guest's ready line, hvm
-    and QEMU microvm on the same KVM (tests/lab/lab.py --boot-bench: the
-    nested lab's L1, or this host if it has hardware KVM), 1 and 2 vCPUs.
+ 5. Linux boot: process start -> the bundled Linux guest's ready line, hvm,
+    Firecracker and QEMU microvm on the same KVM (tests/lab/lab.py
+    --boot-bench: the nested lab's L1, or this host if it has hardware
+    KVM), 1 and 2 vCPUs; in the same L1, case 2's Linux rows: what hvm and
+    Firecracker hold beside an idle Linux guest (RSS minus the resident
+    part of guest RAM).
  6. virtio throughput in the nested lab, from the last tier-2 run if present.
  7. virtio-fs in the same lab run as case 5: a one-command run's round trip
     (`hvm run --rootfs / -- true`) and reading 10,000 small files, against
@@ -194,7 +197,11 @@ def linux_boots(runs, fc):
         net.setdefault((vmm, what), []).append(int(cs) / 100)
     if "NET-BENCH-SKIPPED" in text:
         log("case 8: skipped: no passt in L1 (apt-get install passt)")
-    return boots, fs, net
+    # Case 2's Linux rows, the same L1: IDLE-MEM vmm config rss_kib guest_kib.
+    idle = {}
+    for vmm, config, rss, guest in re.findall(r"^IDLE-MEM (hvm|firecracker) (\S+) (\d+) (\d+)", text, re.M):
+        idle.setdefault(config, {}).setdefault(vmm, []).append((int(rss) - int(guest)) * 1024)
+    return boots, fs, net, idle
 
 
 def stats(values):
@@ -388,7 +395,12 @@ def main():
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        boots, fs, net = linux_boots(1 if args.quick else args.linux_runs, fc)
+        boots, fs, net, idle = linux_boots(1 if args.quick else args.linux_runs, fc)
+        for config, overhead in idle.items():
+            cpus, mib = config.split("-")
+            overhead.setdefault("firecracker", [])
+            table.add(f"2. Linux guest idle, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB: "
+                      "overhead (RSS − guest RAM resident), nested lab", "MiB", overhead, 1 / MiB)
         for config, times in boots.items():
             cpus, mib = config.split("-")
             times.setdefault("firecracker", [])

@@ -648,6 +648,23 @@ boot_pair() {
         -append "$(echo "$cmdline" | sed 's/reboot=k/reboot=t/')")"
     [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
 }
+# A VMM's resident memory beside its idle guest's: VmRSS minus the resident
+# part of the guest RAM mappings, 2 s after the guest is ready.
+idle_mem() {
+    label=$1
+    shift
+    "$@" </dev/null >"$TMP/idle.out" 2>&1 &
+    pid=$!
+    i=0
+    while ! grep -q HVM-GUEST-READY "$TMP/idle.out" && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+    sleep 2
+    rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+    guest=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { anon = (NF < 6) } /^Size:/ { size = $2 }
+        /^Rss:/ { if (anon && size >= 102400) g += $2 } END { print g + 0 }' "/proc/$pid/smaps")
+    echo "IDLE-MEM $label ${cpus}cpu-${mib}M $rss $guest"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
 # Each counted pair is a case of its own (boot-bench-1cpu-128M-3, ...), so a
 # crashed L1 resumes with the pairs it had not finished.
 boot_bench() {
@@ -683,6 +700,14 @@ boot_bench() {
     case " $HVM_LAB_SKIP " in *" $name "*) return ;; esac
     echo "@@START $name"
     echo "@@CASE $name"
+    # What each VMM costs beside its guest while a Linux guest idles:
+    # "IDLE-MEM vmm config rss_kib guest_kib" (guest_kib: the resident part
+    # of its RAM mappings, the anonymous ones of 100 MiB or more).
+    idle_spec=$TMP/idle-$cpus-$mib.toml
+    sed 's/hvm.mode=reboot/hvm.mode=reboot hvm.run=sleep,60/' "$spec" >"$idle_spec"
+    sed 's/hvm.mode=reboot/hvm.mode=reboot hvm.run=sleep,60/' "$fc_json" >"$TMP/idle.json"
+    idle_mem hvm "$HVM" run "$idle_spec"
+    [ -n "$fc" ] && idle_mem firecracker "$fc" --no-api --level Off --config-file "$TMP/idle.json"
     timeout 120 "$HVM" run --stats "$spec" </dev/null 2>&1 >/dev/null | grep '^hvm: stats' | sed 's/^/BOOT-STATS hvm /'
     if [ -n "$fc" ]; then
         rm -f "$TMP/fc-metrics.json"
