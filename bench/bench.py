@@ -201,7 +201,12 @@ def linux_boots(runs, fc):
     idle = {}
     for vmm, config, rss, guest in re.findall(r"^IDLE-MEM (hvm|firecracker) (\S+) (\d+) (\d+)", text, re.M):
         idle.setdefault(config, {}).setdefault(vmm, []).append((int(rss) - int(guest)) * 1024)
-    return boots, fs, net, idle
+    # Case 6 beside Firecracker, the same L1: BLK-BENCH vmm READ|COPY centiseconds.
+    blk = {}
+    for vmm, what, cs in re.findall(r"^BLK-BENCH (hvm|firecracker) (READ|COPY) (\d+)", text, re.M):
+        if int(cs) > 0:
+            blk.setdefault(what, {}).setdefault(vmm, []).append(256 / (int(cs) / 100))
+    return boots, fs, net, idle, blk
 
 
 def stats(values):
@@ -395,7 +400,11 @@ def main():
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        boots, fs, net, idle = linux_boots(1 if args.quick else args.linux_runs, fc)
+        boots, fs, net, idle, blk = linux_boots(1 if args.quick else args.linux_runs, fc)
+        for what, label in (("READ", "read 256 MiB (dd bs=1M)"), ("COPY", "copy 256 MiB disk→disk + sync")):
+            if what in blk:
+                blk[what].setdefault("firecracker", [])
+                table.add(f"6. virtio-blk {label}, 1 vCPU, nested lab (higher is better)", "MiB/s", blk[what])
         for config, overhead in idle.items():
             cpus, mib = config.split("-")
             overhead.setdefault("firecracker", [])

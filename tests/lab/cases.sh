@@ -723,6 +723,41 @@ boot_bench() {
 boot_bench 1 128
 boot_bench 2 512
 
+# virtio-blk throughput beside Firecracker (with --boot-bench): the same
+# kernel, command line and images; the guest reads a 256 MiB disk (vda)
+# with dd and copies it to a second (vdb) and syncs, timed by the guest:
+# "BLK-BENCH vmm read|copy centiseconds", alternating hvm and Firecracker.
+blk_bench() {
+    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
+    B=$TMP/blk-bench
+    mkdir -p "$B"
+    [ -f "$B/src.img" ] || dd if=/dev/urandom of="$B/src.img" bs=1M count=256 2>/dev/null
+    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot \
+hvm.run=t0=\$($GUEST_CS);dd,if=/dev/vda,of=/dev/null,bs=1M;t1=\$($GUEST_CS);echo,BLK-READ,\$((t1-t0));\
+dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$($GUEST_CS);echo,BLK-COPY,\$((t2-t1))"
+    printf '[machine]\nvcpus = 1\nmemory = "512M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n[[drive]]\npath = "%s"\nread_only = true\n[[drive]]\npath = "%s"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" "$B/src.img" "$B/dst.img" >"$B/vm.toml"
+    printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [{"drive_id": "src", "path_on_host": "%s", "is_root_device": false, "is_read_only": true}, {"drive_id": "dst", "path_on_host": "%s", "is_root_device": false, "is_read_only": false}],\n "machine-config": {"vcpu_count": 1, "mem_size_mib": 512}}\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" "$B/src.img" "$B/dst.img" >"$B/vm.json"
+    for i in $(seq 1 "${HVM_LAB_RUNS:-3}"); do
+        name=blk-bench-$i
+        case " $HVM_LAB_SKIP " in *" $name "*) continue ;; esac
+        echo "@@START $name"
+        echo "@@CASE $name"
+        for vmm in hvm firecracker; do
+            dd if=/dev/zero of="$B/dst.img" bs=1M count=256 2>/dev/null
+            case $vmm in
+            hvm) timeout 300 "$HVM" run "$B/vm.toml" ;;
+            firecracker) [ -n "$fc" ] && timeout 300 "$fc" --no-api --level Off --config-file "$B/vm.json" ;;
+            esac </dev/null 2>&1 | tr -d '\r' | sed -n "s/^BLK-\(READ\|COPY\) \([0-9]*\)/BLK-BENCH $vmm \1 \2/p"
+        done
+        echo "@@STDERR"
+        echo "@@EXIT $name 0"
+    done
+}
+blk_bench
+
 # Where a boot's time goes, kernel message by message, under hvm and under
 # Firecracker (lab.py --only boot-dmesg --firecracker PATH): the boot
 # benchmark's kernel and command line without `quiet`, each line with the
