@@ -766,14 +766,18 @@ if case " $HVM_LAB_ONLY " in *" boot-dmesg "*) true ;; *) false ;; esac; then
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd hvm.mode=reboot printk.time=1"
     spec=$TMP/dmesg.toml
-    printf '[machine]\nvcpus = 1\nmemory = "128M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
-        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
+    # HVM_LAB_RUNS picks the vCPUs (1 by default), with 256 MiB each.
+    cpus=${HVM_LAB_RUNS:-1}
+    [ "$cpus" -ge 1 ] 2>/dev/null || cpus=1
+    mib=$((cpus * 256))
+    printf '[machine]\nvcpus = %s\nmemory = "%sM"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
+        "$cpus" "$mib" "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$spec"
     echo "@@START boot-dmesg"
     echo "@@CASE boot-dmesg"
     timeout 120 "$HVM" run --stats "$spec" </dev/null 2>&1 | tr -d '\r' | sed 's/^/DMESG hvm /'
     if [ -n "$fc" ]; then
-        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}\n' \
-            "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$TMP/dmesg.json"
+        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}}\n' \
+            "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" "$cpus" "$mib" >"$TMP/dmesg.json"
         timeout 120 "$fc" --no-api --level Off --config-file "$TMP/dmesg.json" </dev/null 2>&1 | tr -d '\r' |
             sed 's/^/DMESG firecracker /'
     fi

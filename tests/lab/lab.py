@@ -362,7 +362,9 @@ def main():
     args = ap.parse_args()
     if args.bench:
         args.only = "blk-256M"
-    if args.boot_bench:
+    if args.boot_bench and not args.only:
+        # (--only with --boot-bench N: those cases, with N as their
+        # HVM_LAB_RUNS; boot-dmesg takes it as its vCPU count.)
         args.only = "boot-bench"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     vmlinuz, moddir = fetch_kernel(args.cache)
