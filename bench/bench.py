@@ -169,7 +169,8 @@ def linux_boots(runs, fc):
     out = os.path.join(ROOT, "target", "lab", "boot-bench.txt")
     log(f"case 5: Linux boot in the nested lab, {runs} run(s) each (a few minutes)")
     lab = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lab", "lab.py"), "--hvm", HVM,
-                          "--out", out, "--boot-bench", str(runs)] + (["--firecracker", fc] if fc else []))
+                          "--out", out, "--boot-bench", str(runs), "--timeout", "3600"]
+                         + (["--firecracker", fc] if fc else []))
     boots = {}
     text = open(out, errors="replace").read() if os.path.exists(out) else ""
     for vmm, config, cs in re.findall(r"^BOOT-BENCH (hvm|firecracker|qemu) (\S+) (\d+)$", text, re.M):
