@@ -161,16 +161,20 @@ def firecracker_argv(fc, spec_dir, vcpus, mem_mib, cmdline):
     return [fc, "--no-api", "--level", "Off", "--config-file", path]
 
 
-def linux_boots(runs, fc):
+def linux_boots(runs, fc, reuse=False):
     """Case 5: tests/lab/lab.py --boot-bench: {config: {vmm: [seconds]}}.
 
     An L1 that dies repeatedly (see tests/lab/lab.py) is reported, not fatal;
     an L1 that finishes without numbers is a broken benchmark and is."""
     out = os.path.join(ROOT, "target", "lab", "boot-bench.txt")
-    log(f"case 5: Linux boot in the nested lab, {runs} run(s) each (a few minutes)")
-    lab = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lab", "lab.py"), "--hvm", HVM,
-                          "--out", out, "--boot-bench", str(runs), "--timeout", "3600"]
-                         + (["--firecracker", fc] if fc else []))
+    if reuse:
+        log(f"cases 5-8: the results of the last lab run ({out})")
+        lab = subprocess.CompletedProcess([], 0)
+    else:
+        log(f"case 5: Linux boot in the nested lab, {runs} run(s) each (a few minutes)")
+        lab = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "lab", "lab.py"), "--hvm", HVM,
+                              "--out", out, "--boot-bench", str(runs), "--timeout", "3600"]
+                             + (["--firecracker", fc] if fc else []))
     boots = {}
     text = open(out, errors="replace").read() if os.path.exists(out) else ""
     for vmm, config, cs in re.findall(r"^BOOT-BENCH (hvm|firecracker|qemu) (\S+) (\d+)$", text, re.M):
@@ -310,6 +314,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--no-linux", action="store_true", help="skip case 5 (Linux boots in the nested lab)")
     ap.add_argument("--firecracker", metavar="PATH", help="the Firecracker binary (default: see above)")
+    ap.add_argument("--reuse-lab", action="store_true",
+                    help="take cases 5-8 from the last lab run (target/lab/boot-bench.txt) instead of a new one")
     # A pair (hvm, then QEMU) takes ~20 s under the lab's TCG; 5 pairs per
     # configuration keep the whole benchmark under 10 minutes on 2 CPUs.
     ap.add_argument("--linux-runs", type=int, default=5, help="counted Linux boot pairs per configuration (case 5)")
@@ -401,7 +407,7 @@ def main():
     if args.no_linux:
         log("case 5: skipped (--no-linux)")
     else:
-        boots, fs, net, idle, blk = linux_boots(1 if args.quick else args.linux_runs, fc)
+        boots, fs, net, idle, blk = linux_boots(1 if args.quick else args.linux_runs, fc, args.reuse_lab)
         for what, label in (("READ", "read 256 MiB (dd bs=1M)"), ("COPY", "copy 256 MiB disk→disk + sync")):
             if what in blk:
                 blk[what].setdefault("firecracker", [])
