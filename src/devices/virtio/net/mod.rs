@@ -438,6 +438,10 @@ mod tests {
                 return;
             }
         };
+        // No IPv6 on the link: the host would greet it with multicast
+        // (MLD, neighbour and router solicitations) that can arrive before
+        // the ARP reply this test waits for.
+        sh("echo 1 >/proc/sys/net/ipv6/conf/hvmut0/disable_ipv6 2>/dev/null");
         assert!(sh(
             "ip addr add 169.254.77.1/24 dev hvmut0 && ip link set hvmut0 up"
         ));
