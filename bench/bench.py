@@ -181,9 +181,14 @@ def linux_boots(runs, fc, reuse=False):
         boots.setdefault(config, {}).setdefault(vmm, []).append(int(cs) / 100)
     if lab.returncode != 0 or "(L1 died twice during this case)" in text:
         log(f"case 5: the nested lab's L1 kept dying (exit {lab.returncode}); see {out}")
-    elif len(boots) != 2 or any(not t.get("hvm") or not t.get("qemu") for t in boots.values()):
-        # L1 ran every pair, yet a VMM printed no time: the benchmark is broken.
-        raise SystemExit(f"bench: case 5 produced no results for a VMM; see {out}")
+    elif len(boots) != 2 or any(not t.get("hvm") for t in boots.values()):
+        # L1 ran every round, yet hvm printed no time: the benchmark is broken.
+        raise SystemExit(f"bench: case 5 produced no hvm results; see {out}")
+    for config, times in boots.items():
+        if not times.get("qemu"):
+            # QEMU's 2-vCPU guests sometimes crash early in L1 (see
+            # tests/lab/cases.sh): a peer's miss is reported, not fatal.
+            log(f"case 5: {config}: QEMU printed no time (BOOT-STDERR lines in {out} say why, if it did)")
     for config, times in boots.items():
         counts = {vmm: len(times.get(vmm, [])) for vmm in ("hvm", "firecracker", "qemu")}
         if min(counts.values()) < runs:
