@@ -285,12 +285,6 @@ pub struct CrashReport {
     pub console_tail: Vec<String>,
 }
 
-/// Where a report's symbols come from: the ELF kernel itself, or the
-/// `symbols` file a bzImage user gave.
-pub fn symbols_source<'a>(kernel: &'a Path, symbols: Option<&'a Path>) -> &'a Path {
-    symbols.unwrap_or(kernel)
-}
-
 impl CrashReport {
     /// Puts a report together once every vCPU has stopped: the failed
     /// vCPU first, addresses named from `symbols`, stacks read from `memory`.
@@ -444,7 +438,8 @@ fn read_stack(v: &VcpuSnapshot, syms: &Symbols, memory: &GuestMemoryMmap) -> Vec
         };
         if let Some(symbol) = syms.name(value) {
             frames.push(StackFrame {
-                at: v.rsp + i * 8,
+                // RSP is the guest's: near the top of the address space it wraps.
+                at: v.rsp.wrapping_add(i * 8),
                 value,
                 symbol,
             });
@@ -558,6 +553,29 @@ mod tests {
         assert!(missing
             .symbols
             .starts_with("no function names: cannot read"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stack_pointer_at_the_top_of_the_address_space_does_not_overflow() {
+        let dir = std::env::temp_dir().join(format!("hvm-crash-top-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let map = dir.join("System.map");
+        std::fs::write(&map, "ffffffff81000000 T start_kernel\n").unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        for i in 0..512u64 {
+            memory
+                .write_obj(0xffff_ffff_8100_0010u64, GuestAddress(0x8000 + i * 8))
+                .unwrap();
+        }
+        let top = VcpuSnapshot {
+            rsp: u64::MAX - 7,
+            stack_gpa: Some(0x8000),
+            ..snapshot()
+        };
+        let r = CrashReport::build(&ExitReason::Timeout, vec![top], &map, &memory, vec![]);
+        assert_eq!(r.vcpus[0].stack.len(), STACK_FRAMES);
+        assert_eq!(r.vcpus[0].stack[1].at, 0, "wrapped, not panicked");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
