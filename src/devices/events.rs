@@ -28,6 +28,9 @@ pub struct GuestEvents {
     tx: mpsc::Sender<GuestEvent>,
     wake: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
+    /// Raised (before `stopping`) when the guest reported a panic, so a
+    /// vCPU that sees the VM stopping also sees why.
+    panicked: Arc<AtomicBool>,
 }
 
 impl GuestEvents {
@@ -38,11 +41,15 @@ impl GuestEvents {
             tx,
             wake,
             stopping: Arc::new(AtomicBool::new(false)),
+            panicked: Arc::new(AtomicBool::new(false)),
         };
         (events, rx)
     }
 
     pub fn send(&self, event: GuestEvent) {
+        if event == GuestEvent::Panic {
+            self.panicked.store(true, Ordering::SeqCst);
+        }
         self.stopping.store(true, Ordering::SeqCst);
         // The receiver is gone only while the process is exiting anyway.
         let _ = self.tx.send(event);
@@ -54,6 +61,11 @@ impl GuestEvents {
     /// Whether the guest has asked to stop (checked by vCPUs after each exit).
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether the guest reported a panic (true before [`stopping`] is).
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(Ordering::SeqCst)
     }
 
     /// Raises the stop flag without an event (the owner is stopping the VM).
@@ -82,5 +94,8 @@ mod tests {
         assert!(other.stopping());
         assert_eq!(wake.read().unwrap(), 1);
         assert_eq!(rx.try_recv().unwrap(), GuestEvent::Reset);
+        assert!(!other.panicked());
+        tx.send(GuestEvent::Panic);
+        assert!(other.panicked());
     }
 }

@@ -362,7 +362,9 @@ impl Vcpu {
         if let (Some(sink), Some(stats)) = (&ctx.stats, &stats) {
             sink.add(stats);
         }
-        if ctx.capture.requested() && !captured {
+        // A panic reported through a device stops the vCPUs before the
+        // control loop hears of it: that counts as a request too.
+        if (ctx.capture.requested() || ctx.guest.panicked()) && !captured {
             let state = VcpuSnapshot::capture(id, &mut self.fd, false);
             ctx.events.send(VcpuEvent::State(Box::new(state)));
         }
