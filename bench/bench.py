@@ -58,6 +58,8 @@ GUEST = os.path.join(ROOT, "guest-images", "tiny", "hvmtest.elf")
 HVM = os.path.join(ROOT, "target", "release", "hvm")
 QEMU = shutil.which("qemu-system-x86_64")
 MiB = 1 << 20
+# What the lab's TCP-over-tap case moves each way (tests/lab/cases.sh, tap_bench).
+TAP_BENCH_BYTES = 32 << 20
 # The peers, in column order after hvm's.
 PEERS = [("firecracker", "Firecracker"), ("qemu", "QEMU microvm")]
 
@@ -211,11 +213,32 @@ def linux_boots(runs, fc, reuse=False):
     idle = {}
     for vmm, config, rss, guest in re.findall(r"^IDLE-MEM (hvm|firecracker) (\S+) (\d+) (\d+)", text, re.M):
         idle.setdefault(config, {}).setdefault(vmm, []).append((int(rss) - int(guest)) * 1024)
-    # Case 6 beside Firecracker, the same L1: BLK-BENCH vmm READ|COPY centiseconds.
+    # Case 6 beside Firecracker, the same L1: BLK-BENCH vmm READ|COPY
+    # centiseconds (MiB/s), and RANDREAD|RANDWRITE ops milliseconds (IOPS).
     blk = {}
-    for vmm, what, cs in re.findall(r"^BLK-BENCH (hvm|firecracker) (READ|COPY) (\d+)", text, re.M):
+    for vmm, what, cs in re.findall(r"^BLK-BENCH (hvm|firecracker) (READ|COPY) (\d+)$", text, re.M):
         if int(cs) > 0:
             blk.setdefault(what, {}).setdefault(vmm, []).append(256 / (int(cs) / 100))
+    for vmm, what, ops, ms in re.findall(r"^BLK-BENCH (hvm|firecracker) (RANDREAD|RANDWRITE) (\d+) (\d+)$",
+                                         text, re.M):
+        if int(ms) > 0:
+            blk.setdefault(what, {}).setdefault(vmm, []).append(int(ops) / (int(ms) / 1000))
+    # TCP over tap beside Firecracker, the same L1: "TAP-BENCH vmm DOWN cs
+    # bytes" (counted when every byte came), "TAP-BENCH vmm UP cs" (counted
+    # when the next "TAP-BENCH-HOST vmm UP-BYTES n" says L1 got them all).
+    pending_up = {}
+    for line in text.splitlines():
+        m = re.match(r"^TAP-BENCH (hvm|firecracker) DOWN (\d+) (\d+)$", line)
+        if m and int(m[2]) > 0 and int(m[3]) == TAP_BENCH_BYTES:
+            blk.setdefault("TCP-DOWN", {}).setdefault(m[1], []).append(TAP_BENCH_BYTES / MiB / (int(m[2]) / 100))
+        m = re.match(r"^TAP-BENCH (hvm|firecracker) UP (\d+)$", line)
+        if m:
+            pending_up[m[1]] = int(m[2])
+        m = re.match(r"^TAP-BENCH-HOST (hvm|firecracker) UP-BYTES (\d*)$", line)
+        if m:
+            cs = pending_up.pop(m[1], 0)
+            if cs > 0 and m[2] == str(TAP_BENCH_BYTES):
+                blk.setdefault("TCP-UP", {}).setdefault(m[1], []).append(TAP_BENCH_BYTES / MiB / (cs / 100))
     return boots, fs, net, idle, blk
 
 
@@ -413,10 +436,18 @@ def main():
         log("case 5: skipped (--no-linux)")
     else:
         boots, fs, net, idle, blk = linux_boots(1 if args.quick else args.linux_runs, fc, args.reuse_lab)
-        for what, label in (("READ", "read 256 MiB (dd bs=1M)"), ("COPY", "copy 256 MiB disk→disk + sync")):
+        for what, label, unit in (("READ", "read 256 MiB (dd bs=1M)", "MiB/s"),
+                                  ("COPY", "copy 256 MiB disk→disk + sync", "MiB/s"),
+                                  ("RANDREAD", "4 KiB random reads (O_DIRECT, 1 in flight)", "IOPS"),
+                                  ("RANDWRITE", "4 KiB random writes (O_DIRECT, 1 in flight)", "IOPS")):
             if what in blk:
                 blk[what].setdefault("firecracker", [])
-                table.add(f"6. virtio-blk {label}, 1 vCPU, nested lab (higher is better)", "MiB/s", blk[what])
+                table.add(f"6. virtio-blk {label}, 1 vCPU, nested lab (higher is better)", unit, blk[what])
+        for what, label in (("TCP-DOWN", "host→guest"), ("TCP-UP", "guest→host")):
+            if what in blk:
+                blk[what].setdefault("firecracker", [])
+                table.add(f"6. virtio-net TCP over tap {label} 32 MiB (busybox nc), 1 vCPU, nested lab "
+                          "(higher is better)", "MiB/s", blk[what])
         for config, overhead in idle.items():
             cpus, mib = config.split("-")
             overhead.setdefault("firecracker", [])

@@ -7,7 +7,8 @@
 #
 # Needs (Debian): linux-source-6.12 busybox-static bc bison flex libelf-dev
 # libssl-dev cpio xz-utils gcc make (gcc and libc6-dev also build hvm-vsock,
-# the vsock test tool). The outputs are committed with their checksums
+# the vsock test tool, and hvm-randio, the random-I/O benchmark tool).
+# The outputs are committed with their checksums
 # (SHA256SUMS) so a fresh clone boots without building anything; the build
 # pins timestamps and names so it is reproducible byte for byte with the same
 # toolchain and source package.
@@ -60,6 +61,10 @@ build_initramfs() {
     strip "$work/hvm-vsock"
     install -m 0755 "$work/hvm-vsock" "$root/bin/hvm-vsock"
     install -m 0755 "$work/hvm-vsock" "$here/hvm-vsock"
+    # Random 4 KiB I/O for the benchmark's virtio-blk case (no fio here).
+    gcc -static -Os -Wall -o "$work/hvm-randio" "$here/hvm-randio.c"
+    strip "$work/hvm-randio"
+    install -m 0755 "$work/hvm-randio" "$root/bin/hvm-randio"
     find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     (cd "$root" && find . -print0 | LC_ALL=C sort -z |
         cpio --null --create --format=newc --owner=0:0 --reproducible 2>/dev/null) |

@@ -723,19 +723,23 @@ boot_bench() {
 boot_bench 1 128
 boot_bench 2 512
 
-# virtio-blk throughput beside Firecracker (with --boot-bench): the same
-# kernel, command line and images; the guest reads a 256 MiB disk (vda)
-# with dd and copies it to a second (vdb) and syncs, timed by the guest:
-# "BLK-BENCH vmm read|copy centiseconds", alternating hvm and Firecracker.
+# virtio-blk throughput beside Firecracker (with --boot-bench, or alone
+# with --only blk-bench): the same kernel, command line and images; the
+# guest reads a 256 MiB disk (vda) with dd and copies it to a second (vdb)
+# and syncs, timed by the guest: "BLK-BENCH vmm READ|COPY centiseconds";
+# then 4 KiB random reads of vda and writes to vdb, O_DIRECT, one at a
+# time, for 5 s each (hvm-randio): "BLK-BENCH vmm RANDREAD|RANDWRITE ops
+# milliseconds"; alternating hvm and Firecracker.
 blk_bench() {
-    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" blk-bench "*) ;; *) return ;; esac
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
     B=$TMP/blk-bench
     mkdir -p "$B"
     [ -f "$B/src.img" ] || dd if=/dev/urandom of="$B/src.img" bs=1M count=256 2>/dev/null
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot \
 hvm.run=t0=\$($GUEST_CS);dd,if=/dev/vda,of=/dev/null,bs=1M;t1=\$($GUEST_CS);echo,BLK-READ,\$((t1-t0));\
-dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$($GUEST_CS);echo,BLK-COPY,\$((t2-t1))"
+dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$($GUEST_CS);echo,BLK-COPY,\$((t2-t1));\
+hvm-randio,read,/dev/vda,5;hvm-randio,write,/dev/vdb,5"
     printf '[machine]\nvcpus = 1\nmemory = "512M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n[[drive]]\npath = "%s"\nread_only = true\n[[drive]]\npath = "%s"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" "$B/src.img" "$B/dst.img" >"$B/vm.toml"
     printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [{"drive_id": "src", "path_on_host": "%s", "is_root_device": false, "is_read_only": true}, {"drive_id": "dst", "path_on_host": "%s", "is_root_device": false, "is_read_only": false}],\n "machine-config": {"vcpu_count": 1, "mem_size_mib": 512}}\n' \
@@ -750,13 +754,75 @@ dd,if=/dev/vda,of=/dev/vdb,bs=1M;sync;t2=\$($GUEST_CS);echo,BLK-COPY,\$((t2-t1))
             case $vmm in
             hvm) timeout 300 "$HVM" run "$B/vm.toml" ;;
             firecracker) [ -n "$fc" ] && timeout 300 "$fc" --no-api --level Off --config-file "$B/vm.json" ;;
-            esac </dev/null 2>&1 | tr -d '\r' | sed -n "s/^BLK-\(READ\|COPY\) \([0-9]*\)/BLK-BENCH $vmm \1 \2/p"
+            esac </dev/null 2>&1 | tr -d '\r' | sed -n -e "s/^BLK-\(READ\|COPY\) \([0-9]*\)/BLK-BENCH $vmm \1 \2/p" \
+                -e "s/^RANDIO read \([0-9]* [0-9]*\)/BLK-BENCH $vmm RANDREAD \1/p" \
+                -e "s/^RANDIO write \([0-9]* [0-9]*\)/BLK-BENCH $vmm RANDWRITE \1/p"
         done
         echo "@@STDERR"
         echo "@@EXIT $name 0"
     done
 }
 blk_bench
+
+# TCP over tap beside Firecracker (with --boot-bench, or alone with --only
+# tap-bench): one persistent tap both VMMs attach to (169.254.20.1 on L1's
+# side, 169.254.20.2 in the guest), the same kernel and command line; the
+# guest takes 32 MiB from an nc on L1 and sends 32 MiB back, timed by the
+# guest: "TAP-BENCH vmm DOWN|UP centiseconds". An upload counts once L1
+# has all of it (L1 then answers on port 5023, which the guest waits for).
+tap_bench() {
+    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" tap-bench "*) ;; *) return ;; esac
+    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
+    W=$TMP/tap-bench
+    mkdir -p "$W"
+    # iproute2's ip (the lab puts it at /hvm/ip; busybox ip has no tuntap).
+    iproute=/hvm/ip
+    [ -x "$iproute" ] || iproute=ip
+    "$iproute" tuntap add hvmtb0 mode tap || { echo "TAP-BENCH-SKIPPED no persistent tap (needs iproute2's ip)"; return; }
+    ip addr add 169.254.20.1/24 dev hvmtb0 2>/dev/null
+    ip link set hvmtb0 up
+    t=$GUEST_CS
+    mib=32
+    bytes=$((mib * 1048576))
+    cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot \
+hvm.run=ip,addr,add,169.254.20.2/24,dev,eth0;ip,link,set,eth0,up;i=0;until,ping,-c,1,-W,1,169.254.20.1;do,[,\$i,-gt,20,]&&break;i=\$((i+1));done;\
+d0=\$($t);nc,169.254.20.1,5022,-e,sh,-c,'wc,-c>/tmp/down.n';d1=\$($t);echo,TAP-DOWN,\$(cat,/tmp/down.n),\$((d1-d0));\
+u0=\$($t);nc,169.254.20.1,5021,-e,head,-c,$bytes,/dev/zero;i=0;until,nc,169.254.20.1,5023,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;\
+u1=\$($t);echo,TAP-UP,\$((u1-u0))"
+    # The guest's wc writes "N" with spaces around it: the sed below takes digits.
+    printf '[machine]\nvcpus = 1\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n[[net]]\ntap = "hvmtb0"\nmac = "06:00:a9:fe:14:02"\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$W/vm.toml"
+    printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "hvmtb0", "guest_mac": "06:00:a9:fe:14:02"}],\n "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}}\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$W/vm.json"
+    for i in $(seq 1 "${HVM_LAB_RUNS:-3}"); do
+        name=tap-bench-$i
+        case " $HVM_LAB_SKIP " in *" $name "*) continue ;; esac
+        echo "@@START $name"
+        echo "@@CASE $name"
+        for vmm in hvm firecracker; do
+            [ "$vmm" = firecracker ] && [ -z "$fc" ] && continue
+            rm -f "$W/up" "$W/up.n"
+            nc -l -p 5022 -e head -c "$bytes" /dev/zero &
+            down_pid=$!
+            nc -l -p 5021 -e sh -c "wc -c >$W/up.n && mv $W/up.n $W/up" &
+            up_pid=$!
+            (while [ ! -e "$W/up" ]; do sleep 0.05; done; nc -l -p 5023 -e true) &
+            ack_pid=$!
+            case $vmm in
+            hvm) timeout 300 "$HVM" run "$W/vm.toml" ;;
+            firecracker) timeout 300 "$fc" --no-api --level Off --config-file "$W/vm.json" ;;
+            esac </dev/null 2>&1 | tr -d '\r' | sed -n -e "s/^TAP-DOWN *\([0-9]*\) \([0-9]*\)$/TAP-BENCH $vmm DOWN \2 \1/p" \
+                -e "s/^TAP-UP \([0-9]*\)$/TAP-BENCH $vmm UP \1/p"
+            echo "TAP-BENCH-HOST $vmm UP-BYTES $(cat "$W/up" 2>/dev/null | tr -dc 0-9)"
+            pkill -P $ack_pid 2>/dev/null
+            kill $down_pid $up_pid $ack_pid 2>/dev/null
+            wait $down_pid $up_pid $ack_pid 2>/dev/null
+        done
+        echo "@@STDERR"
+        echo "@@EXIT $name 0"
+    done
+}
+tap_bench
 
 # Where a boot's time goes, kernel message by message, under hvm and under
 # Firecracker (lab.py --only boot-dmesg --firecracker PATH): the boot

@@ -217,6 +217,11 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False, fire
         copy_with_libs(os.path.realpath(virtiofsd), root, "/usr/libexec/virtiofsd")
     else:
         log("no virtiofsd (apt-get install qemu-system-common): the lab's share cases will fail")
+    # iproute2's ip for the TCP-over-tap benchmark's persistent tap
+    # (busybox ip has no tuntap).
+    ip = shutil.which("ip")
+    if ip and os.path.realpath(ip) != os.path.realpath("/bin/busybox"):
+        copy_with_libs(os.path.realpath(ip), root, "/hvm/ip")
     if firecracker:
         # The boot benchmark's second peer (test equipment, given with --firecracker).
         copy_with_libs(firecracker, root, "/usr/bin/firecracker")
