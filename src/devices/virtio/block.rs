@@ -3,6 +3,7 @@
 //! open-file-description lock, see [`host_file`]) so that two VMs cannot
 //! write one disk; the error names the process that holds it.
 
+use super::guest_io::{chain_spans, guest_iovecs};
 use super::{
     drain_queue, read_config_bytes, QueueError, Served, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -15,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 pub const SECTOR_SIZE: u64 = 512;
 /// Largest piece of zeros written where fallocate cannot zero a range.
@@ -181,7 +182,7 @@ impl Block {
         if !within_limits(chain.clone()) {
             return refuse(chain, mem);
         }
-        let (readable, writable) = spans(chain.clone());
+        let (readable, writable) = chain_spans(chain.clone());
         let (Ok(mut reader), Ok(mut writer)) = (chain.clone().reader(mem), chain.writer(mem))
         else {
             return 0;
@@ -203,7 +204,7 @@ impl Block {
                 sector.copy_from_slice(&header[8..16]);
                 let sector = u64::from_le_bytes(sector);
                 match kind {
-                    VIRTIO_BLK_T_IN => match iovecs(mem, &writable, 0, data_len) {
+                    VIRTIO_BLK_T_IN => match guest_iovecs(mem, &writable, 0, data_len) {
                         Some(data) => {
                             let code = self.read(sector, &data);
                             if code == VIRTIO_BLK_S_OK {
@@ -215,7 +216,7 @@ impl Block {
                     },
                     VIRTIO_BLK_T_OUT => {
                         let len = reader.available_bytes();
-                        match iovecs(mem, &readable, header.len(), len) {
+                        match guest_iovecs(mem, &readable, header.len(), len) {
                             Some(data) => self.write(sector, &data),
                             None => VIRTIO_BLK_S_IOERR,
                         }
@@ -283,58 +284,6 @@ impl Block {
 enum Direction {
     Read,
     Write,
-}
-
-/// The guest-memory spans of a chain's descriptors (address, length),
-/// readable ones first and writable ones second, as the virtio-queue
-/// Reader and Writer see them: readable descriptors end at the first
-/// writable one.
-type Spans = Vec<(GuestAddress, usize)>;
-
-fn spans(chain: DescriptorChain<&GuestMemoryMmap>) -> (Spans, Spans) {
-    let (mut readable, mut writable) = (Vec::new(), Vec::new());
-    for desc in chain {
-        let span = (desc.addr(), desc.len() as usize);
-        if desc.is_write_only() {
-            writable.push(span);
-        } else if writable.is_empty() {
-            readable.push(span);
-        }
-    }
-    (readable, writable)
-}
-
-/// `len` bytes of `spans`, after the first `skip`, as iovecs pointing into
-/// guest memory (split where guest RAM regions split). None when a span
-/// leaves guest RAM or the spans hold fewer bytes.
-fn iovecs(
-    mem: &GuestMemoryMmap,
-    spans: &[(GuestAddress, usize)],
-    mut skip: usize,
-    mut len: usize,
-) -> Option<Vec<libc::iovec>> {
-    let mut out = Vec::with_capacity(spans.len());
-    for &(addr, n) in spans {
-        if len == 0 {
-            break;
-        }
-        if skip >= n {
-            skip -= n;
-            continue;
-        }
-        let start = addr.checked_add(skip as u64)?;
-        let take = (n - skip).min(len);
-        skip = 0;
-        for slice in mem.get_slices(start, take, Permissions::ReadWrite).ok()? {
-            let slice = slice.ok()?;
-            out.push(libc::iovec {
-                iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                iov_len: slice.len(),
-            });
-        }
-        len -= take;
-    }
-    (len == 0).then_some(out)
 }
 
 /// preadv/pwritev of all of `iovs` at `offset`, resuming after short

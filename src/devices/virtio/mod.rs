@@ -9,6 +9,7 @@
 pub mod block;
 pub mod console;
 pub mod fs;
+pub mod guest_io;
 pub mod mmio;
 pub mod net;
 pub mod rng;

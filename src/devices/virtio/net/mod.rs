@@ -10,16 +10,17 @@ mod tap;
 pub use stream::FrameStream;
 pub use tap::{Tap, TapError};
 
+use super::guest_io::{chain_spans, guest_iovecs};
 use super::{
     drain_queue_until, read_config_bytes, BackendEvent, QueueError, Served, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use stream::Received;
 use virtio_bindings::virtio_net::*;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -211,6 +212,9 @@ impl Net {
                 Delivery::NoBuffers => {
                     // Kept until the guest posts buffers (it notifies the queue).
                     self.pending = Some(len);
+                    if Self::rearm_receive(queue, mem)? {
+                        continue;
+                    }
                     return Ok(used);
                 }
                 Delivery::Dropped => {
@@ -258,22 +262,30 @@ impl Net {
             queue,
             mem,
             |chain| {
-                buf.clear();
-                // A chain longer than any frame (it may span all of guest RAM) is
-                // dropped unread rather than copied into hvm.
-                let ok = chain
-                    .reader(mem)
-                    .map(|mut r| r.available_bytes() <= MAX_FRAME && r.read_to_end(buf).is_ok())
-                    .unwrap_or(false);
-                log::trace!("net: tx chain of {} bytes (read ok: {ok})", buf.len());
-                if !ok || buf.len() <= VNET_HDR_LEN || *down {
+                let (readable, _) = chain_spans(chain);
+                // A chain longer than any frame (it may span all of guest RAM)
+                // is dropped unread.
+                let len = readable.iter().fold(0usize, |n, s| n.saturating_add(s.1));
+                log::trace!("net: tx chain of {len} bytes");
+                if len <= VNET_HDR_LEN || len > MAX_FRAME || *down {
                     *dropped += 1;
                     return 0;
                 }
                 let sent = match link {
-                    Link::Tap(tap) => tap.file.write(buf).map(drop),
+                    // The tap takes header and frame as they lie in guest
+                    // memory: one writev, no copy in hvm.
+                    Link::Tap(tap) => match guest_iovecs(mem, &readable, 0, len) {
+                        Some(iovs) => tap.write_frame(&iovs),
+                        None => Err(std::io::ErrorKind::InvalidInput.into()),
+                    },
+                    // passt wants the frame without the header, behind a
+                    // length: gathered into one buffer for the stream.
                     Link::Stream(stream) => {
-                        let r = stream.send(&buf[VNET_HDR_LEN..]);
+                        buf.resize(len, 0);
+                        let r = match read_spans(mem, &readable, buf) {
+                            true => stream.send(&buf[VNET_HDR_LEN..]),
+                            false => Err(std::io::ErrorKind::InvalidInput.into()),
+                        };
                         blocked.set(stream.blocked());
                         r
                     }
@@ -288,6 +300,32 @@ impl Net {
             || blocked.get(),
         )
     }
+
+    /// Out of receive buffers: ask the guest to notify the queue when it
+    /// posts the next one. With EVENT_IDX that means an avail_event at the
+    /// ring's current index (not where hvm stopped: a mergeable frame may
+    /// wait for more buffers than are posted). True when buffers arrived
+    /// meanwhile, so the caller tries again.
+    fn rearm_receive(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+        let stopped_at = queue.next_avail();
+        let posted = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
+        queue.set_next_avail(posted.0);
+        let more = queue.enable_notification(mem);
+        queue.set_next_avail(stopped_at);
+        Ok(more?)
+    }
+}
+
+/// Copies `spans` of guest memory into `buf` (as long as their total).
+fn read_spans(mem: &GuestMemoryMmap, spans: &[(GuestAddress, usize)], buf: &mut [u8]) -> bool {
+    let mut at = 0;
+    for &(addr, n) in spans {
+        if mem.read_slice(&mut buf[at..at + n], addr).is_err() {
+            return false;
+        }
+        at += n;
+    }
+    true
 }
 
 impl VirtioDevice for Net {
@@ -300,7 +338,10 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+        let mut f = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF);
         if self.offloads {
             f |= (1 << VIRTIO_NET_F_CSUM)
                 | (1 << VIRTIO_NET_F_GUEST_CSUM)
@@ -652,6 +693,34 @@ mod tests {
         let d = deliver(&mut f, true, &mut queue, &m).unwrap();
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
         assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
+    }
+
+    /// With EVENT_IDX, a frame that waits for receive buffers asks for a
+    /// notification at the ring's current index (where the guest posts
+    /// next), not where hvm stopped, and hvm's own position is untouched.
+    #[test]
+    fn a_waiting_frame_rearms_the_receive_queue_at_the_posted_index() {
+        let m = rx_mem();
+        let q = MockSplitQueue::new(&m, 16);
+        post(&q, 0, &[(0x10000, 1000, W), (0x20000, 1000, W)]);
+        let mut queue: Queue = q.create_queue().unwrap();
+        queue.set_event_idx(true);
+        let mut f = frame(2488);
+        assert_eq!(
+            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            Delivery::NoBuffers
+        );
+        assert!(!Net::rearm_receive(&mut queue, &m).unwrap(), "nothing new");
+        let avail_event = GuestAddress(q.used_addr().0 + 4 + 8 * 16);
+        assert_eq!(m.read_obj::<u16>(avail_event).unwrap(), 2);
+        assert_eq!(
+            queue.next_avail(),
+            0,
+            "the two buffers are still hvm's to take"
+        );
+        post(&q, 2, &[(0x30000, 1000, W)]);
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        assert_eq!(d, Delivery::Delivered { buffers: 3 });
     }
 
     #[test]

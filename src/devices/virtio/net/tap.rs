@@ -88,6 +88,20 @@ impl Tap {
     }
 
     /// Tells the tap which offloads the guest can receive; false if it cannot.
+    /// Writes one frame (virtio-net header first) gathered from `iovs`:
+    /// the tap takes a frame per write, whole or not at all.
+    pub(super) fn write_frame(&self, iovs: &[libc::iovec]) -> std::io::Result<()> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: the iovecs point into guest RAM, checked and mapped for
+        // the VM's life (guest_iovecs); writev only reads them.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iovs.as_ptr(), count) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub(super) fn set_offload(&self, flags: libc::c_uint) -> bool {
         // SAFETY: TUNSETOFFLOAD takes the flags as the argument value.
         unsafe {
