@@ -545,8 +545,19 @@ Notes:
   listen` in the guest. A transfer that did not move every byte is not
   counted (n/a): in the lab, Debian 12's passt (0.0~git20230309) resets
   32 MiB uploads after 20–27 MiB under hvm and QEMU alike.
-- Case 6 comes from the same tier-2 run: guest-side timings (1/100 s) of
-  the blk-256M and net-tap cases, and L1 reading the same image file.
+- Case 6 beside Firecracker runs in the same L1 as case 5, both VMMs with
+  the same vmlinux, initramfs and command line, alternating, timed by the
+  guest: virtio-blk reads a 256 MiB image (dd bs=1M) and copies it to a
+  second one and syncs, then `hvm-randio` (guest-images/hvm-randio.c)
+  does 4 KiB random reads of the first and writes to the second, O_DIRECT,
+  one request in flight, 5 s each; TCP over one persistent tap both VMMs
+  attach to in turn: 32 MiB host→guest and guest→host with busybox nc (an
+  upload counts once L1 has every byte). Firecracker's drives use its
+  default cache type ("Unsafe": it offers the guest no flush command,
+  so its copy + sync never waits for the host disk; hvm's does).
+- Case 6's hvm-only rows come from the last tier-2 run: guest-side timings
+  (1/100 s) of the blk-256M and net-tap cases, and L1 reading the same
+  image file.
 - Where hvm's time goes (perf sched_switch stacks, `perf record -e
   sched:sched_switch -g -- target/release/hvm run SPEC`): hvm registers
   guest RAM before KVM's irqchip exists, because a memory slot added after

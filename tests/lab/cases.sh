@@ -778,7 +778,7 @@ tap_bench() {
     # iproute2's ip (the lab puts it at /hvm/ip; busybox ip has no tuntap).
     iproute=/hvm/ip
     [ -x "$iproute" ] || iproute=ip
-    "$iproute" tuntap add hvmtb0 mode tap || { echo "TAP-BENCH-SKIPPED no persistent tap (needs iproute2's ip)"; return; }
+    "$iproute" link show hvmtb0 >/dev/null 2>&1 || "$iproute" tuntap add hvmtb0 mode tap || { echo "TAP-BENCH-SKIPPED no persistent tap (needs iproute2's ip)"; return; }
     ip addr add 169.254.20.1/24 dev hvmtb0 2>/dev/null
     ip link set hvmtb0 up
     t=$GUEST_CS
@@ -788,7 +788,7 @@ tap_bench() {
 hvm.run=ip,addr,add,169.254.20.2/24,dev,eth0;ip,link,set,eth0,up;i=0;until,ping,-c,1,-W,1,169.254.20.1;do,[,\$i,-gt,20,]&&break;i=\$((i+1));done;\
 d0=\$($t);nc,169.254.20.1,5022,-e,sh,-c,'wc,-c>/tmp/down.n';d1=\$($t);echo,TAP-DOWN,\$(cat,/tmp/down.n),\$((d1-d0));\
 u0=\$($t);nc,169.254.20.1,5021,-e,head,-c,$bytes,/dev/zero;i=0;until,nc,169.254.20.1,5023,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;\
-u1=\$($t);echo,TAP-UP,\$((u1-u0))"
+u1=\$($t);echo,TAP-UP,\$((u1-u0));echo,TAP-NETDEV,\$(grep,eth0,/proc/net/dev);echo,TAP-IRQS,\$(grep,virtio,/proc/interrupts)"
     # The guest's wc writes "N" with spaces around it: the sed below takes digits.
     printf '[machine]\nvcpus = 1\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n[[net]]\ntap = "hvmtb0"\nmac = "06:00:a9:fe:14:02"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$W/vm.toml"
@@ -812,7 +812,7 @@ u1=\$($t);echo,TAP-UP,\$((u1-u0))"
             hvm) timeout 300 "$HVM" run "$W/vm.toml" ;;
             firecracker) timeout 300 "$fc" --no-api --level Off --config-file "$W/vm.json" ;;
             esac </dev/null 2>&1 | tr -d '\r' | sed -n -e "s/^TAP-DOWN *\([0-9]*\) \([0-9]*\)$/TAP-BENCH $vmm DOWN \2 \1/p" \
-                -e "s/^TAP-UP \([0-9]*\)$/TAP-BENCH $vmm UP \1/p"
+                -e "s/^TAP-UP \([0-9]*\)$/TAP-BENCH $vmm UP \1/p" -e "s/^TAP-\(NETDEV\|IRQS\) /TAP-GUEST $vmm \1 /p"
             echo "TAP-BENCH-HOST $vmm UP-BYTES $(cat "$W/up" 2>/dev/null | tr -dc 0-9)"
             pkill -P $ack_pid 2>/dev/null
             kill $down_pid $up_pid $ack_pid 2>/dev/null
@@ -821,6 +821,7 @@ u1=\$($t);echo,TAP-UP,\$((u1-u0))"
         echo "@@STDERR"
         echo "@@EXIT $name 0"
     done
+    "$iproute" tuntap del hvmtb0 mode tap 2>/dev/null
 }
 tap_bench
 
