@@ -150,6 +150,29 @@ impl VhostUserFs {
         })
     }
 
+    /// A device whose file server is gone from the start: hvm answers
+    /// every request itself (EIO), reading positions and headers from
+    /// guest memory. Only for the fuzz target `virtio_fs`, which drives
+    /// that path with arbitrary rings (`stream`: a connection nobody serves).
+    #[cfg(fuzzing)]
+    pub fn orphaned(stream: UnixStream, tag: &str) -> VhostUserFs {
+        let mut config = [0u8; MAX_TAG_LEN + 4];
+        let n = tag.len().min(MAX_TAG_LEN);
+        config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+        config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        VhostUserFs {
+            tag: tag.to_string(),
+            config,
+            frontend: Frontend::from_stream(stream, QUEUES as u64),
+            server_features: GUEST_FEATURES,
+            protocol_features: false,
+            kicks: Vec::new(),
+            call: None,
+            state: State::Failed,
+            taken_over: [false; QUEUES],
+        }
+    }
+
     /// Hands guest memory and the rings to the server.
     fn start_server(
         &mut self,
