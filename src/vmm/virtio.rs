@@ -9,7 +9,7 @@ use crate::devices::console_output::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
 use crate::devices::virtio::fs::{FsError, VhostUserFs};
-use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MmioTransport, TransportWindow, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{FrameStream, Link, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -289,7 +289,10 @@ pub fn attach(
             out.backends.push((fd, transport.clone()));
         }
         let label = crate::devices::bus::lock(&transport).label();
-        mmio.insert(transport, base, MMIO_WINDOW)?;
+        // The vCPU reaches the transport through its window, which answers
+        // interrupt status and acknowledgement without the transport's lock.
+        let window = Arc::new(Mutex::new(TransportWindow::new(transport)));
+        mmio.insert(window, base, MMIO_WINDOW)?;
         out.windows.push(MmioWindow {
             base,
             irq: irq_line,

@@ -414,6 +414,10 @@ impl VirtioDevice for VhostUserFs {
         self.state != State::Failed
     }
 
+    fn may_have_external_queues(&self) -> bool {
+        true
+    }
+
     fn set_queue_events(&mut self, kicks: Vec<EventFd>, call: EventFd) {
         self.kicks = kicks;
         self.call = Some(call);

@@ -5,6 +5,8 @@
 use super::{BackendEvent, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use crate::devices::complaint::Complaint;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -63,7 +65,7 @@ pub struct MmioTransport {
     driver_features_sel: u32,
     driver_features: u64,
     status: u32,
-    interrupt_status: u32,
+    interrupt_status: InterruptStatus,
     irq: EventFd,
     /// Clones of the queue notification eventfds (KVM's ioeventfds): a
     /// write makes the device loop serve that queue as if kicked.
@@ -92,7 +94,7 @@ impl MmioTransport {
             driver_features_sel: 0,
             driver_features: 0,
             status: 0,
-            interrupt_status: 0,
+            interrupt_status: InterruptStatus::default(),
             irq,
             kicks: Vec::new(),
             features_refused: Complaint::new(),
@@ -188,7 +190,7 @@ impl MmioTransport {
     }
 
     fn raise(&mut self, bits: u32) {
-        self.interrupt_status |= bits;
+        self.interrupt_status.0.fetch_or(bits, Ordering::SeqCst);
         if let Err(e) = self.irq.write(1) {
             log::warn!("virtio: cannot raise the interrupt: {e}");
         }
@@ -244,7 +246,7 @@ impl MmioTransport {
         self.driver_features_sel = 0;
         self.driver_features = 0;
         self.status = 0;
-        self.interrupt_status = 0;
+        self.interrupt_status.0.store(0, Ordering::SeqCst);
     }
 
     fn set_status(&mut self, value: u32) {
@@ -334,9 +336,9 @@ impl MmioTransport {
             // without telling hvm: the used-buffer bit is always set then,
             // and the driver checks its queues (cheap) on each interrupt.
             INTERRUPT_STATUS if self.device.queues_external() => {
-                self.interrupt_status | INT_USED_BUFFER
+                self.interrupt_status.get() | INT_USED_BUFFER
             }
-            INTERRUPT_STATUS => self.interrupt_status,
+            INTERRUPT_STATUS => self.interrupt_status.get(),
             STATUS => self.status,
             CONFIG_GENERATION => 0,
             _ => 0,
@@ -386,7 +388,7 @@ impl MmioTransport {
             }
             // Queue notifications reach the event loop through ioeventfds.
             QUEUE_NOTIFY => {}
-            INTERRUPT_ACK => self.interrupt_status &= !value,
+            INTERRUPT_ACK => self.interrupt_status.ack(value),
             STATUS => self.set_status(value),
             _ => log::debug!(
                 "virtio-mmio: write {value:#x} to read-only or unknown register {offset:#x}"
@@ -421,6 +423,75 @@ fn set_ring_address(q: &mut Queue, offset: u64, value: u32) {
     };
     if result.is_err() {
         log::debug!("virtio-mmio: ring address register {offset:#x} = {value:#x} refused");
+    }
+}
+
+/// The interrupt status register, shared between the transport (which
+/// raises bits) and the vCPU's view of the window (which reads and
+/// acknowledges them), so that reading it never waits for the transport's
+/// lock: the device loop holds that lock for a whole pass over a queue,
+/// and a pass that writes frames to a tap runs the host's network stack.
+/// Every interrupt costs the driver a read and an acknowledgement.
+#[derive(Clone, Default)]
+pub struct InterruptStatus(Arc<AtomicU32>);
+
+impl InterruptStatus {
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.0.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+impl MmioTransport {
+    /// The shared interrupt status register, for devices whose interrupt
+    /// status hvm alone keeps (not one a vhost-user backend may raise).
+    pub fn interrupt_status(&self) -> Option<InterruptStatus> {
+        (!self.device.may_have_external_queues()).then(|| self.interrupt_status.clone())
+    }
+}
+
+/// A virtio-mmio window as a vCPU sees it: interrupt status and
+/// acknowledgement are served from [`InterruptStatus`] without the
+/// transport's lock; every other register goes through the transport.
+pub struct TransportWindow {
+    transport: Arc<Mutex<MmioTransport>>,
+    interrupt: Option<InterruptStatus>,
+}
+
+impl TransportWindow {
+    pub fn new(transport: Arc<Mutex<MmioTransport>>) -> Self {
+        let interrupt = crate::devices::bus::lock(&transport).interrupt_status();
+        TransportWindow {
+            transport,
+            interrupt,
+        }
+    }
+}
+
+impl BusDevice for TransportWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Some(status), INTERRUPT_STATUS, Ok(word)) = (
+            &self.interrupt,
+            offset,
+            <&mut [u8; 4]>::try_from(&mut *data),
+        ) {
+            *word = status.get().to_le_bytes();
+            return;
+        }
+        crate::devices::bus::lock(&self.transport).read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(status), INTERRUPT_ACK, Ok(word)) =
+            (&self.interrupt, offset, <[u8; 4]>::try_from(data))
+        {
+            status.ack(u32::from_le_bytes(word));
+            return;
+        }
+        crate::devices::bus::lock(&self.transport).write(offset, data);
     }
 }
 
@@ -497,6 +568,47 @@ mod tests {
         let mut d = [0u8; 4];
         t.read(off, &mut d);
         u32::from_le_bytes(d)
+    }
+
+    /// The vCPU reads and acknowledges the interrupt status while the
+    /// device loop holds the transport (a long pass over a queue) without
+    /// waiting; every other register still goes through the transport.
+    #[test]
+    fn interrupt_status_is_served_without_the_transports_lock() {
+        let (t, _irq) = transport();
+        let t = Arc::new(Mutex::new(t));
+        let mut window = TransportWindow::new(t.clone());
+        crate::devices::bus::lock(&t).raise(INT_USED_BUFFER | INT_CONFIG_CHANGE);
+        let held = crate::devices::bus::lock(&t);
+        // On another thread, so a window that took the lock fails the test
+        // (by timing out) instead of deadlocking it.
+        let (done, result) = std::sync::mpsc::channel();
+        let vcpu = std::thread::spawn(move || {
+            let mut d = [0u8; 4];
+            window.read(INTERRUPT_STATUS, &mut d);
+            let before = u32::from_le_bytes(d);
+            window.write(INTERRUPT_ACK, &INT_USED_BUFFER.to_le_bytes());
+            window.read(INTERRUPT_STATUS, &mut d);
+            let _ = done.send((before, u32::from_le_bytes(d)));
+            window
+        });
+        let got = result.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(
+            got.expect("the window waited for the transport's lock"),
+            (INT_USED_BUFFER | INT_CONFIG_CHANGE, INT_CONFIG_CHANGE)
+        );
+        let mut window = vcpu.join().unwrap();
+        let mut d = [0u8; 4];
+        window.read(MAGIC_VALUE, &mut d);
+        assert_eq!(&d, b"virt");
+        // Odd widths are not the register: they go through the transport.
+        let mut b = [0xffu8; 2];
+        window.read(INTERRUPT_STATUS, &mut b);
+        assert_eq!(b, [0, 0]);
+        crate::devices::bus::lock(&t).reset();
+        window.read(INTERRUPT_STATUS, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0, "a reset clears it");
     }
 
     fn w(t: &mut MmioTransport, off: u64, v: u32) {

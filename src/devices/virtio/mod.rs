@@ -110,6 +110,11 @@ pub trait VirtioDevice: Send {
     fn queues_external(&self) -> bool {
         false
     }
+    /// Whether the device may ever have external queues (then its
+    /// interrupt status is read under the transport's lock).
+    fn may_have_external_queues(&self) -> bool {
+        false
+    }
     /// For a device whose queues are external: the queue notification
     /// eventfds (KVM's ioeventfds, one per queue) and the interrupt eventfd
     /// (KVM's irqfd), for the backend to use directly.
