@@ -206,7 +206,7 @@ impl Block {
                 match kind {
                     VIRTIO_BLK_T_IN => match guest_iovecs(mem, &writable, 0, data_len) {
                         Some(data) => {
-                            let code = self.read(sector, &data);
+                            let code = self.data(sector, &data, Direction::Read);
                             if code == VIRTIO_BLK_S_OK {
                                 written = data_len;
                             }
@@ -217,7 +217,7 @@ impl Block {
                     VIRTIO_BLK_T_OUT => {
                         let len = reader.available_bytes();
                         match guest_iovecs(mem, &readable, header.len(), len) {
-                            Some(data) => self.write(sector, &data),
+                            Some(data) => self.data(sector, &data, Direction::Write),
                             None => VIRTIO_BLK_S_IOERR,
                         }
                     }
@@ -230,9 +230,11 @@ impl Block {
                     }
                     VIRTIO_BLK_T_GET_ID => {
                         let n = writer.available_bytes().min(self.id.len());
-                        written = n;
                         match writer.write_all(&self.id[..n]) {
-                            Ok(()) => VIRTIO_BLK_S_OK,
+                            Ok(()) => {
+                                written = n;
+                                VIRTIO_BLK_S_OK
+                            }
                             Err(_) => VIRTIO_BLK_S_IOERR,
                         }
                     }
@@ -253,25 +255,15 @@ impl Block {
         (offset.checked_add(len as u64)? <= self.size).then_some(offset)
     }
 
-    /// Reads straight from the image into the guest's buffers (no bounce copy).
-    fn read(&mut self, sector: u64, data: &[libc::iovec]) -> u32 {
-        let len = data.iter().map(|v| v.iov_len).sum();
-        match self.range(sector, len) {
-            Some(offset) if transfer(&self.file, data, offset, Direction::Read).is_ok() => {
-                VIRTIO_BLK_S_OK
-            }
-            _ => VIRTIO_BLK_S_IOERR,
-        }
-    }
-
-    /// Writes the guest's buffers straight to the image (no bounce copy).
-    fn write(&mut self, sector: u64, data: &[libc::iovec]) -> u32 {
-        if self.read_only {
+    /// Moves a request's data straight between the image and the guest's
+    /// buffers (no bounce copy in hvm).
+    fn data(&mut self, sector: u64, data: &[libc::iovec], direction: Direction) -> u32 {
+        if matches!(direction, Direction::Write) && self.read_only {
             return VIRTIO_BLK_S_IOERR;
         }
         let len = data.iter().map(|v| v.iov_len).sum();
         match self.range(sector, len) {
-            Some(offset) if transfer(&self.file, data, offset, Direction::Write).is_ok() => {
+            Some(offset) if transfer(&self.file, data, offset, direction).is_ok() => {
                 VIRTIO_BLK_S_OK
             }
             _ => VIRTIO_BLK_S_IOERR,
