@@ -595,9 +595,12 @@ case_ hvc-login "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=hvc"
 
 # A kernel panic ends hvm with 125 and a crash report: the panic's line
 # from the console's tail, and RIP named from the vmlinux's symbol table;
-# the same report as JSON (printed after the console).
+# the same report as JSON (printed after the console). The guest waits a
+# second before the crash: the init's ready line may still sit in the tty's
+# transmit buffer, and the panic's printk, which bypasses that buffer, would
+# come out interleaved with it character by character (seen once in CI).
 AFTER="echo CRASH-JSON-BEGIN; cat $TMP/crash.json; echo; echo CRASH-JSON-END"
-case_ crash-sysrq "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 256M "$Q hvm.run=echo,c,>/proc/sysrq-trigger" \
+case_ crash-sysrq "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 256M "$Q hvm.run=sleep,1;echo,c,>/proc/sysrq-trigger" \
     --crash-report "$TMP/crash.json"
 
 if [ -n "$STOCK" ]; then
