@@ -112,29 +112,37 @@ def run_measured(argv, idle_probe=False):
     return r
 
 
-def memory_of(pid):
+def memory_of(pid, guest_files=(GUEST,)):
     """(peak RSS, RSS minus resident guest RAM) in bytes. Guest RAM is every
-    anonymous mapping of 100 MiB or more (no VMM here has another that big).
+    anonymous mapping of 100 MiB or more (no VMM here has another that big),
+    every mapping of the guest's own files (hvm maps an ELF kernel's pages
+    into guest RAM copy-on-write instead of copying them), and the
+    anonymous pieces of guest RAM those mappings split off (the anonymous
+    mappings right beside one of them).
     The peak is VmHWM: wait4's ru_maxrss would count the benchmark's own
     pre-exec fork of Python."""
     with open(f"/proc/{pid}/status") as f:
         hwm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-    rss = guest = 0
-    size = 0
-    anon = False
+    files = {os.path.realpath(p) for p in guest_files}
+    maps = []  # [low, high, kind, rss]; kind: "anon", "guest-file" or "other"
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split()
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                 lo, hi = (int(x, 16) for x in head[0].split("-"))
-                size = hi - lo
-                anon = len(head) < 6  # no path: anonymous
+                path = " ".join(head[5:])
+                kind = "anon" if not path else "guest-file" if path in files else "other"
+                maps.append([lo, hi, kind, 0])
             elif head and head[0] == "Rss:":
-                kb = int(head[1]) * 1024
-                rss += kb
-                if anon and size >= 100 * MiB:
-                    guest += kb
-    return hwm, rss - guest
+                maps[-1][3] = int(head[1]) * 1024
+    edges = {a for lo, hi, kind, _ in maps if kind == "guest-file" for a in (lo, hi)}
+
+    def guest(m):
+        lo, hi, kind, _ = m
+        return kind == "guest-file" or (kind == "anon" and (hi - lo >= 100 * MiB or lo in edges or hi in edges))
+
+    rss = sum(m[3] for m in maps)
+    return hwm, rss - sum(m[3] for m in maps if guest(m))
 
 
 def hvm_argv(spec_dir, vcpus, mem_mib, cmdline, verbose=False):
@@ -249,7 +257,8 @@ def stats(values):
     return statistics.median(values), min(values), max(values)
 
 
-TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "kernel loaded", "first KVM_RUN"]
+TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "virtio devices attached",
+            "kernel loaded", "first KVM_RUN"]
 
 
 def timeline(stderr):

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod control;
+pub mod cow_file;
 pub mod crash_report;
 pub mod event_loop;
 pub mod exit;
@@ -298,6 +299,7 @@ fn load_guest(
     attached: &virtio::Attached,
     kernel: boot::KernelImage,
     initrd: Option<boot::Initrd>,
+    private_memory: bool,
 ) -> Result<boot::BootInfo, VmError> {
     let (in_acpi, in_cmdline) = virtio::discovery(spec);
     let mut dsdt = dsdt_devices();
@@ -327,6 +329,7 @@ fn load_guest(
         cmdline: &cmdline,
         memory: spec.memory,
         rsdp: tables.rsdp_addr,
+        private_memory,
     };
     let boot = boot::load(memory, kernel, initrd, &request)?;
     regs::write_boot_tables(memory)?;
@@ -356,6 +359,7 @@ impl Vm {
         let backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
+        let private_memory = !backends.shared_memory;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
         let console_inputs = backends.console_inputs;
         let companions = backends.companions;
@@ -365,7 +369,8 @@ impl Vm {
 
         let mut mmio = Bus::new();
         let attached = virtio::attach(&vm, &memory, backends.devices, &mut mmio)?;
-        let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
+        timeline::mark("virtio devices attached");
+        let boot = load_guest(spec, &memory, &attached, kernel, initrd, private_memory)?;
         timeline::mark("kernel loaded");
 
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
