@@ -223,6 +223,7 @@ impl MmioTransport {
                 if served.used {
                     match queue.needs_notification(&self.mem) {
                         Ok(true) => self.raise(INT_USED_BUFFER),
+                        Ok(false) if served.notify => self.raise(INT_USED_BUFFER),
                         Ok(false) => {}
                         Err(e) => self.needs_reset(&e.to_string()),
                     }

@@ -13,6 +13,7 @@ pub mod guest_io;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+pub mod used_batch;
 pub mod vsock;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -141,12 +142,19 @@ pub struct Served {
     /// The budget ran out with requests still waiting: serve the queue again
     /// after other work (other devices, stdin, the guest's next kick).
     pub more: bool,
+    /// The device published buffers in batches (used_batch.rs) and found
+    /// that the driver asked to be notified of one: the transport's own
+    /// check covers only buffers added after the last batch.
+    pub notify: bool,
 }
 
 impl Served {
     /// A pass that finished everything there was.
     pub fn done(used: bool) -> Served {
-        Served { used, more: false }
+        Served {
+            used,
+            ..Served::default()
+        }
     }
 }
 
@@ -199,7 +207,11 @@ where
             }
             if left == 0 || start.elapsed() >= PASS_BUDGET {
                 // Notifications stay off: hvm comes back to this queue itself.
-                return Ok(Served { used, more: true });
+                return Ok(Served {
+                    used,
+                    more: true,
+                    notify: false,
+                });
             }
         }
         if !queue.enable_notification(mem)? {

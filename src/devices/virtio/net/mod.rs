@@ -11,6 +11,7 @@ pub use stream::FrameStream;
 pub use tap::{Tap, TapError};
 
 use super::guest_io::{chain_spans, guest_iovecs};
+use super::used_batch;
 use super::{
     drain_queue_until, read_config_bytes, BackendEvent, QueueError, Served, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -42,13 +43,15 @@ enum Delivery {
 }
 
 /// Writes `frame` (virtio-net header first) into the receive queue: into one
-/// chain, or into as many as it takes when `mergeable`.
+/// chain, or into as many as it takes when `mergeable`. The chains are
+/// published together (see used_batch.rs); the flag says whether the driver
+/// asked to be notified of them.
 fn deliver(
     frame: &mut [u8],
     mergeable: bool,
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
-) -> Result<Delivery, QueueError> {
+) -> Result<(Delivery, bool), QueueError> {
     let len = frame.len();
     let mut chains = Vec::new();
     let mut room = 0usize;
@@ -58,21 +61,21 @@ fn deliver(
             for _ in 0..chains.len() {
                 queue.go_to_previous_position();
             }
-            return Ok(Delivery::NoBuffers);
+            return Ok((Delivery::NoBuffers, false));
         };
         room += chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
         chains.push(chain);
     }
     if room < len || len < VNET_HDR_LEN {
-        for chain in chains {
-            queue.add_used(mem, chain.head_index(), 0)?;
-        }
-        return Ok(Delivery::Dropped);
+        let used: Vec<(u16, u32)> = chains.iter().map(|c| (c.head_index(), 0)).collect();
+        let notify = used_batch::publish(queue, mem, &used)?;
+        return Ok((Delivery::Dropped, notify));
     }
     // num_buffers: the tap leaves these two bytes of the header alone.
     let buffers = chains.len() as u16;
     frame[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&buffers.to_le_bytes());
     let mut offset = 0;
+    let mut used = Vec::with_capacity(chains.len());
     for chain in chains {
         let head = chain.head_index();
         let written = match chain.writer(mem) {
@@ -83,13 +86,17 @@ fn deliver(
             Err(_) => 0,
         };
         offset += written;
-        queue.add_used(mem, head, written as u32)?;
+        used.push((head, written as u32));
     }
-    Ok(if offset == len {
-        Delivery::Delivered { buffers }
-    } else {
-        Delivery::Dropped
-    })
+    let notify = used_batch::publish(queue, mem, &used)?;
+    Ok((
+        if offset == len {
+            Delivery::Delivered { buffers }
+        } else {
+            Delivery::Dropped
+        },
+        notify,
+    ))
 }
 
 /// Where the frames go.
@@ -202,20 +209,22 @@ impl Net {
     }
 
     /// Moves frames from the link into receive buffers until either runs out.
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
-        let mut used = false;
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Served, QueueError> {
+        let mut served = Served::default();
         loop {
             let Some(len) = self.pending.take().or_else(|| self.next_frame()) else {
-                return Ok(used);
+                return Ok(served);
             };
-            match deliver(&mut self.rx_buf[..len], self.mergeable, queue, mem)? {
+            let (delivery, notify) = deliver(&mut self.rx_buf[..len], self.mergeable, queue, mem)?;
+            served.notify |= notify;
+            match delivery {
                 Delivery::NoBuffers => {
                     // Kept until the guest posts buffers (it notifies the queue).
                     self.pending = Some(len);
                     if Self::rearm_receive(queue, mem)? {
                         continue;
                     }
-                    return Ok(used);
+                    return Ok(served);
                 }
                 Delivery::Dropped => {
                     self.dropped += 1;
@@ -227,7 +236,7 @@ impl Net {
                     log::trace!("net: rx frame of {len} bytes in {buffers} buffer(s)");
                 }
             }
-            used = true;
+            served.used = true;
         }
     }
 
@@ -403,7 +412,7 @@ impl VirtioDevice for Net {
         mem: &GuestMemoryMmap,
     ) -> Result<Served, QueueError> {
         match index {
-            RX_QUEUE => self.receive(queue, mem).map(Served::done),
+            RX_QUEUE => self.receive(queue, mem),
             TX_QUEUE => self.transmit(queue, mem),
             _ => Ok(Served::default()),
         }
@@ -513,7 +522,7 @@ mod tests {
         let mut rx: Queue = rxq.create_queue().unwrap();
         let mut got = false;
         for _ in 0..200 {
-            if net.receive(&mut rx, &m).unwrap() {
+            if net.receive(&mut rx, &m).unwrap().used {
                 got = true;
                 break;
             }
@@ -564,7 +573,7 @@ mod tests {
         post(&rxq, 0, &[(0x40000, 2048, W)]);
         let mut rx: Queue = rxq.create_queue().unwrap();
         net.activate(net.features(), &[], &m).unwrap();
-        assert!(net.receive(&mut rx, &m).unwrap());
+        assert!(net.receive(&mut rx, &m).unwrap().used);
         assert_eq!(used(&rxq, 1), vec![(0, 72)]);
         let mut back = [0u8; 72];
         m.read_slice(&mut back, GuestAddress(0x40000)).unwrap();
@@ -663,7 +672,7 @@ mod tests {
         );
         let mut queue: Queue = q.create_queue().unwrap();
         let mut f = frame(2488);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
         assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
         let mut got = vec![0u8; 2500];
@@ -685,12 +694,12 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let mut f = frame(2488);
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            deliver(&mut f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
         assert_eq!(q.used().idx().load(), 0, "nothing used");
         post(&q, 2, &[(0x30000, 1000, W)]);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
         assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
     }
@@ -707,7 +716,7 @@ mod tests {
         queue.set_event_idx(true);
         let mut f = frame(2488);
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            deliver(&mut f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
         assert!(!Net::rearm_receive(&mut queue, &m).unwrap(), "nothing new");
@@ -719,7 +728,7 @@ mod tests {
             "the two buffers are still hvm's to take"
         );
         post(&q, 2, &[(0x30000, 1000, W)]);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap();
+        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
     }
 
@@ -731,11 +740,11 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let mut big = frame(2488);
         assert_eq!(
-            deliver(&mut big, false, &mut queue, &m).unwrap(),
+            deliver(&mut big, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
         let mut small = frame(500);
-        let d = deliver(&mut small, false, &mut queue, &m).unwrap();
+        let d = deliver(&mut small, false, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 1 });
         assert_eq!(used(&q, 2), vec![(0, 0), (1, 512)]);
         let mut hdr = [0u8; VNET_HDR_LEN];
@@ -760,14 +769,14 @@ mod tests {
         let mut queue: Queue = q.create_queue().unwrap();
         let mut f = frame(100);
         assert_eq!(
-            deliver(&mut f, false, &mut queue, &m).unwrap(),
+            deliver(&mut f, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
         assert_eq!(
-            deliver(&mut f, false, &mut queue, &m).unwrap(),
+            deliver(&mut f, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
-        let d = deliver(&mut f, false, &mut queue, &m).unwrap();
+        let d = deliver(&mut f, false, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 1 });
         assert_eq!(used(&q, 3), vec![(0, 0), (1, 0), (2, 112)]);
         // Mergeable: the bad buffers add no room; nothing is written outside RAM.
@@ -775,7 +784,7 @@ mod tests {
         post(&q, 0, &[(0x10000, 4096, 0), (0xfff_0000, 4096, W)]);
         let mut queue: Queue = q.create_queue().unwrap();
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap(),
+            deliver(&mut f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
     }
