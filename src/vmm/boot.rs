@@ -255,8 +255,9 @@ pub fn load(
             loaded
         }
         KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
-        // A bzImage's payload starts at a 512-byte sector, not a page: no
-        // page of it could be mapped.
+        // A bzImage is copied: its payload starts at a 512-byte sector,
+        // rarely at a page boundary, and the kernel decompresses itself
+        // out of it at once.
         KernelFormat::BzImage => BzImage::load(mem, himem, &mut file, himem).map_err(load_err)?,
     };
 
