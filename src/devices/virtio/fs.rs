@@ -132,22 +132,38 @@ impl VhostUserFs {
                 frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
         }
+        Ok(VhostUserFs::new(
+            frontend,
+            tag,
+            features & !protocol,
+            protocol_features,
+            State::Idle,
+        ))
+    }
+
+    fn new(
+        frontend: Frontend,
+        tag: &str,
+        server_features: u64,
+        protocol_features: bool,
+        state: State,
+    ) -> VhostUserFs {
         let mut config = [0u8; MAX_TAG_LEN + 4];
         let n = tag.len().min(MAX_TAG_LEN);
         config[..n].copy_from_slice(&tag.as_bytes()[..n]);
         // num_request_queues (le32): one.
         config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        Ok(VhostUserFs {
+        VhostUserFs {
             tag: tag.to_string(),
             config,
             frontend,
-            server_features: features & !protocol,
+            server_features,
             protocol_features,
             kicks: Vec::new(),
             call: None,
-            state: State::Idle,
+            state,
             taken_over: [false; QUEUES],
-        })
+        }
     }
 
     /// A device whose file server is gone from the start: hvm answers
@@ -156,21 +172,8 @@ impl VhostUserFs {
     /// that path with arbitrary rings (`stream`: a connection nobody serves).
     #[cfg(fuzzing)]
     pub fn orphaned(stream: UnixStream, tag: &str) -> VhostUserFs {
-        let mut config = [0u8; MAX_TAG_LEN + 4];
-        let n = tag.len().min(MAX_TAG_LEN);
-        config[..n].copy_from_slice(&tag.as_bytes()[..n]);
-        config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        VhostUserFs {
-            tag: tag.to_string(),
-            config,
-            frontend: Frontend::from_stream(stream, QUEUES as u64),
-            server_features: GUEST_FEATURES,
-            protocol_features: false,
-            kicks: Vec::new(),
-            call: None,
-            state: State::Failed,
-            taken_over: [false; QUEUES],
-        }
+        let frontend = Frontend::from_stream(stream, QUEUES as u64);
+        VhostUserFs::new(frontend, tag, GUEST_FEATURES, false, State::Failed)
     }
 
     /// Hands guest memory and the rings to the server.

@@ -210,7 +210,7 @@ where
                 return Ok(Served {
                     used,
                     more: true,
-                    notify: false,
+                    ..Served::default()
                 });
             }
         }
