@@ -250,7 +250,7 @@ def stats(values):
 
 
 TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "virtio devices attached",
-            "kernel loaded", "first KVM_RUN"]
+            "kernel loaded", "file access limited", "first KVM_RUN"]
 
 
 def timeline(stderr):

@@ -195,7 +195,8 @@ fn lock_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.lock"))
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), ApiError> {
+/// Makes the runtime directory (0700) if it is not there.
+pub fn ensure_dir(dir: &Path) -> Result<(), ApiError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -95,6 +95,11 @@ pub enum Command {
         /// by the kernel), off.
         #[arg(long, value_name = "on|log|off", default_value = "on")]
         seccomp: crate::vmm::seccomp::Mode,
+        /// Landlock on hvm's own file access once the VM runs: on (only
+        /// the control socket's directory, removing its sockets, the crash
+        /// report and /proc/self; where the kernel supports Landlock), off.
+        #[arg(long, value_name = "on|off", default_value = "on")]
+        landlock: crate::vmm::landlock::Mode,
         /// When started as root: the user hvm becomes once the VM is built
         /// (a name, UID or UID:GID; default: the one sudo ran hvm for). A
         /// root hvm with nobody to become keeps no capabilities.

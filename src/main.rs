@@ -93,6 +93,7 @@ fn error_code(e: &VmError) -> i32 {
         | VmError::EventLoop(_)
         | VmError::EventFd(_)
         | VmError::Seccomp(_)
+        | VmError::Landlock(_)
         | VmError::Privileges(
             PrivilegeError::HandOver { .. }
             | PrivilegeError::Switch { .. }
@@ -145,6 +146,7 @@ fn main() {
             no_control_socket,
             virtiofsd,
             seccomp,
+            landlock,
             user,
             stats,
             crash_report,
@@ -170,7 +172,7 @@ fn main() {
                 spec,
                 &flags,
                 Reports {
-                    crash_report,
+                    crash_report: crash_report.clone(),
                     symbols,
                 },
                 RunOptions {
@@ -184,6 +186,8 @@ fn main() {
                     seccomp,
                     user,
                     stats,
+                    landlock,
+                    crash_report,
                 },
             )
         }

@@ -594,6 +594,40 @@ fn seccomp_filter_stops_a_forbidden_call_on_a_vcpu_thread() {
     }
 }
 
+/// Landlock really limits hvm's file access once the VM runs: with the
+/// system call filters off (so seccomp does not refuse the open first),
+/// the debug build's probe port makes a vCPU thread open `/`, which no
+/// rule allows; with --landlock=off it opens.
+#[test]
+fn landlock_refuses_files_outside_its_rules_on_a_vcpu_thread() {
+    if !require_kvm() {
+        return;
+    }
+    // SAFETY: asks for the Landlock ABI version; no memory is passed.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    if abi < 1 {
+        eprintln!("skipped: this kernel has no Landlock (or it is not enabled)");
+        return;
+    }
+    let spec = tiny_spec(&tiny_elf(), 1, 64, "mode=probe");
+    run_spec("landlock-on", &spec, &["--seccomp=off"])
+        .assert_code(0)
+        .assert_stdout("hvmtest: probe survived")
+        .assert_stderr("landlock probe: a vCPU thread could not open /: Permission denied")
+        .assert_no_panic();
+    run_spec("landlock-off", &spec, &["--seccomp=off", "--landlock=off"])
+        .assert_code(0)
+        .assert_stderr("landlock probe: a vCPU thread opened /: no rule refused it")
+        .assert_no_panic();
+}
+
 /// A root hvm told --user becomes that user once the VM is built: every
 /// thread runs as it with no capabilities, and the files hvm made as root
 /// (the vsock socket) are still removed at the end. Without --user (and

@@ -15,21 +15,27 @@ pub const BOOT_MARKER_PORT: u16 = 0xf5;
 pub const PVPANIC_PORT: u16 = 0x505;
 
 /// Debug builds only: a write to this port makes the vCPU thread serving
-/// it call getppid, which its system call filter refuses; the tests use it
-/// to prove the filter is there. Release builds have no such port.
+/// it open `/` (which Landlock refuses: no rule covers it) and then call
+/// getppid (which its system call filter refuses); the tests use it to
+/// prove both are there. Release builds have no such port.
 #[cfg(debug_assertions)]
-pub const SECCOMP_PROBE_PORT: u16 = 0xf6;
+pub const SANDBOX_PROBE_PORT: u16 = 0xf6;
 
-/// Port 0xf6 (debug builds): the seccomp probe.
+/// Port 0xf6 (debug builds): the sandbox probe.
 #[cfg(debug_assertions)]
-pub struct SeccompProbe;
+pub struct SandboxProbe;
 
 #[cfg(debug_assertions)]
-impl BusDevice for SeccompProbe {
+impl BusDevice for SandboxProbe {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
     fn write(&mut self, _offset: u64, _data: &[u8]) {
+        // (With the filters on, seccomp refuses the open first, quietly.)
+        match std::fs::File::open("/") {
+            Ok(_) => log::warn!("landlock probe: a vCPU thread opened /: no rule refused it"),
+            Err(e) => log::warn!("landlock probe: a vCPU thread could not open /: {e}"),
+        }
         // SAFETY: a plain system call without arguments.
         if unsafe { libc::getppid() } > 0 {
             log::warn!("seccomp probe: getppid ran on a vCPU thread: no filter refused it");

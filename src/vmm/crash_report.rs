@@ -6,11 +6,10 @@
 //! Nothing of this runs while the guest is well.
 
 use crate::vmm::exit::ExitReason;
-use crate::vmm::symbols::Symbols;
+use crate::vmm::symbols::{Symbols, SymbolsFile};
 use kvm_ioctls::VcpuFd;
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -291,7 +290,7 @@ impl CrashReport {
     pub fn build(
         reason: &ExitReason,
         mut vcpus: Vec<VcpuSnapshot>,
-        symbols_path: &Path,
+        symbols_file: &SymbolsFile,
         memory: &GuestMemoryMmap,
         console_tail: Vec<String>,
     ) -> CrashReport {
@@ -303,10 +302,10 @@ impl CrashReport {
             _ => None,
         };
         vcpus.sort_by_key(|v| (Some(v.vcpu) != failed_vcpu, v.vcpu));
-        let (symbols, source) = match Symbols::load(symbols_path) {
+        let (symbols, source) = match symbols_file.load() {
             Ok(s) => (
                 Some(s),
-                format!("function names from {}", symbols_path.display()),
+                format!("function names from {}", symbols_file.path().display()),
             ),
             Err(e) => (None, format!("no function names: {e}")),
         };
@@ -536,7 +535,13 @@ mod tests {
             ..snapshot()
         };
         let reason = ExitReason::TripleFault { vcpu: 1 };
-        let r = CrashReport::build(&reason, vec![inside, moved], &map, &memory, vec![]);
+        let r = CrashReport::build(
+            &reason,
+            vec![inside, moved],
+            &SymbolsFile::open(map.clone()),
+            &memory,
+            vec![],
+        );
         assert_eq!(r.failed_vcpu, Some(1));
         assert_eq!(r.vcpus[0].vcpu, 1, "the failed vCPU comes first");
         assert_eq!(r.vcpus[1].rip_symbol.as_deref(), Some("do_crash+0x4"));
@@ -549,7 +554,13 @@ mod tests {
             r.symbols
         );
         assert!(r.render().contains("the guest printed nothing"));
-        let missing = CrashReport::build(&reason, vec![], &dir.join("nope"), &memory, vec![]);
+        let missing = CrashReport::build(
+            &reason,
+            vec![],
+            &SymbolsFile::open(dir.join("nope")),
+            &memory,
+            vec![],
+        );
         assert!(missing
             .symbols
             .starts_with("no function names: cannot read"));
@@ -573,7 +584,13 @@ mod tests {
             stack_gpa: Some(0x8000),
             ..snapshot()
         };
-        let r = CrashReport::build(&ExitReason::Timeout, vec![top], &map, &memory, vec![]);
+        let r = CrashReport::build(
+            &ExitReason::Timeout,
+            vec![top],
+            &SymbolsFile::open(map.clone()),
+            &memory,
+            vec![],
+        );
         assert_eq!(r.vcpus[0].stack.len(), STACK_FRAMES);
         assert_eq!(r.vcpus[0].stack[1].at, 0, "wrapped, not panicked");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -9,6 +9,7 @@ pub mod exit;
 pub mod exit_stats;
 pub mod gdb;
 pub mod helper;
+pub mod landlock;
 pub mod memory;
 pub mod passt;
 pub mod privileges;
@@ -101,6 +102,8 @@ pub enum VmError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
+    #[error(transparent)]
+    Landlock(#[from] landlock::LandlockError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -129,6 +132,11 @@ pub struct RunOptions {
     pub user: Option<String>,
     /// Count exits and print them, with the phases' times, at exit.
     pub stats: bool,
+    /// Landlock on hvm's own file access once the VM runs.
+    pub landlock: landlock::Mode,
+    /// Where the crash report goes (`--crash-report`): hvm creates it at
+    /// exit, so Landlock leaves its directory writable.
+    pub crash_report: Option<PathBuf>,
 }
 
 /// A built VM, not yet running.
@@ -160,7 +168,7 @@ pub struct Vm {
     /// Processes and files serving devices (virtiofsd, passt, vsock sockets).
     companions: helper::Companions,
     /// Where a crash report reads the kernel's symbols.
-    symbols: PathBuf,
+    symbols: symbols::SymbolsFile,
 }
 
 /// How a run ended: the reason, and what hvm saw when the guest failed.
@@ -439,7 +447,9 @@ impl Vm {
             ged,
             companions,
             user,
-            symbols: spec.symbols.clone().unwrap_or_else(|| spec.kernel.clone()),
+            symbols: symbols::SymbolsFile::open(
+                spec.symbols.clone().unwrap_or_else(|| spec.kernel.clone()),
+            ),
             identity: Identity {
                 spec: opts.spec_path.clone(),
                 vcpus: spec.vcpus,
@@ -555,13 +565,13 @@ impl Vm {
         r.port(&mut pio, "boot marker", marker, BOOT_MARKER_PORT, 1, None)?;
         #[cfg(debug_assertions)]
         {
-            use crate::devices::system_ports::{SeccompProbe, SECCOMP_PROBE_PORT};
-            let probe = Arc::new(Mutex::new(SeccompProbe));
+            use crate::devices::system_ports::{SandboxProbe, SANDBOX_PROBE_PORT};
+            let probe = Arc::new(Mutex::new(SandboxProbe));
             r.port(
                 &mut pio,
-                "seccomp probe (debug build)",
+                "sandbox probe (debug build)",
                 probe,
-                SECCOMP_PROBE_PORT,
+                SANDBOX_PROBE_PORT,
                 1,
                 None,
             )?;
@@ -592,6 +602,34 @@ impl Vm {
             Some(GED_IRQ),
         )?;
         Ok((pio, trigger))
+    }
+
+    /// What hvm's files need once the VM runs: the control socket's
+    /// directory (made now, as the user hvm has become), the directories
+    /// of the sockets it removes at the end, the crash report's, and
+    /// /proc/self (what it holds at exit, in its log).
+    fn file_rules(
+        &self,
+        opts: &RunOptions,
+        sockets: &[PathBuf],
+    ) -> Result<landlock::Rules, VmError> {
+        let mut rules = landlock::Rules::default();
+        if opts.landlock == landlock::Mode::Off {
+            return Ok(rules);
+        }
+        if !opts.no_control {
+            let dir = crate::api::runtime_dir();
+            crate::api::ensure_dir(&dir)?;
+            rules.allow(&dir, landlock::Allowed::Own);
+        }
+        for socket in sockets {
+            rules.allow_beside(socket, landlock::Allowed::Remove);
+        }
+        if let Some(report) = &opts.crash_report {
+            rules.allow_beside(report, landlock::Allowed::Create);
+        }
+        rules.allow(std::path::Path::new("/proc/self"), landlock::Allowed::Read);
+        Ok(rules)
     }
 
     /// Runs the VM until it stops, and says why: starts the device loop
@@ -625,6 +663,10 @@ impl Vm {
         let mut handed_over = self.companions.socket_files.clone();
         handed_over.extend(gdb.as_ref().and_then(|g| g.socket_path()).map(Into::into));
         privileges::drop_privileges(self.user, &handed_over)?;
+        // Then file access shrinks to what the way out needs, before any
+        // other thread starts (each inherits it).
+        landlock::restrict(opts.landlock, &self.file_rules(opts, &handed_over)?)?;
+        timeline::mark("file access limited");
         // A refused system call wakes the control loop, which ends the VM.
         seccomp::set_wake(Some(std::os::fd::AsRawFd::as_raw_fd(&*self.inbox.wake)));
         // Console writers start here, not from the vCPU that prints first.

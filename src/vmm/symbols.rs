@@ -1,7 +1,10 @@
 //! The guest kernel's symbols, for crash reports: from the symbol table of
-//! an ELF vmlinux, or from a System.map. Loaded only when a report needs
-//! them, so a VM that never crashes never reads them.
+//! an ELF vmlinux, or from a System.map. The file is opened when the VM is
+//! built (once it runs, hvm may open nothing new: landlock.rs) and read
+//! only when a report needs it, so a VM that never crashes never reads it.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// Errors while reading symbols.
@@ -34,21 +37,56 @@ pub struct Symbols {
 /// address is "not in the symbols", not the last function + a megabyte).
 const UNSIZED_LIMIT: u64 = 1 << 16;
 
-impl Symbols {
-    /// Reads `path`: an ELF file's symbol table, or a System.map.
-    pub fn load(path: &Path) -> Result<Symbols, SymbolsError> {
-        let data = std::fs::read(path).map_err(|source| SymbolsError::Read {
-            path: path.to_path_buf(),
+/// Where the symbols are: the file, open (or why it could not be opened).
+#[derive(Debug)]
+pub struct SymbolsFile {
+    path: PathBuf,
+    file: std::io::Result<File>,
+}
+
+impl SymbolsFile {
+    pub fn open(path: PathBuf) -> SymbolsFile {
+        let file = File::open(&path);
+        SymbolsFile { path, file }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the symbols: an ELF file's symbol table, or a System.map.
+    pub fn load(&self) -> Result<Symbols, SymbolsError> {
+        let read_error = |source| SymbolsError::Read {
+            path: self.path.clone(),
             source,
-        })?;
+        };
+        let mut file = match &self.file {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(read_error(match e.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(e.kind(), e.to_string()),
+                }))
+            }
+        };
+        let mut data = Vec::new();
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut data))
+            .map_err(read_error)?;
+        Symbols::parse(&self.path, &data)
+    }
+}
+
+impl Symbols {
+    fn parse(path: &Path, data: &[u8]) -> Result<Symbols, SymbolsError> {
         let format = |why: String| SymbolsError::Format {
             path: path.to_path_buf(),
             why,
         };
         if data.starts_with(b"\x7fELF") {
-            Symbols::from_elf(&data).map_err(format)
+            Symbols::from_elf(data).map_err(format)
         } else {
-            Symbols::from_system_map(&String::from_utf8_lossy(&data)).map_err(format)
+            Symbols::from_system_map(&String::from_utf8_lossy(data)).map_err(format)
         }
     }
 
@@ -160,7 +198,7 @@ mod tests {
     #[test]
     fn the_tiny_guests_elf_symbols_are_read() {
         let elf = concat!(env!("CARGO_MANIFEST_DIR"), "/guest-images/tiny/hvmtest.elf");
-        let s = Symbols::load(Path::new(elf)).unwrap();
+        let s = SymbolsFile::open(elf.into()).load().unwrap();
         let main = s.text.iter().find(|x| x.name == "hvmtest_main").unwrap();
         let inside = s.name(main.addr + 1).unwrap();
         assert!(inside.starts_with("hvmtest_main+0x1/"), "{inside}");
@@ -168,7 +206,9 @@ mod tests {
 
     #[test]
     fn unreadable_or_foreign_files_say_why() {
-        let e = Symbols::load(Path::new("/nonexistent/System.map")).unwrap_err();
+        let e = SymbolsFile::open("/nonexistent/System.map".into())
+            .load()
+            .unwrap_err();
         assert!(e
             .to_string()
             .contains("cannot read /nonexistent/System.map"));
@@ -176,6 +216,6 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/guest-images/tiny/hvmtest.bzImage"
         );
-        assert!(Symbols::load(Path::new(bz)).is_err());
+        assert!(SymbolsFile::open(bz.into()).load().is_err());
     }
 }
