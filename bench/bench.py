@@ -249,8 +249,8 @@ def stats(values):
     return statistics.median(values), min(values), max(values)
 
 
-TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "virtio devices attached",
-            "kernel loaded", "file access limited", "first KVM_RUN"]
+TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "kernel loaded",
+            "virtio devices attached", "file access limited", "first KVM_RUN"]
 
 
 def timeline(stderr):

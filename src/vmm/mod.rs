@@ -303,7 +303,7 @@ fn create_vm(kvm: &Kvm, spec: &Spec, memory: &GuestMemoryMmap) -> Result<VmFd, V
 fn load_guest(
     spec: &Spec,
     memory: &GuestMemoryMmap,
-    attached: &virtio::Attached,
+    windows: &[virtio::MmioWindow],
     kernel: boot::KernelImage,
     initrd: Option<boot::Initrd>,
 ) -> Result<boot::BootInfo, VmError> {
@@ -311,8 +311,7 @@ fn load_guest(
     let mut dsdt = dsdt_devices();
     if in_acpi {
         dsdt.extend(
-            attached
-                .windows
+            windows
                 .iter()
                 .enumerate()
                 .map(|(index, w)| DsdtDevice::VirtioMmio {
@@ -325,11 +324,7 @@ fn load_guest(
     }
     let tables = acpi::build(spec.vcpus, &dsdt)?;
     acpi::write(memory, &tables)?;
-    let devices = if in_cmdline {
-        attached.windows.as_slice()
-    } else {
-        &[]
-    };
+    let devices = if in_cmdline { windows } else { &[] };
     let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, devices)?;
     let request = boot::BootRequest {
         cmdline: &cmdline,
@@ -365,17 +360,22 @@ impl Vm {
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
-        let console_inputs = backends.console_inputs;
-        let companions = backends.companions;
+        let mut backends = backends;
+        let console_inputs = std::mem::take(&mut backends.console_inputs);
+        let mut companions = std::mem::take(&mut backends.companions);
         timeline::mark("memory mapped");
         let vm = create_vm(&kvm, spec, &memory)?;
         timeline::mark("KVM VM created");
 
-        let mut mmio = Bus::new();
-        let attached = virtio::attach(&vm, &memory, backends.devices, &mut mmio)?;
-        timeline::mark("virtio devices attached");
-        let boot = load_guest(spec, &memory, &attached, kernel, initrd)?;
+        // The kernel goes in while file servers start (their handshakes
+        // run meanwhile): it needs only where the devices will sit.
+        let windows = backends.windows();
+        let boot = load_guest(spec, &memory, &windows, kernel, initrd)?;
         timeline::mark("kernel loaded");
+        let devices = backends.finish(&mut companions)?;
+        let mut mmio = Bus::new();
+        let attached = virtio::attach(&vm, &memory, devices, &windows, &mut mmio)?;
+        timeline::mark("virtio devices attached");
 
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?);
         let (guest, guest_events) = GuestEvents::channel(wake.clone());

@@ -17,7 +17,7 @@ use crate::devices::virtio::{VirtioDevice, MMIO_WINDOW};
 use crate::host_file::FileId;
 use crate::mac::{default_mac, format_mac};
 use crate::spec::{ConsoleDevice, NetBackend, Spec, VirtioDiscovery};
-use crate::vmm::helper::Companions;
+use crate::vmm::helper::{Companions, Helper};
 use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -95,9 +95,45 @@ pub struct Attached {
     pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
+/// A virtio-fs device whose file server is starting: the vhost-user
+/// handshake (which waits for the server to be up) runs in a thread while
+/// the rest of the VM is built, and is waited for before the devices are
+/// attached. A virtiofsd takes about as long to start as the rest of the
+/// build; under emulation, longer.
+pub struct PendingShare {
+    tag: String,
+    server: Helper,
+    handshake: std::thread::JoinHandle<Result<VhostUserFs, FsError>>,
+}
+
+impl PendingShare {
+    /// Waits for the handshake: the device, with its server now one of
+    /// the VM's companions.
+    fn finish(self, companions: &mut Companions) -> Result<Box<dyn VirtioDevice>, VirtioError> {
+        let PendingShare {
+            tag,
+            mut server,
+            handshake,
+        } = self;
+        let fs = match handshake.join() {
+            Ok(done) => done,
+            Err(_) => Err(FsError::Handshake { tag }),
+        };
+        let fs = fs.map_err(|source| VirtioError::Share {
+            source,
+            why: server.explain(),
+        })?;
+        companions.helpers.push(server);
+        Ok(Box::new(fs))
+    }
+}
+
 /// The opened devices and what comes with them.
 pub struct Backends {
+    /// In the order they are attached, followed by `shares`.
     pub devices: Vec<Box<dyn VirtioDevice>>,
+    /// The virtio-fs devices, their servers starting.
+    pub shares: Vec<PendingShare>,
     /// The virtio-consoles' input queues, hvc0 first.
     pub console_inputs: Vec<PendingInput>,
     /// The processes and files behind devices (the control loop owns them).
@@ -206,6 +242,7 @@ pub fn open_backends(
     }
     // Each program is probed once, however many shares it serves.
     let mut launchers: Vec<Launcher> = Vec::new();
+    let mut shares = Vec::new();
     for share in &spec.shares {
         let named = virtiofsd_override.or(share.virtiofsd.as_deref());
         let program = virtiofsd::find(named, &share.tag)?;
@@ -216,33 +253,78 @@ pub fn open_backends(
                 &launchers[launchers.len() - 1]
             }
         };
-        let (mut server, stream) = virtiofsd::start(share, how)?;
-        let fs = VhostUserFs::connect(stream, &share.tag).map_err(|source| VirtioError::Share {
-            source,
-            why: server.explain(),
-        })?;
-        devices.push(Box::new(fs));
-        companions.helpers.push(server);
+        let (server, stream) = virtiofsd::start(share, how)?;
+        let tag = share.tag.clone();
+        let handshake = std::thread::Builder::new()
+            .name("hvm-vhost-user".into())
+            .spawn(move || VhostUserFs::connect(stream, &tag))
+            .map_err(|e| VirtioError::Share {
+                source: FsError::Handshake {
+                    tag: share.tag.clone(),
+                },
+                why: e.to_string(),
+            })?;
+        shares.push(PendingShare {
+            tag: share.tag.clone(),
+            server,
+            handshake,
+        });
     }
     Ok(Backends {
         devices,
+        shares,
         console_inputs,
         companions,
         shared_memory: !spec.shares.is_empty(),
     })
 }
 
-/// Gives each device a window, an interrupt and its queue notifications.
+impl Backends {
+    /// Where each device will sit, in attach order (the kernel command
+    /// line and the DSDT are written from this before the devices are
+    /// attached).
+    pub fn windows(&self) -> Vec<MmioWindow> {
+        let labels = self
+            .devices
+            .iter()
+            .map(|d| d.label())
+            .chain(self.shares.iter().map(|s| VhostUserFs::label_for(&s.tag)));
+        labels
+            .enumerate()
+            .map(|(index, label)| MmioWindow {
+                base: VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW,
+                irq: IRQS[index],
+                label,
+            })
+            .collect()
+    }
+
+    /// Every device, the file servers' handshakes waited for; their
+    /// servers join `companions`.
+    pub fn finish(
+        self,
+        companions: &mut Companions,
+    ) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+        let mut devices = self.devices;
+        for share in self.shares {
+            devices.push(share.finish(companions)?);
+        }
+        Ok(devices)
+    }
+}
+
+/// Gives each device its window (from [`Backends::windows`]), its
+/// interrupt and its queue notifications.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     devices: Vec<Box<dyn VirtioDevice>>,
+    windows: &[MmioWindow],
     mmio: &mut Bus,
 ) -> Result<Attached, VirtioError> {
     let mut out = Attached::default();
-    for (index, device) in devices.into_iter().enumerate() {
-        let base = VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW;
-        let irq_line = IRQS[index];
+    for (index, (device, window)) in devices.into_iter().zip(windows).enumerate() {
+        let (base, irq_line) = (window.base, window.irq);
         let kvm = |what| {
             move |source| VirtioError::Kvm {
                 what,
@@ -288,16 +370,11 @@ pub fn attach(
         if let Some(fd) = crate::devices::bus::lock(&transport).backend_fd() {
             out.backends.push((fd, transport.clone()));
         }
-        let label = crate::devices::bus::lock(&transport).label();
         // The vCPU reaches the transport through its window, which answers
         // interrupt status and acknowledgement without the transport's lock.
-        let window = Arc::new(Mutex::new(TransportWindow::new(transport)));
-        mmio.insert(window, base, MMIO_WINDOW)?;
-        out.windows.push(MmioWindow {
-            base,
-            irq: irq_line,
-            label,
-        });
+        let bus_window = Arc::new(Mutex::new(TransportWindow::new(transport)));
+        mmio.insert(bus_window, base, MMIO_WINDOW)?;
+        out.windows.push(window.clone());
     }
     Ok(out)
 }

@@ -56,6 +56,8 @@ pub enum FsError {
     NotModern { tag: String, features: u64 },
     #[error("virtio-fs {tag}: cannot hand the rings to the server: {why}")]
     Rings { tag: String, why: String },
+    #[error("virtio-fs {tag}: the vhost-user handshake did not finish")]
+    Handshake { tag: String },
 }
 
 /// Where the device is in its life.
@@ -139,6 +141,11 @@ impl VhostUserFs {
             protocol_features,
             State::Idle,
         ))
+    }
+
+    /// The label of the device serving `tag` (logs, `hvm info`).
+    pub fn label_for(tag: &str) -> String {
+        format!("virtio-fs {tag}")
     }
 
     fn new(
@@ -305,7 +312,7 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn label(&self) -> String {
-        format!("virtio-fs {}", self.tag)
+        VhostUserFs::label_for(&self.tag)
     }
 
     fn features(&self) -> u64 {
