@@ -287,6 +287,7 @@ fn run(
     }
     timeline::mark("spec parsed");
     let outcome = Vm::build(&spec, &opts).and_then(|vm| vm.run(&opts));
+    timeline::mark("VM released");
     vmm::terminal::restore();
     match outcome {
         Ok(Outcome { reason, crash }) => {

@@ -766,8 +766,10 @@ impl Control {
         if !self.wait_vcpus(|s| s == VcpuState::Stopped) {
             log::warn!("a vCPU did not stop in time");
         }
+        timeline::mark("threads stopped");
         // No guest can reach them now: stop the file servers and passt.
         self.companions.stop(SERVER_GRACE);
+        timeline::mark("helpers stopped");
         let (mut dropped, mut undelivered) = (0, 0);
         for output in &self.outputs {
             let report = output.drain();
