@@ -768,6 +768,19 @@ fn triple_fault_report_names_rip_its_function_and_the_control_registers() {
         out.assert_stderr(&shown);
     }
     assert_ne!(vcpu["cr3"], "0x0");
+    // An existing report is rewritten in place (Landlock then allows that
+    // file alone).
+    std::fs::write(&json, "stale").unwrap();
+    run_spec(
+        "triple-report-again",
+        &tiny_spec(&tiny_elf(), 1, 64, "mode=triple"),
+        &["--crash-report", &path_str(&json)],
+    )
+    .assert_code(125)
+    .assert_no_panic();
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(again["exit_code"], 125);
 }
 
 /// A guest still running when --timeout expires: the report says where

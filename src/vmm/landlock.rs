@@ -5,8 +5,10 @@
 //! any other path is refused by the kernel, whatever a thread is tricked
 //! into doing. Best effort: a kernel without Landlock runs hvm as before
 //! (said at debug level). Installed by the main thread before it starts
-//! any other, so every thread inherits it; the helpers (virtiofsd, passt)
-//! are started earlier and are not limited by it.
+//! the vCPUs, the device loop and the console writers, which inherit it;
+//! the helpers (virtiofsd, passt) and their log readers are started
+//! earlier and are not limited by it (the readers' system call filter
+//! lets them open nothing).
 
 use ::landlock::{
     Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
@@ -56,10 +58,14 @@ pub enum Allowed {
     /// Its own files there: create, lock, write and remove lock files and
     /// sockets, read the others' (the control sockets' directory).
     Own,
-    /// Remove the files it made there (sockets, at exit).
+    /// Remove the files it made there (sockets, at exit). Landlock grants
+    /// removal per directory tree, not per file.
     Remove,
-    /// Create and write a new file (the crash report, at exit).
+    /// Create and write a new file (the crash report, at exit, when it
+    /// does not exist yet: again per directory tree).
     Create,
+    /// Rewrite this one existing file (the crash report, when it exists).
+    Rewrite,
     /// Read (/proc/self).
     Read,
 }
@@ -71,8 +77,9 @@ impl Allowed {
             Allowed::Own => {
                 ReadFile | ReadDir | WriteFile | Truncate | MakeReg | MakeSock | RemoveFile
             }
-            Allowed::Remove => RemoveFile | RemoveDir,
+            Allowed::Remove => RemoveFile.into(),
             Allowed::Create => WriteFile | Truncate | MakeReg,
+            Allowed::Rewrite => WriteFile | Truncate,
             Allowed::Read => ReadFile | ReadDir,
         }
     }
@@ -211,10 +218,13 @@ mod tests {
         let elsewhere = scratch("elsewhere");
         std::fs::write(sockets.join("vm.vsock"), b"").unwrap();
         std::fs::write(elsewhere.join("secret"), b"keep").unwrap();
+        std::fs::write(elsewhere.join("old-report"), b"old").unwrap();
+        std::fs::create_dir(sockets.join("sub")).unwrap();
         let mut rules = Rules::default();
         rules.allow(&own, Allowed::Own);
         rules.allow(&sockets, Allowed::Remove);
         rules.allow(&report, Allowed::Create);
+        rules.allow(&elsewhere.join("old-report"), Allowed::Rewrite);
         rules.allow(Path::new("/proc/self"), Allowed::Read);
         let (o, s, r, e) = (
             own.clone(),
@@ -232,11 +242,15 @@ mod tests {
                 std::fs::write(o.join("vm.lock"), b"1").is_ok()
                     && std::fs::read(o.join("vm.lock")).is_ok()
                     && std::fs::remove_file(o.join("vm.lock")).is_ok(),
-                // Sockets hvm made: removed; nothing new made there.
+                // Sockets hvm made: removed; nothing new made there, no
+                // directory removed.
                 std::fs::remove_file(s.join("vm.vsock")).is_ok(),
-                denied(std::fs::write(s.join("new"), b"x")),
+                denied(std::fs::write(s.join("new"), b"x"))
+                    && denied(std::fs::remove_dir(s.join("sub"))),
                 // The crash report: created, written.
                 std::fs::write(r.join("crash.json"), b"{}").is_ok(),
+                // An existing report: rewritten in place, its neighbours not.
+                std::fs::write(e.join("old-report"), b"new").is_ok(),
                 // Anywhere else: nothing.
                 denied(std::fs::read(e.join("secret")).map(drop)),
                 denied(std::fs::remove_file(e.join("secret"))),
@@ -262,11 +276,13 @@ mod tests {
                 true,
                 true,
                 true,
+                true,
                 true
             )
         );
         assert_eq!(std::fs::read(elsewhere.join("secret")).unwrap(), b"keep");
         assert_eq!(std::fs::read(report.join("crash.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read(elsewhere.join("old-report")).unwrap(), b"new");
         for d in [own, sockets, report, elsewhere] {
             std::fs::remove_dir_all(d).unwrap();
         }

@@ -606,8 +606,9 @@ impl Vm {
 
     /// What hvm's files need once the VM runs: the control socket's
     /// directory (made now, as the user hvm has become), the directories
-    /// of the sockets it removes at the end, the crash report's, and
-    /// /proc/self (what it holds at exit, in its log).
+    /// of the sockets it removes at the end, the crash report (or its
+    /// directory, if it does not exist yet), and /proc/self (what it holds
+    /// at exit, in its log).
     fn file_rules(
         &self,
         opts: &RunOptions,
@@ -626,7 +627,11 @@ impl Vm {
             rules.allow_beside(socket, landlock::Allowed::Remove);
         }
         if let Some(report) = &opts.crash_report {
-            rules.allow_beside(report, landlock::Allowed::Create);
+            // An existing file is rewritten in place: a rule for it alone.
+            match std::fs::symlink_metadata(report) {
+                Ok(m) if m.is_file() => rules.allow(report, landlock::Allowed::Rewrite),
+                _ => rules.allow_beside(report, landlock::Allowed::Create),
+            }
         }
         rules.allow(std::path::Path::new("/proc/self"), landlock::Allowed::Read);
         Ok(rules)
