@@ -75,7 +75,9 @@ fn error_code(e: &VmError) -> i32 {
             },
             VirtioError::TooMany { .. } => code::BAD_SPEC,
             VirtioError::Kvm { .. } => code::KVM,
-            VirtioError::EventFd(_) | VirtioError::Bus(_) => code::INTERNAL,
+            VirtioError::EventFd(_) | VirtioError::Bus(_) | VirtioError::Placement { .. } => {
+                code::INTERNAL
+            }
         },
         VmError::Api(a) => api_code(a),
         VmError::Privileges(PrivilegeError::UnknownUser(_) | PrivilegeError::NotRoot(..)) => {

@@ -55,6 +55,8 @@ pub enum VirtioError {
     },
     #[error("too many virtio devices: {count}; hvm has interrupt lines for {max}")]
     TooMany { count: usize, max: usize },
+    #[error("internal: {devices} virtio devices for {windows} windows")]
+    Placement { devices: usize, windows: usize },
     #[error("cannot create an eventfd for a virtio device: {0}")]
     EventFd(std::io::Error),
     #[error("KVM refused the {what} of virtio device {index}: {source}")]
@@ -117,7 +119,14 @@ impl PendingShare {
         } = self;
         let fs = match handshake.join() {
             Ok(done) => done,
-            Err(_) => Err(FsError::Handshake { tag }),
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(FsError::Handshake { tag, why })
+            }
         };
         let fs = fs.map_err(|source| VirtioError::Share {
             source,
@@ -261,8 +270,9 @@ pub fn open_backends(
             .map_err(|e| VirtioError::Share {
                 source: FsError::Handshake {
                     tag: share.tag.clone(),
+                    why: format!("cannot start its thread: {e}"),
                 },
-                why: e.to_string(),
+                why: "virtiofsd was started".into(),
             })?;
         shares.push(PendingShare {
             tag: share.tag.clone(),
@@ -322,6 +332,12 @@ pub fn attach(
     windows: &[MmioWindow],
     mmio: &mut Bus,
 ) -> Result<Attached, VirtioError> {
+    if devices.len() != windows.len() {
+        return Err(VirtioError::Placement {
+            devices: devices.len(),
+            windows: windows.len(),
+        });
+    }
     let mut out = Attached::default();
     for (index, (device, window)) in devices.into_iter().zip(windows).enumerate() {
         let (base, irq_line) = (window.base, window.irq);

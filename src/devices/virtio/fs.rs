@@ -56,8 +56,8 @@ pub enum FsError {
     NotModern { tag: String, features: u64 },
     #[error("virtio-fs {tag}: cannot hand the rings to the server: {why}")]
     Rings { tag: String, why: String },
-    #[error("virtio-fs {tag}: the vhost-user handshake did not finish")]
-    Handshake { tag: String },
+    #[error("virtio-fs {tag}: the vhost-user handshake did not finish: {why}")]
+    Handshake { tag: String, why: String },
 }
 
 /// Where the device is in its life.
