@@ -173,10 +173,7 @@ fn main() {
             run(
                 spec,
                 &flags,
-                Reports {
-                    crash_report: crash_report.clone(),
-                    symbols,
-                },
+                Reports { symbols },
                 RunOptions {
                     timeout,
                     serial_log,
@@ -244,10 +241,9 @@ fn validate(spec: &Path) -> i32 {
     }
 }
 
-/// What hvm tells about a run besides its exit code.
+/// What hvm tells about a run besides its exit code (the crash report's
+/// file is one of the run options: Landlock must let hvm write it).
 struct Reports {
-    /// `--crash-report FILE`: the crash report as JSON.
-    crash_report: Option<PathBuf>,
     /// `--symbols PATH`: overrides `[kernel] symbols`.
     symbols: Option<PathBuf>,
 }
@@ -298,7 +294,7 @@ fn run(
             }
             if let Some(report) = crash {
                 eprint!("{}", report.render());
-                if let Some(path) = &reports.crash_report {
+                if let Some(path) = &opts.crash_report {
                     write_crash_report(path, &report, &spec);
                 }
             }

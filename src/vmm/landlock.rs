@@ -44,11 +44,7 @@ pub enum Mode {
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "on" => Ok(Mode::On),
-            "off" => Ok(Mode::Off),
-            other => Err(format!("\"{other}\" is not one of on, off")),
-        }
+        super::parse_mode(s, &[("on", Mode::On), ("off", Mode::Off)])
     }
 }
 

@@ -106,6 +106,18 @@ pub enum VmError {
     Landlock(#[from] landlock::LandlockError),
 }
 
+/// Parses a command-line mode (`--seccomp`, `--landlock`): one of `choices`,
+/// or a message listing them.
+fn parse_mode<T: Copy>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    match choices.iter().find(|(name, _)| *name == text) {
+        Some(&(_, mode)) => Ok(mode),
+        None => {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            Err(format!("\"{text}\" is not one of {}", names.join(", ")))
+        }
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
@@ -356,11 +368,10 @@ impl Vm {
         let kernel = boot::KernelImage::open(&spec.kernel)?;
         let initrd = spec.initrd.as_deref().map(boot::Initrd::open).transpose()?;
         let (output, input, virtio_outputs) = Self::console_output(spec, opts)?;
-        let backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
+        let mut backends = virtio::open_backends(spec, &virtio_outputs, opts.virtiofsd.as_deref())?;
         let kvm = open_kvm()?;
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
-        let mut backends = backends;
         let console_inputs = std::mem::take(&mut backends.console_inputs);
         let mut companions = std::mem::take(&mut backends.companions);
         timeline::mark("memory mapped");

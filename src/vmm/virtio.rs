@@ -299,11 +299,14 @@ impl Backends {
             .iter()
             .map(|d| d.label())
             .chain(self.shares.iter().map(|s| VhostUserFs::label_for(&s.tag)));
+        // (open_backends refused more devices than there are lines; past
+        // them, attach refuses what has no window.)
         labels
+            .zip(IRQS)
             .enumerate()
-            .map(|(index, label)| MmioWindow {
+            .map(|(index, (label, irq))| MmioWindow {
                 base: VIRTIO_MMIO_START + index as u64 * MMIO_WINDOW,
-                irq: IRQS[index],
+                irq,
                 label,
             })
             .collect()

@@ -53,12 +53,10 @@ pub enum Mode {
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Mode, String> {
-        match s {
-            "on" => Ok(Mode::On),
-            "log" => Ok(Mode::Log),
-            "off" => Ok(Mode::Off),
-            other => Err(format!("\"{other}\" is not one of on, log, off")),
-        }
+        super::parse_mode(
+            s,
+            &[("on", Mode::On), ("log", Mode::Log), ("off", Mode::Off)],
+        )
     }
 }
 
