@@ -17,6 +17,7 @@ pub mod guest_init;
 pub mod host_file;
 pub mod host_net;
 pub mod mac;
+pub mod pidfd;
 pub mod spec;
 pub mod timeline;
 pub mod vmm;

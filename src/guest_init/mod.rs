@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -494,7 +494,7 @@ impl Relay<'_> {
         let mut exit: Option<(u8, Instant)> = None;
         // Readable once the command has exited, so the poll below wakes for
         // that at once; without it (kernels before 5.3), the poll's tick.
-        let exited = exit_notifier(pid);
+        let exited = crate::pidfd::open(pid);
         loop {
             // Reap: the command, and any orphan.
             loop {
@@ -634,22 +634,10 @@ impl Relay<'_> {
 }
 
 /// How often (ms) the relay looks for exited processes when nothing else
-/// wakes it: orphans, and the command itself where there is no pidfd.
+/// wakes it: orphans, and the command itself where there is no pidfd (its
+/// pipes close before it can be reaped: without a pidfd, every run would
+/// end up to this much late).
 const REAP_TICK: libc::c_int = 50;
-
-/// A pidfd for `pid` (Linux 5.3+): it polls readable once the process has
-/// exited. Without one, the command's exit is noticed on the next
-/// [`REAP_TICK`], which would otherwise delay every run by up to that much
-/// (its pipes close before it can be reaped).
-fn exit_notifier(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags; a descriptor comes back or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
 
 /// The byte count in the host's "hvm-eof N\n", once a whole line is in.
 fn parse_eof(control: &[u8]) -> Option<u64> {
@@ -726,25 +714,6 @@ mod tests {
         assert_eq!(code_of(ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(code_of(ExitStatus::from_raw(libc::SIGKILL)), 137);
         assert_eq!(code_of(ExitStatus::from_raw(libc::SIGSEGV)), 139);
-    }
-
-    #[test]
-    fn a_commands_exit_wakes_the_relay_before_it_is_reaped() {
-        let mut child = Command::new("/bin/sh")
-            .args(["-c", "exit 5"])
-            .spawn()
-            .unwrap();
-        let pid = child.id() as libc::pid_t;
-        let fd = exit_notifier(pid).expect("pidfd_open (Linux 5.3+)");
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one live pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, 10_000) };
-        assert_eq!((n, p.revents & libc::POLLIN), (1, libc::POLLIN));
-        assert_eq!(child.wait().unwrap().code(), Some(5));
     }
 
     #[test]

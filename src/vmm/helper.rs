@@ -7,6 +7,7 @@
 use crate::vmm::seccomp::{self, ThreadKind};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,9 @@ impl Helper {
             });
         }
         let mut child = cmd.spawn()?;
+        // Its stderr closing is not proof it ended (a wrapper script may
+        // send it elsewhere): the log reader waits for this to say so.
+        let exited = crate::pidfd::open(child.id() as libc::pid_t);
         let last_lines = Arc::new(Mutex::new(VecDeque::new()));
         let stopping = Arc::new(AtomicBool::new(false));
         if let Some(stderr) = child.stderr.take() {
@@ -105,11 +109,7 @@ impl Helper {
                         }
                         kept.push_back(line);
                     }
-                    // Its stderr closed: it has ended. Before hvm ended it,
-                    // that is news (what it serves is gone).
-                    if !quiet.load(Ordering::Relaxed) {
-                        log::error!("{label} has ended on its own");
-                    }
+                    note_end(exited.as_ref(), &quiet, &label);
                 });
             if let Err(e) = spawned {
                 log::warn!("{name}: its messages are lost: {e}");
@@ -200,6 +200,27 @@ impl Helper {
     }
 }
 
+/// After a helper's stderr closed: waits until it has really ended (its
+/// stderr may have been sent elsewhere, by a wrapper script, while it runs
+/// on), then says so, unless hvm was stopping it: what it serves is gone.
+/// True if it said so.
+fn note_end(exited: Option<&OwnedFd>, stopping: &AtomicBool, label: &str) -> bool {
+    if let Some(fd) = exited {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live pollfd; EINTR just ends the wait early.
+        unsafe { libc::poll(&mut p, 1, -1) };
+    }
+    if stopping.load(Ordering::Relaxed) {
+        return false;
+    }
+    log::error!("{label} has ended on its own");
+    true
+}
+
 impl Drop for Helper {
     fn drop(&mut self) {
         self.stop(Duration::from_millis(500));
@@ -244,6 +265,25 @@ mod tests {
         let text = h.explain();
         assert!(text.starts_with("test helper exit status: 3"), "{text}");
         assert!(text.contains("first / second"), "{text}");
+    }
+
+    #[test]
+    fn a_helper_is_said_to_have_ended_only_once_it_has() {
+        // Its stderr is long closed (as a wrapper sending it elsewhere
+        // would), it runs on, then exits while hvm still needs it.
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let exited = crate::pidfd::open(child.id() as libc::pid_t);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let noted = std::thread::spawn(move || note_end(exited.as_ref(), &flag, "test helper"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!noted.is_finished(), "said to have ended while it runs");
+        child.kill().unwrap();
+        assert!(noted.join().unwrap(), "its end went unsaid");
+        let _ = child.wait();
+        // Ended by hvm: nothing to say.
+        stopping.store(true, Ordering::Relaxed);
+        assert!(!note_end(None, &stopping, "test helper"));
     }
 
     #[test]

@@ -189,12 +189,15 @@ impl ThreadKind {
             ThreadKind::Control => &[COMMON, STREAM_IO, CONTROL],
             ThreadKind::Vcpu(_) => &[COMMON, VCPU],
             ThreadKind::Devices => &[COMMON, STREAM_IO, DEVICES],
-            // set*id: glibc makes every thread of the process change its
-            // ids when the main thread drops root (privileges.rs), and the
-            // helpers' log readers exist by then.
+            // poll: a helper's log reader waits on its pidfd once its
+            // stderr closed. set*id: glibc makes every thread of the
+            // process change its ids when the main thread drops root
+            // (privileges.rs), and the helpers' log readers exist by then.
             ThreadKind::Writer => &[
                 COMMON,
                 &[
+                    libc::SYS_poll,
+                    libc::SYS_ppoll,
                     libc::SYS_read,
                     libc::SYS_setgroups,
                     libc::SYS_setresgid,
