@@ -211,8 +211,10 @@ fn note_end(exited: Option<&OwnedFd>, stopping: &AtomicBool, label: &str) -> boo
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: polls one live pollfd; EINTR just ends the wait early.
-        unsafe { libc::poll(&mut p, 1, -1) };
+        // SAFETY: polls one live pollfd.
+        while unsafe { libc::poll(&mut p, 1, -1) } < 0
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
     }
     if stopping.load(Ordering::Relaxed) {
         return false;

@@ -2,7 +2,7 @@
 //! that vCPU `n` reports APIC ID `n` in a single socket of `count` cores,
 //! and with the hypervisor bit set.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE: u32 = 0x4;
@@ -85,9 +85,34 @@ pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
     }
 }
 
+/// KVM reports the extended topology leaves (0xb, 0x1f) as "no topology":
+/// subleaf 0 alone. Without a core level (subleaf 1) a guest takes every
+/// vCPU for a package of its own, and a multi-package AMD guest assumes its
+/// TSCs unsynchronized and gives up the TSC as its clock. So subleaf 1 is
+/// added where the leaf exists (patch_entry fills it in).
+fn add_core_levels(cpuid: &mut CpuId) {
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        let entries = cpuid.as_slice();
+        let present = entries.iter().any(|e| e.function == leaf);
+        let has_core = entries.iter().any(|e| e.function == leaf && e.index == 1);
+        if present && !has_core {
+            let core = kvm_cpuid_entry2 {
+                function: leaf,
+                index: 1,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
+            if cpuid.push(core).is_err() {
+                log::debug!("CPUID: no room for leaf {leaf:#x}'s core level");
+            }
+        }
+    }
+}
+
 /// The CPUID table for vCPU `id` of `count`, derived from KVM's supported set.
 pub fn for_vcpu(supported: &CpuId, id: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
+    add_core_levels(&mut cpuid);
     for entry in cpuid.as_mut_slice() {
         patch_entry(entry, id, count);
     }
@@ -114,6 +139,35 @@ mod tests {
         assert_eq!((e.ebx >> 16) & 0xff, 4);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn a_core_level_is_added_to_kvms_empty_topology_leaf() {
+        // What KVM_GET_SUPPORTED_CPUID gives: leaf 0xb's subleaf 0, zeros.
+        let supported = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0)]).unwrap();
+        let cpuid = for_vcpu(&supported, 1, 4);
+        let leaf = |index| {
+            *cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 0xb && e.index == index)
+                .expect("subleaf")
+        };
+        let (smt, core) = (leaf(0), leaf(1));
+        // One thread per core; four cores (2 bits of APIC ID) per package.
+        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8 & 0xff), (0, 1, 1));
+        assert_eq!(
+            (core.eax, core.ebx, core.ecx >> 8 & 0xff, core.edx),
+            (2, 4, 2, 1)
+        );
+        assert_ne!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+        // A host without the leaf gets none, and nothing is added twice.
+        let none = for_vcpu(&CpuId::from_entries(&[entry(1, 0)]).unwrap(), 0, 2);
+        assert!(none.as_slice().iter().all(|e| e.function != 0xb));
+        assert_eq!(
+            for_vcpu(&cpuid, 1, 4).as_slice().len(),
+            cpuid.as_slice().len()
+        );
     }
 
     #[test]
