@@ -142,9 +142,18 @@ fn bundled_vmlinux_boots_with_two_vcpus() {
 }
 
 #[test]
-fn four_vcpus_and_1536_mib_are_what_the_guest_sees() {
+fn four_vcpus_in_one_package_and_1536_mib_are_what_the_guest_sees() {
     let Some(c) = case("smp4-1536M") else { return };
-    assert_case(c, 0, &["HVM-GUEST-READY cpus=4", &e820_ram(1536)]);
+    assert_case(
+        c,
+        0,
+        &[
+            "HVM-GUEST-READY cpus=4",
+            &e820_ram(1536),
+            // One package of four cores (CPUID leaf 0xb's core level).
+            "TOPOLOGY packages 0 0 0 0 cores 0 1 2 3",
+        ],
+    );
 }
 
 #[test]

@@ -75,7 +75,8 @@ GUEST_CS="tr,-d,.,</proc/uptime|cut,-d',',-f1|sed,s/^0*//"
 
 case_ bzimage-1cpu-128M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 1 128M "$Q"
 case_ vmlinux-2cpu-512M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
-case_ smp4-1536M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 4 1536M "$Q"
+# One package of four cores, as hvm's CPUID describes it (not four packages).
+case_ smp4-1536M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 4 1536M "$Q hvm.run=echo,TOPOLOGY,packages,\$(cat,/sys/devices/system/cpu/cpu*/topology/physical_package_id),cores,\$(cat,/sys/devices/system/cpu/cpu*/topology/core_id)"
 case_ mem-3584M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 3584M "$Q"
 case_ mem-6G "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 6G "$Q"
 case_ debug-exit-7 "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=exit hvm.exit=7"
@@ -609,10 +610,11 @@ if [ -n "$STOCK" ]; then
     # right after it exited (the guest reads the clock last, then powers off).
     AFTER='echo HOST-END $(date +%s)'
     case_ debian-cloud-rtc "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,HOST-START,$(date +%s);ls,/dev/rtc0;hwclock,-r,-u;echo,RTC-NOW,\$(cat,/sys/class/rtc/rtc0/since_epoch),UPTIME,\$(cut,-d.,-f1,/proc/uptime)"
-    # tsc=reliable (as L1 has): without an invariant-TSC bit (the lab's
-    # emulated CPU has none), a 2-CPU AMD guest marks its TSC unstable and
-    # flips a static key at once; under TCG that text patching can race the
-    # other vCPU into an int3 oops (seen once in the lab, never on hardware).
+    # tsc=reliable (as L1 has): a guest that finds its TSCs out of step
+    # (or, before 29516bc, took its two vCPUs for two AMD packages) marks the
+    # TSC unstable and flips a static key at once; under TCG that text
+    # patching can race the other vCPU into an int3 oops (seen once in the
+    # lab, never on hardware).
     case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q tsc=reliable"
     # Debian's kernel has no virtio-mmio command-line devices: it finds them in the DSDT.
     EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"stock-disk\"\n[rng]"
