@@ -334,6 +334,14 @@ def check(run, what, expect_text):
     return True
 
 
+def built_commit():
+    """The commit being built, as `abc1234`, or `abc1234` plus local changes."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml", "Cargo.lock")
+    return f"commit `{head}`" + (" with uncommitted changes to src" if dirty else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 run per case, no warm-up; docs untouched")
@@ -350,6 +358,9 @@ def main():
     ap.add_argument("--linux-runs", type=int, default=5, help="counted Linux boot pairs per configuration (case 5)")
     args = ap.parse_args()
     runs, warmup = (1, 0) if args.quick else (args.runs, args.warmup)
+    # What is measured is what is built now: commits made during a long run
+    # must not be credited with its figures.
+    commit = built_commit()
     if not args.no_build:
         log("building hvm (release)")
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -493,14 +504,12 @@ def main():
             table.add(f"6. {label}, nested lab", "MiB/s", {"hvm": [v]})
 
     shutil.rmtree(spec_dir, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     fc_version = (subprocess.run([fc, "--version"], capture_output=True, text=True).stdout.splitlines() or ["?"])[0] \
         if fc else "Firecracker skipped (not found)"
     qemu_version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     report = f"""# Benchmarks
 
-Measured {datetime.date.today().isoformat()} at commit `{commit}` on {os.cpu_count()} CPUs, host KVM:
+Measured {datetime.date.today().isoformat()} with the release build of {commit} on {os.cpu_count()} CPUs, host KVM:
 {kvm_kind()}. Peers: {fc_version}; {qemu_version}, `-M microvm`. {runs} counted runs per
 case after {warmup} warm-up runs ({1 if args.quick else args.linux_runs} boot rounds per configuration
 after one warm-up round for case 5), the VMMs interleaved; wall {time.monotonic() - started:.0f} s.
