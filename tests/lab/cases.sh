@@ -55,6 +55,14 @@ case_() {
     else
         "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
         code=$?
+        # An int3 oops in a guest is TCG racing the guest's own text patching
+        # (a static key flipped while another vCPU runs that code), a lab
+        # artifact never seen on hardware: such a case runs once more.
+        if grep -q "Oops: int3" "$TMP/$name.out"; then
+            "$HVM" -v run --timeout 300s "$@" "$spec" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null
+            code=$?
+            echo "lab: the first run's guest hit an int3 oops (TCG's text-patching race): this is the second" >>"$TMP/$name.err"
+        fi
     fi
     echo "@@CASE $name"
     cat "$TMP/$name.out"
@@ -610,12 +618,12 @@ if [ -n "$STOCK" ]; then
     # right after it exited (the guest reads the clock last, then powers off).
     AFTER='echo HOST-END $(date +%s)'
     case_ debian-cloud-rtc "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,HOST-START,$(date +%s);ls,/dev/rtc0;hwclock,-r,-u;echo,RTC-NOW,\$(cat,/sys/class/rtc/rtc0/since_epoch),UPTIME,\$(cut,-d.,-f1,/proc/uptime)"
-    # tsc=reliable (as L1 has): a guest that finds its TSCs out of step
-    # (or, before 29516bc, took its two vCPUs for two AMD packages) marks the
-    # TSC unstable and flips a static key at once; under TCG that text
-    # patching can race the other vCPU into an int3 oops (seen once in the
-    # lab, never on hardware).
-    case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q tsc=reliable"
+    # tsc=unstable: a distro kernel with two vCPUs flips a static key on
+    # its sched_clock once it has judged the TSC (enabled at late init when
+    # stable, disabled when a later check finds it is not); under TCG that
+    # text patching can race the other vCPU into an int3 oops (twice in the
+    # lab, never on hardware). Judged unstable from the start, it never flips.
+    case_ debian-cloud-2cpu "$STOCK" "$IMG/initramfs.cpio.gz" 2 512M "$Q tsc=unstable"
     # Debian's kernel has no virtio-mmio command-line devices: it finds them in the DSDT.
     EXTRA="[[drive]]\npath = \"$D/read.img\"\nread_only = true\nid = \"stock-disk\"\n[rng]"
     case_ debian-cloud-virtio "$STOCK" "$IMG/stock-initrd" 1 512M "$Q hvm.run=echo,GUEST-SHA256-READ,\$(sha256sum</dev/vda|cut,-d',',-f1);echo,SERIAL,\$(cat</sys/block/vda/serial);echo,RNG,\$(cat</sys/class/misc/hw_random/rng_current)"
