@@ -7,7 +7,7 @@
 use crate::vmm::seccomp::{self, ThreadKind};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -206,15 +206,7 @@ impl Helper {
 /// True if it said so.
 fn note_end(exited: Option<&OwnedFd>, stopping: &AtomicBool, label: &str) -> bool {
     if let Some(fd) = exited {
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polls one live pollfd.
-        while unsafe { libc::poll(&mut p, 1, -1) } < 0
-            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {}
+        crate::pidfd::wait(fd);
     }
     if stopping.load(Ordering::Relaxed) {
         return false;

@@ -430,6 +430,7 @@ impl Vm {
         if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
             cpuid::offer_tsc_deadline(&mut supported);
         }
+        cpuid::add_core_levels(&mut supported);
         let vcpus = (0..spec.vcpus)
             .map(|id| Vcpu::new(&vm, &supported, id, spec.vcpus, boot.entry))
             .collect::<Result<Vec<_>, _>>()?;

@@ -89,8 +89,9 @@ pub fn offer_tsc_deadline(cpuid: &mut CpuId) {
 /// subleaf 0 alone. Without a core level (subleaf 1) a guest takes every
 /// vCPU for a package of its own, and a multi-package AMD guest assumes its
 /// TSCs unsynchronized and gives up the TSC as its clock. So subleaf 1 is
-/// added where the leaf exists (patch_entry fills it in).
-fn add_core_levels(cpuid: &mut CpuId) {
+/// added where the leaf exists, once for all vCPUs (patch_entry fills it
+/// in for each).
+pub fn add_core_levels(cpuid: &mut CpuId) {
     for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
         let entries = cpuid.as_slice();
         let present = entries.iter().any(|e| e.function == leaf);
@@ -112,7 +113,6 @@ fn add_core_levels(cpuid: &mut CpuId) {
 /// The CPUID table for vCPU `id` of `count`, derived from KVM's supported set.
 pub fn for_vcpu(supported: &CpuId, id: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
-    add_core_levels(&mut cpuid);
     for entry in cpuid.as_mut_slice() {
         patch_entry(entry, id, count);
     }
@@ -144,7 +144,8 @@ mod tests {
     #[test]
     fn a_core_level_is_added_to_kvms_empty_topology_leaf() {
         // What KVM_GET_SUPPORTED_CPUID gives: leaf 0xb's subleaf 0, zeros.
-        let supported = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0)]).unwrap();
+        let mut supported = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0)]).unwrap();
+        add_core_levels(&mut supported);
         let cpuid = for_vcpu(&supported, 1, 4);
         let leaf = |index| {
             *cpuid
@@ -162,12 +163,12 @@ mod tests {
         );
         assert_ne!(core.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
         // A host without the leaf gets none, and nothing is added twice.
-        let none = for_vcpu(&CpuId::from_entries(&[entry(1, 0)]).unwrap(), 0, 2);
+        let mut none = CpuId::from_entries(&[entry(1, 0)]).unwrap();
+        add_core_levels(&mut none);
         assert!(none.as_slice().iter().all(|e| e.function != 0xb));
-        assert_eq!(
-            for_vcpu(&cpuid, 1, 4).as_slice().len(),
-            cpuid.as_slice().len()
-        );
+        let len = supported.as_slice().len();
+        add_core_levels(&mut supported);
+        assert_eq!(supported.as_slice().len(), len);
     }
 
     #[test]
