@@ -91,6 +91,7 @@ fn error_code(e: &VmError) -> i32 {
         | VmError::Regs(_) => code::KVM,
         VmError::Memory(_)
         | VmError::Acpi(_)
+        | VmError::MpTable(_)
         | VmError::Bus(_)
         | VmError::EventLoop(_)
         | VmError::EventFd(_)

@@ -7,7 +7,7 @@
 //! sparse memfd mapped shared instead: just as lazy, and its fd can be sent.
 
 use crate::arch::x86_64::layout::{
-    ACPI_END, ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START,
+    ACPI_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, MP_TABLE_END,
 };
 use std::fs::File;
 use std::os::fd::FromRawFd;
@@ -80,7 +80,7 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             kind: E820Kind::Ram,
         });
     }
-    const { assert!(ACPI_START >= EBDA_START && ACPI_END <= HIMEM_START) };
+    const { assert!(ACPI_START >= EBDA_START && MP_TABLE_END <= HIMEM_START) };
     map
 }
 

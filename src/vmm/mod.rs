@@ -23,6 +23,7 @@ pub mod virtiofsd;
 use crate::api::{ApiError, ControlSocket, DeviceInfo};
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::arch::x86_64::mptable;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::BusDevice;
 use crate::devices::bus::{Bus, BusError};
@@ -75,6 +76,8 @@ pub enum VmError {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
     #[error(transparent)]
@@ -336,6 +339,7 @@ fn load_guest(
     }
     let tables = acpi::build(spec.vcpus, &dsdt)?;
     acpi::write(memory, &tables)?;
+    mptable::write(memory, spec.vcpus)?;
     let devices = if in_cmdline { windows } else { &[] };
     let cmdline = boot::compose_cmdline(&spec.cmdline, spec.replace_cmdline, devices)?;
     let request = boot::BootRequest {

@@ -24,9 +24,15 @@ pub const CMDLINE: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 2048;
 /// Start of the extended BIOS data area: low RAM ends here in the e820 map.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP floating pointer, in the last KiB of base memory (where Linux
+/// looks second, after the first KiB).
+pub const MP_FLOATING_POINTER: u64 = EBDA_START;
 /// ACPI tables, in the BIOS read-only area Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_END: u64 = 0x100000;
+pub const ACPI_END: u64 = 0xf0000;
+/// The MP configuration table (room for 254 vCPUs' entries).
+pub const MP_TABLE_START: u64 = 0xf0000;
+pub const MP_TABLE_END: u64 = 0x100000;
 /// The kernel's load address (1 MiB), also the start of "high memory".
 pub const HIMEM_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: 3 GiB .. 4 GiB.
