@@ -152,7 +152,31 @@ fn four_vcpus_in_one_package_and_1536_mib_are_what_the_guest_sees() {
             &e820_ram(1536),
             // One package of four cores (CPUID leaf 0xb's core level).
             "TOPOLOGY packages 0 0 0 0 cores 0 1 2 3",
+            // The kernel finds hvm's MP table at once (no 64 KiB scan).
+            "found SMP MP-table at [mem 0x0009fc00-0x0009fc0f]",
         ],
+    );
+}
+
+#[test]
+fn without_acpi_the_mp_table_gives_the_guest_its_vcpus_and_interrupts() {
+    let Some(c) = case("mptable-acpi-off") else {
+        return;
+    };
+    assert_case(
+        c,
+        0,
+        &[
+            "MPTABLE: OEM ID: HVM",
+            "Processors: 2",
+            // Printed through the serial port's interrupt as the table routes it.
+            "HVM-GUEST-READY cpus=2",
+        ],
+    );
+    assert!(
+        !c.console.contains("ExtINT not setup"),
+        "the table claims an ExtINT pin:\n{}",
+        c.console
     );
 }
 

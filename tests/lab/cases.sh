@@ -83,7 +83,11 @@ GUEST_CS="tr,-d,.,</proc/uptime|cut,-d',',-f1|sed,s/^0*//"
 case_ bzimage-1cpu-128M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 1 128M "$Q"
 case_ vmlinux-2cpu-512M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 512M "$Q"
 # One package of four cores, as hvm's CPUID describes it (not four packages).
-case_ smp4-1536M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 4 1536M "$Q hvm.run=echo,TOPOLOGY,packages,\$(cat,/sys/devices/system/cpu/cpu*/topology/physical_package_id),cores,\$(cat,/sys/devices/system/cpu/cpu*/topology/core_id)"
+case_ smp4-1536M "$IMG/bzImage" "$IMG/initramfs.cpio.gz" 4 1536M "$Q hvm.run=echo,TOPOLOGY,packages,\$(cat,/sys/devices/system/cpu/cpu*/topology/physical_package_id),cores,\$(cat,/sys/devices/system/cpu/cpu*/topology/core_id);dmesg|grep,MP-table"
+# Without ACPI the kernel takes its CPUs and interrupt routing from hvm's MP
+# table (the serial console's IRQ among them); reboot=k, as there is no ACPI
+# power-off.
+case_ mptable-acpi-off "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 512M "$Q acpi=off hvm.mode=reboot hvm.run=dmesg|grep,-e,MPTABLE,-e,Processors:,-e,ExtINT"
 case_ mem-3584M "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 3584M "$Q"
 case_ mem-6G "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 2 6G "$Q"
 case_ debug-exit-7 "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" 1 256M "$Q hvm.mode=exit hvm.exit=7"

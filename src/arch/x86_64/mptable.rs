@@ -62,16 +62,22 @@ pub fn config_table(vcpus: u32) -> Vec<u8> {
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 2;
     // Each pin is the bus IRQ of its number (the devices' GSIs), except that
-    // the PIT's IRQ 0 arrives on pin 2, as the MADT's override says; pin 0
-    // carries the 8259s' ExtINT.
-    for pin in 0..IOAPIC_PINS {
-        let (kind, irq) = match pin {
-            0 => (INT_EXTINT, 0),
-            2 => (INT_VECTORED, 0),
-            n => (INT_VECTORED, n),
-        };
+    // the PIT's IRQ 0 arrives on pin 2, as the MADT's override says, and pin
+    // 0 is left out: no firmware programmed it for the 8259s' ExtINT (the
+    // local APICs' LINT0 carries that), and Linux warns when a table says so.
+    for pin in 1..IOAPIC_PINS {
+        let irq = if pin == 2 { 0 } else { pin };
         // Flags 0: polarity and trigger conform to the bus.
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, kind, 0, 0, ISA_BUS, irq, IOAPIC_ID, pin]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_VECTORED,
+            0,
+            0,
+            ISA_BUS,
+            irq,
+            IOAPIC_ID,
+            pin,
+        ]);
         count += 1;
     }
     // Every local APIC: LINT0 is ExtINT (virtual wire), LINT1 is NMI.
@@ -156,7 +162,7 @@ mod tests {
             assert_eq!(u16::from_le_bytes([t[4], t[5]]) as usize, t.len());
             assert!(sums_to_zero(&t), "checksum for {vcpus}");
             let count = u16::from_le_bytes([t[34], t[35]]) as u32;
-            assert_eq!(count, vcpus + 2 + 24 + 2);
+            assert_eq!(count, vcpus + 2 + 23 + 2);
             assert_eq!(
                 u32::from_le_bytes(t[36..40].try_into().unwrap()),
                 LAPIC_ADDR
@@ -182,7 +188,8 @@ mod tests {
             }
             assert_eq!(at, t.len());
             assert_eq!((cpus, boot), (vcpus, 1));
-            assert_eq!(pins.len(), 24);
+            assert_eq!(pins.len(), 23);
+            assert!(!pins.iter().any(|p| p.2 == 0), "nothing on pin 0");
             assert!(pins.contains(&(INT_VECTORED, 0, 2)), "PIT on pin 2");
             assert!(pins.contains(&(INT_VECTORED, 5, 5)));
             assert!(pins.contains(&(INT_VECTORED, 23, 23)));
