@@ -11,6 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const CMOS_PORT: u16 = 0x70;
 pub const CMOS_LEN: u64 = 2;
+/// The index port: a write only selects the register the data port reaches
+/// next, so the VMM may batch such writes and replay them in order.
+pub const INDEX_LATCH: (u16, u32) = (CMOS_PORT, 1);
 
 const SECONDS: u8 = 0x00;
 const MINUTES: u8 = 0x02;

@@ -7,6 +7,9 @@ use super::bus::BusDevice;
 
 pub const PCI_CONFIG_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_LEN: u64 = 8;
+/// The address register: a write only selects what the data port reaches
+/// next, so the VMM may batch such writes and replay them in order.
+pub const ADDRESS_LATCH: (u16, u32) = (PCI_CONFIG_PORT, 4);
 /// Red Hat's ID for a QEMU/virtual PCIe host bridge, class 06.00.00.
 const VENDOR_ID: u16 = 0x1b36;
 const DEVICE_ID: u16 = 0x0008;

@@ -45,6 +45,8 @@ pub struct ExitStats {
     by_kind: HashMap<ExitKind, Count>,
     /// Time inside KVM_RUN: the guest's own, plus what KVM served in the kernel.
     pub in_kvm_run: Duration,
+    /// Port writes KVM batched instead of exiting (see write_batches).
+    pub batched_writes: u64,
 }
 
 impl ExitStats {
@@ -67,6 +69,7 @@ impl ExitStats {
     /// Adds another vCPU's counts.
     pub fn merge(&mut self, other: &ExitStats) {
         self.in_kvm_run += other.in_kvm_run;
+        self.batched_writes += other.batched_writes;
         for (kind, count) in &other.by_kind {
             self.by_kind.entry(*kind).or_default().add(*count);
         }
@@ -147,8 +150,9 @@ fn render(
     let total = stats.total();
     let _ = writeln!(
         out,
-        "hvm: stats: {} exits; vCPUs spent {} in KVM_RUN and {} in hvm serving exits",
+        "hvm: stats: {} exits ({} port writes batched without one); vCPUs spent {} in KVM_RUN and {} in hvm serving exits",
         total.exits,
+        stats.batched_writes,
         ms(stats.in_kvm_run),
         ms(total.serving)
     );

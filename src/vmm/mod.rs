@@ -19,6 +19,7 @@ pub mod terminal;
 pub mod vcpu;
 pub mod virtio;
 pub mod virtiofsd;
+pub mod write_batches;
 
 use crate::api::{ApiError, ControlSocket, DeviceInfo};
 use crate::arch::x86_64::acpi::{self, DsdtDevice, RESET_PORT, SLEEP_CONTROL_PORT};
@@ -27,12 +28,12 @@ use crate::arch::x86_64::mptable;
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::BusDevice;
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::cmos::{Cmos, CMOS_LEN, CMOS_PORT};
+use crate::devices::cmos::{self, Cmos, CMOS_LEN, CMOS_PORT};
 use crate::devices::console_output::SharedOutput;
 use crate::devices::events::GuestEvents;
 use crate::devices::ged::{self, GedTrigger, GED_IRQ, GED_PORT};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT};
-use crate::devices::pci_root::{PciRoot, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
+use crate::devices::pci_root::{self, PciRoot, PCI_CONFIG_LEN, PCI_CONFIG_PORT};
 use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::devices::system_ports::{
     AcpiPm, BootMarker, DebugExit, PvPanic, BOOT_MARKER_PORT, DEBUG_EXIT_PORT, PVPANIC_PORT,
@@ -55,6 +56,7 @@ use std::time::Duration;
 use vcpu::{Vcpu, VcpuContext, VcpuError, VcpuEvents};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
+use write_batches::WriteBatches;
 
 /// Errors while building or starting a VM. `main` maps each to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +406,8 @@ impl Vm {
             .transpose()
             .map_err(VmError::EventFd)?;
         let (pio, ged) = Self::port_devices(&vm, &serial, &guest, &mut registry, &input_gate)?;
+        let batches =
+            WriteBatches::enable(&kvm, &vm, &[cmos::INDEX_LATCH, pci_root::ADDRESS_LATCH]);
         for w in &attached.windows {
             registry.add(&w.label, "mmio", w.base, MMIO_WINDOW, Some(w.irq));
         }
@@ -422,6 +426,7 @@ impl Vm {
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
+            batches: batches.clone(),
             guest,
             events: vcpu_events,
             stats: opts.stats.then(exit_stats::StatsSink::default),
@@ -436,7 +441,16 @@ impl Vm {
         }
         cpuid::add_core_levels(&mut supported);
         let vcpus = (0..spec.vcpus)
-            .map(|id| Vcpu::new(&vm, &supported, id, spec.vcpus, boot.entry))
+            .map(|id| {
+                Vcpu::new(
+                    &vm,
+                    &supported,
+                    id,
+                    spec.vcpus,
+                    boot.entry,
+                    batches.is_some(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         timeline::mark("vCPUs configured");
 

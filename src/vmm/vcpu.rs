@@ -9,6 +9,7 @@ use crate::vmm::crash_report::{self, CaptureRequest, VcpuSnapshot};
 use crate::vmm::exit::ExitReason;
 use crate::vmm::exit_stats::{ExitKind, ExitStats, StatsSink};
 use crate::vmm::seccomp::{self, ThreadKind};
+use crate::vmm::write_batches::WriteBatches;
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -31,6 +32,8 @@ pub enum VcpuError {
     Spawn { id: u32, source: std::io::Error },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(std::io::Error),
+    #[error("vCPU {id} cannot map KVM's ring of batched writes: {source}")]
+    WriteBatches { id: u32, source: kvm_ioctls::Error },
 }
 
 /// What every vCPU thread shares.
@@ -38,6 +41,8 @@ pub enum VcpuError {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
+    /// Port writes KVM batched, replayed before each exit is served.
+    pub batches: Option<WriteBatches>,
     /// Raised once the guest asked to stop: run no more guest code.
     pub guest: GuestEvents,
     /// Where vCPU threads report to the control loop.
@@ -76,6 +81,8 @@ impl StartGate {
 pub struct Vcpu {
     id: u32,
     fd: VcpuFd,
+    /// Batched port writes this vCPU replayed (for `--stats`).
+    replayed: u64,
 }
 
 /// What the control loop asks of a vCPU thread.
@@ -238,16 +245,22 @@ impl VcpuHandle {
 impl Vcpu {
     /// Creates vCPU `id` of `count` and sets its CPUID, MSRs, FPU and LAPIC;
     /// the boot vCPU (id 0) also gets the 64-bit entry state at `entry`.
+    /// With `batching`, it maps the ring of batched port writes.
     pub fn new(
         vm: &VmFd,
         supported: &CpuId,
         id: u32,
         count: u32,
         entry: u64,
+        batching: bool,
     ) -> Result<Vcpu, VcpuError> {
-        let fd = vm
+        let mut fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
+        if batching {
+            WriteBatches::attach(&mut fd)
+                .map_err(|source| VcpuError::WriteBatches { id, source })?;
+        }
         fd.set_cpuid2(&cpuid::for_vcpu(supported, id, count))
             .map_err(|source| VcpuError::Cpuid { id, source })?;
         let regs_err = |source| VcpuError::Regs { id, source };
@@ -261,7 +274,11 @@ impl Vcpu {
         // Application processors keep KVM's power-on state (x87/SSE
         // defaults, LAPIC LVTs masked, as on a PC) and wait for INIT/SIPI
         // from the boot CPU: nothing more to set, ~3 ioctls fewer each.
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu {
+            id,
+            fd,
+            replayed: 0,
+        })
     }
 
     /// Starts the vCPU's thread; with `paused`, it waits for a Resume
@@ -359,7 +376,8 @@ impl Vcpu {
                 }
             }
         }
-        if let (Some(sink), Some(stats)) = (&ctx.stats, &stats) {
+        if let (Some(sink), Some(stats)) = (&ctx.stats, &mut stats) {
+            stats.batched_writes = self.replayed;
             sink.add(stats);
         }
         // A panic reported through a device stops the vCPUs before the
@@ -467,10 +485,17 @@ impl Vcpu {
         let vcpu = self.id;
         let result = self.fd.run();
         let returned = ctx.stats.is_some().then(Instant::now);
+
         let exit = |kind, reason| (kind, Step::Exit(reason), returned);
         let go_on = |kind| (kind, Step::Continue, returned);
         match result {
             Ok(VcpuExit::IoOut(port, _)) | Ok(VcpuExit::IoIn(port, _)) => {
+                if let Some(batches) = &ctx.batches {
+                    // The latches' devices are reached by port I/O only:
+                    // every port access is served after every write the
+                    // guest made before it.
+                    self.replayed += batches.replay(&mut self.fd, &ctx.pio);
+                }
                 self.port_io(ctx);
                 go_on(ExitKind::Port(port))
             }
