@@ -108,10 +108,11 @@ pub fn floating_pointer(table: u32) -> [u8; 16] {
     let mut p = [0u8; 16];
     p[..4].copy_from_slice(b"_MP_");
     p[4..8].copy_from_slice(&table.to_le_bytes());
-    p[8] = 1; // length in 16-byte units
-    p[9] = 4; // specification revision 1.4
-              // p[11] = 0: a configuration table is present (no default configuration);
-              // p[12] = 0: virtual-wire mode, no IMCR.
+    // Length in 16-byte units, specification revision 1.4. Feature bytes
+    // stay 0: a configuration table is present (no default configuration)
+    // and the system is in virtual-wire mode (no IMCR).
+    p[8] = 1;
+    p[9] = 4;
     p[10] = checksum(&p);
     p
 }
