@@ -41,7 +41,7 @@ pub enum VcpuError {
 pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    /// Port writes KVM batched, replayed before each exit is served.
+    /// Port writes KVM batched, replayed before each port access is served.
     pub batches: Option<WriteBatches>,
     /// Raised once the guest asked to stop: run no more guest code.
     pub guest: GuestEvents,

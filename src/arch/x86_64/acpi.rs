@@ -3,7 +3,7 @@
 //! and reset (a hardware-reduced FADT with sleep and reset registers on
 //! hvm's I/O ports) and which devices sit where (DSDT).
 
-use super::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use super::layout::{ACPI_END, ACPI_START, IOAPIC_ADDR, IOAPIC_ID, LAPIC_ADDR, PIT_IOAPIC_PIN};
 use crate::devices::cmos::CENTURY as CMOS_CENTURY;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -261,12 +261,12 @@ pub fn madt(vcpus: u32) -> Vec<u8> {
         t.append(1u32);
     }
     // I/O APIC: type 1, length 12, ID, reserved, address, GSI base.
-    t.append_slice(&[1, 12, 0, 0]);
+    t.append_slice(&[1, 12, IOAPIC_ID, 0]);
     t.append(IOAPIC_ADDR);
     t.append(0u32);
     // Interrupt source override: type 2, length 10, bus ISA, IRQ 0 -> GSI 2, flags.
     t.append_slice(&[2, 10, 0, 0]);
-    t.append(2u32);
+    t.append(u32::from(PIT_IOAPIC_PIN));
     t.append(0u16);
     // Local APIC NMI: type 4, length 6, all processors, flags, LINT1.
     t.append_slice(&[4, 6, 0xff, 0, 0, 1]);

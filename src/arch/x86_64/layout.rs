@@ -41,6 +41,10 @@ pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Where virtio-mmio device windows are placed, inside the hole.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// The IOAPIC's ID, as KVM's in-kernel IOAPIC reports it (MADT and MP table).
+pub const IOAPIC_ID: u8 = 0;
+/// The IOAPIC pin the PIT's ISA IRQ 0 arrives on (MADT override, MP table).
+pub const PIT_IOAPIC_PIN: u8 = 2;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// KVM needs three pages for the TSS and one for the identity map on Intel; in the hole.
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;

@@ -10,11 +10,12 @@
 //! reason. A kernel booted with `acpi=off` uses the table itself, so it
 //! describes the machine exactly as the MADT does.
 
-use super::layout::{IOAPIC_ADDR, LAPIC_ADDR, MP_FLOATING_POINTER, MP_TABLE_END, MP_TABLE_START};
+use super::layout::{
+    IOAPIC_ADDR, IOAPIC_ID, LAPIC_ADDR, MP_FLOATING_POINTER, MP_TABLE_END, MP_TABLE_START,
+    PIT_IOAPIC_PIN,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// The IOAPIC's ID, as KVM's in-kernel IOAPIC reports it (and the MADT says).
-const IOAPIC_ID: u8 = 0;
 /// Pins of KVM's in-kernel IOAPIC.
 const IOAPIC_PINS: u8 = 24;
 /// Local APIC and IOAPIC versions of the integrated APICs KVM emulates.
@@ -66,7 +67,7 @@ pub fn config_table(vcpus: u32) -> Vec<u8> {
     // 0 is left out: no firmware programmed it for the 8259s' ExtINT (the
     // local APICs' LINT0 carries that), and Linux warns when a table says so.
     for pin in 1..IOAPIC_PINS {
-        let irq = if pin == 2 { 0 } else { pin };
+        let irq = if pin == PIT_IOAPIC_PIN { 0 } else { pin };
         // Flags 0: polarity and trigger conform to the bus.
         entries.extend_from_slice(&[
             ENTRY_IO_INTERRUPT,
