@@ -5,8 +5,8 @@
  * then leaves through the debug-exit port with the number of failures.
  *
  * Kernel command line: mode=check|hello|echo|pit|reset|acpi-off|triple|spin|
- * garbage|ioloop|exit|count|chatter|blkread|blkflood|hugereq|abuse|probe;
- * mem=MiB cpus=N initrd_fnv=HEX (what to expect); n=COUNT (ioloop);
+ * garbage|ioloop|exit|count|chatter|blkread|blkflood|blklat|hugereq|abuse|probe;
+ * mem=MiB cpus=N initrd_fnv=HEX (what to expect); n=COUNT (ioloop, blklat);
  * code=N (exit). Plain integer code only, so that even a software KVM
  * without hardware virtualization can run it.
  *
@@ -354,7 +354,21 @@ static void chatter(void) {
 }
 
 /* ---- virtio-blk over virtio-mmio version 2, polled ---- */
-#define VIO 0xd0000000UL /* the first virtio-mmio window */
+/* The first virtio-mmio window: hvm's, unless the command line names
+ * another (Firecracker's "virtio_mmio.device=4K@0xADDR:IRQ"). */
+static u64 vio_base = 0xd0000000UL;
+#define VIO vio_base
+static void find_vio(void) {
+    char b[40];
+    if (!arg("virtio_mmio.device", b, sizeof b)) return;
+    char *p = b;
+    while (*p && *p != '@') p++;
+    if (!*p) return;
+    char *q = ++p;
+    while (*q && *q != ':') q++;
+    *q = 0;
+    vio_base = parse_num(p);
+}
 #define VIO_MAGIC 0x000
 #define VIO_VERSION 0x004
 #define VIO_DEVICE_ID 0x008
@@ -394,6 +408,7 @@ static u32 vio_r(u32 reg) { return rd32(VIO + reg); }
 
 /* Resets and starts the device with VIRTIO_F_VERSION_1 only, queue 0 ready. */
 static void blk_init(void) {
+    find_vio();
     if (vio_r(VIO_MAGIC) != 0x74726976 || vio_r(VIO_VERSION) != 2 || vio_r(VIO_DEVICE_ID) != 2) {
         puts_("hvmtest: no virtio-blk (mmio v2) at "); putx(VIO); puts_("\n");
         exit_with(93);
@@ -510,6 +525,25 @@ static void blkflood(void) {
     }
 }
 
+/* n reads of 4 KiB at pseudo-random 4 KiB-aligned places in the disk's
+ * first 64 MiB, one in flight, polled: the device's round trip (notify,
+ * read, used ring) with nothing of the guest's around it. Prints
+ * "hvmtest: blklat n=N cycles=C" (TSC cycles in all) and leaves. */
+static void pvh_leave(void);
+static void blklat(u64 n) {
+    blk_init();
+    u64 x = 88172645463325252UL, t0 = rdtsc();
+    for (u64 i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        blk_post(blk_build(0, 0, (x % 16384) * 8, 16UL << 20, 4096, 1));
+        blk_notify();
+        blk_wait();
+    }
+    u64 t1 = rdtsc();
+    puts_("hvmtest: blklat n="); putu(n); puts_(" cycles="); putu(t1 - t0); puts_("\n");
+    pvh_leave();
+}
+
 /* How a PVH guest leaves: the debug-exit port (QEMU's isa-debug-exit), or
  * with exit=reset the i8042 reset line (Firecracker has no debug-exit port
  * and no ACPI power-off; it stops on the keyboard controller's reset). */
@@ -568,6 +602,7 @@ void hvmtest_pvh(u64 start_info) {
         pvh_leave();
     }
     if (streq(mode, "spin")) { puts_("hvmtest: spinning\n"); for (;;) __asm__ volatile("cli; hlt"); }
+    if (streq(mode, "blklat")) { n = 10000; num_arg("n", &n); blklat(n); }
     puts_("Hello from the hvm tiny guest\n");
     pvh_leave();
 }
@@ -601,6 +636,7 @@ void hvmtest_main(u64 boot_params) {
     if (streq(mode, "blkread")) blkread();
     if (streq(mode, "hugereq")) hugereq();
     if (streq(mode, "blkflood")) blkflood();
+    if (streq(mode, "blklat")) { n = 10000; num_arg("n", &n); blklat(n); }
     if (streq(mode, "abuse")) { n = 1000; num_arg("n", &n); abuse(n); }
     if (streq(mode, "probe")) { puts_("hvmtest: seccomp probe\n"); outb(SECCOMP_PROBE, 1); puts_("hvmtest: probe survived\n"); exit_with(0); }
     if (streq(mode, "pit")) { puts_(pit_present() ? "hvmtest: pit present\n" : "hvmtest: pit absent\n"); exit_with(0); }
