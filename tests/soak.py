@@ -10,7 +10,7 @@ guest's output; at the end, that hvm's open descriptors and RSS at exit
 from the first runs to the last, and that no hvm file is left in the
 runtime directory or the temp directory.
 
-    python3 tests/soak.py --hvm target/debug/hvm --runs 1000 --parallel 8
+    python3 tests/soak.py --hvm target/x86_64-unknown-linux-gnu/debug/hvm --runs 1000 --parallel 8
 
 Needs /dev/kvm (tier 1). CI runs 100.
 """
@@ -66,7 +66,7 @@ def one_run(hvm, work, slot, i):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hvm", default=os.path.join(ROOT, "target", "debug", "hvm"))
+    ap.add_argument("--hvm", default=os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "debug", "hvm"))
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=8)
     args = ap.parse_args()

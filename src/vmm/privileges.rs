@@ -3,14 +3,13 @@
 //! root hvm started through sudo, or told `--user`, becomes that user; a
 //! root hvm with nobody to become keeps uid 0 but no capabilities.
 
-use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Errors while choosing or becoming the user.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("--user {0}: no such user (give a user name, UID or UID:GID)")]
+    #[error("--user {0}: no such user in /etc/passwd (give a user name, UID or UID:GID)")]
     UnknownUser(String),
     #[error("--user {0}: hvm runs as uid {1}; only root can become another user")]
     NotRoot(String, u32),
@@ -63,7 +62,7 @@ pub fn target(user: Option<&str>) -> Result<Option<User>, PrivilegeError> {
     })
 }
 
-/// `UID`, `UID:GID` or a user name from the password database.
+/// `UID`, `UID:GID` or a user name from the password file.
 fn parse_user(text: &str) -> Option<User> {
     if let Some((u, g)) = text.split_once(':') {
         return Some(User {
@@ -71,18 +70,29 @@ fn parse_user(text: &str) -> Option<User> {
             gid: g.parse().ok()?,
         });
     }
+    let passwd = std::fs::read_to_string(PASSWD).unwrap_or_default();
     if let Ok(uid) = text.parse::<u32>() {
         // A bare UID: its primary group if it has an entry, else the same number.
-        // SAFETY: getpwuid returns a pointer into static storage or null;
-        // read at once, single-threaded at start-up.
-        let gid = unsafe { libc::getpwuid(uid).as_ref() }.map_or(uid, |p| p.pw_gid);
+        let gid = passwd_entry(&passwd, |_, id| id == uid).map_or(uid, |u| u.gid);
         return Some(User { uid, gid });
     }
-    let name = CString::new(text).ok()?;
-    // SAFETY: as above, for getpwnam.
-    unsafe { libc::getpwnam(name.as_ptr()).as_ref() }.map(|p| User {
-        uid: p.pw_uid,
-        gid: p.pw_gid,
+    passwd_entry(&passwd, |name, _| name == text)
+}
+
+/// Where users are looked up. hvm is a static binary, and glibc cannot load
+/// its NSS modules into one, so it reads the local users itself (a user
+/// known only to a directory service is given as UID:GID).
+const PASSWD: &str = "/etc/passwd";
+
+/// The first entry of a passwd(5) text that `matches` (name, uid).
+fn passwd_entry(passwd: &str, matches: impl Fn(&str, u32) -> bool) -> Option<User> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let uid = fields.next()?.parse().ok()?;
+        let gid = fields.next()?.parse().ok()?;
+        matches(name, uid).then_some(User { uid, gid })
     })
 }
 
@@ -190,6 +200,20 @@ mod tests {
         assert_eq!(parse_user("0").map(|u| u.gid), Some(0));
         assert_eq!(parse_user("no-such-user-anywhere"), None);
         assert_eq!(parse_user("1:x"), None);
+    }
+
+    #[test]
+    fn passwd_entries_are_found_by_name_or_uid() {
+        let text = "# a comment\nroot:x:0:0:root:/root:/bin/sh\nbroken:x:nan\n\
+                    alice:x:1000:100:Alice:/home/alice:/bin/bash\n";
+        let alice = Some(User {
+            uid: 1000,
+            gid: 100,
+        });
+        assert_eq!(passwd_entry(text, |name, _| name == "alice"), alice);
+        assert_eq!(passwd_entry(text, |_, uid| uid == 1000), alice);
+        assert_eq!(passwd_entry(text, |name, _| name == "broken"), None);
+        assert_eq!(passwd_entry(text, |name, _| name == "bob"), None);
     }
 
     #[test]

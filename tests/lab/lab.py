@@ -9,7 +9,7 @@ boots the bundled guest images and the stock kernel as L2 guests. Results
 come back on L1's second serial port. Where the host has hardware KVM
 (vmx/svm in /proc/cpuinfo) the same cases run directly, without QEMU.
 
-    tests/lab/lab.py --hvm target/debug/hvm --out target/lab/results.txt
+    tests/lab/lab.py --hvm target/x86_64-unknown-linux-gnu/debug/hvm --out target/lab/results.txt
 
 Downloads (apt-get download) are cached in target/lab-cache.
 Needs: qemu-system-x86, busybox-static, cpio, xz-utils (Debian packages).

@@ -1,0 +1,52 @@
+//! Lays out hvm's release binary for a small footprint: the functions a VM's
+//! start, run and stop enter (listed in `link-order/hot-functions.txt`,
+//! measured by `link-order/profile.py`) go first and together. The kernel
+//! maps a program's code 64 KiB around each page it touches ("fault-around"),
+//! so code scattered over the whole binary made all of it resident; packed,
+//! the resident code is about what runs (see `link-order/README.md`).
+//!
+//! Only with LLD, the linker rustc uses on x86_64 Linux from Rust 1.90 on
+//! (`--symbol-ordering-file` is LLD's); names the file lists that a build
+//! lacks (another toolchain's hashes) are ignored, which costs memory, not
+//! correctness. `HVM_LINK_ORDER=0` turns it off.
+
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("link-order/hot-functions.txt");
+    println!("cargo:rerun-if-changed={}", list.display());
+    println!("cargo:rerun-if-env-changed=HVM_LINK_ORDER");
+    let wanted = std::env::var("HVM_LINK_ORDER").map_or(true, |v| v != "0");
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if wanted
+        && release
+        && target == "x86_64-unknown-linux-gnu"
+        && links_with_lld()
+        && list.exists()
+    {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            list.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
+
+/// Whether rustc links with its own LLD by default (x86_64 Linux, 1.90+).
+fn links_with_lld() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = Command::new(rustc).arg("-vV").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(release) = text.lines().find_map(|l| l.strip_prefix("release: ")) else {
+        return false;
+    };
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 90)
+}

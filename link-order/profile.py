@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Writes link-order/hot-functions.txt: the functions of hvm's release binary
+that its usual runs enter, in the order they are first entered. build.rs
+hands the list to the linker, which puts those functions first, together.
+
+Each run happens under gdb with a one-shot breakpoint on every function of
+the binary (its symbol table: the release profile keeps symbols); a hit
+means the function was entered. The runs boot the tiny test guest
+(guest-images/tiny) on the local KVM: print and exit, 4 KiB reads from a
+virtio-blk disk, port writes, the CMOS clock, and idling until --timeout.
+
+    cargo build --release && python3 link-order/profile.py
+
+Regenerate after a toolchain or dependency update (symbol names carry
+hashes that change with them; bench/bench.py warns when the list no longer
+matches the binary) or when the code a VM runs through changes much.
+Needs gdb and /dev/kvm; takes about a minute.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "hvm")
+GUEST = os.path.join(ROOT, "guest-images", "tiny", "hvmtest.elf")
+OUT = os.path.join(ROOT, "link-order", "hot-functions.txt")
+
+
+def spec(dir, name, cmdline, drive=None):
+    path = os.path.join(dir, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(f'[machine]\nmemory = "128M"\n[kernel]\npath = "{GUEST}"\ncmdline = "{cmdline}"\nreplace_cmdline = true\n')
+        if drive:
+            f.write(f'[[drive]]\npath = "{drive}"\n')
+    return path
+
+
+def text_symbols(binary):
+    """{offset: name} of the binary's functions."""
+    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    syms = {}
+    for line in nm.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            syms.setdefault(int(parts[0], 16), parts[2])
+    return syms
+
+
+def load_base(binary, args):
+    """Where gdb (which turns address randomization off) loads the binary."""
+    out = subprocess.run(["gdb", "-batch", "-ex", "starti", "-ex", "info proc mappings", "--args", binary] + args,
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[-1] == binary and fields[-2].endswith("p"):
+            return int(fields[0], 16) - int(fields[3], 16)
+    raise SystemExit(f"profile: gdb did not start {binary}:\n{out}")
+
+
+def entered(binary, args, base, syms, work):
+    """Offsets of the functions entered while `binary args` runs."""
+    script = os.path.join(work, "breakpoints.gdb")
+    with open(script, "w") as f:
+        f.write("set pagination off\nset confirm off\nset breakpoint always-inserted on\n"
+                "handle all nostop noprint pass\nstarti\n")
+        for offset in syms:
+            f.write(f"tbreak *{base + offset:#x}\n")
+        f.write("continue\n" * (len(syms) + 10))
+    out = subprocess.run(["gdb", "-batch", "-x", script, "--args", binary] + args,
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=900).stdout
+    return [int(a, 16) - base for a in re.findall(r"Temporary breakpoint \d+, (0x[0-9a-f]+)", out)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hvm", default=BINARY, help="the release binary (default: %(default)s)")
+    ap.add_argument("--out", default=OUT, help="default: %(default)s")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.hvm)
+    syms = text_symbols(binary)
+    if len(syms) < 1000:
+        raise SystemExit(f"profile: {binary} has {len(syms)} function symbols; build it with the release profile")
+    with tempfile.TemporaryDirectory(prefix="hvm-profile-") as work:
+        disk = os.path.join(work, "disk.img")
+        with open(disk, "wb") as f:
+            f.truncate(64 << 20)
+        runs = [
+            ["run", spec(work, "hello", "mode=hello")],
+            ["run", spec(work, "blklat", "mode=blklat n=50", drive=disk)],
+            ["run", spec(work, "ioloop", "mode=ioloop n=1000")],
+            ["run", spec(work, "rtc", "mode=rtc")],
+            ["run", "--timeout", "1s", spec(work, "spin", "mode=spin")],
+        ]
+        base = load_base(binary, runs[0])
+        order, seen = [], set()
+        for run in runs:
+            hits = entered(binary, run, base, syms, work)
+            print(f"profile: {' '.join(os.path.basename(a) for a in run)}: {len(hits)} functions entered", file=sys.stderr)
+            if len(hits) < 100:
+                raise SystemExit("profile: too few functions entered; does the run work outside gdb?")
+            for offset in hits:
+                if offset in syms and offset not in seen:
+                    seen.add(offset)
+                    order.append(syms[offset])
+    with open(args.out, "w") as f:
+        f.writelines(name + "\n" for name in order)
+    print(f"profile: {len(order)} functions of {len(syms)} -> {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
