@@ -7,7 +7,8 @@ Each run happens under gdb with a one-shot breakpoint on every function of
 the binary (its symbol table: the release profile keeps symbols); a hit
 means the function was entered. The runs boot the tiny test guest
 (guest-images/tiny) on the local KVM: print and exit, 4 KiB reads from a
-virtio-blk disk, port writes, the CMOS clock, and idling until --timeout.
+virtio-blk disk, port writes, the CMOS clock, the machine checks of its
+default mode (two vCPUs, an initrd), and idling until --timeout.
 
     cargo build --release && python3 link-order/profile.py
 
@@ -29,10 +30,13 @@ GUEST = os.path.join(ROOT, "guest-images", "tiny", "hvmtest.elf")
 OUT = os.path.join(ROOT, "link-order", "hot-functions.txt")
 
 
-def spec(dir, name, cmdline, drive=None):
+def spec(dir, name, cmdline, drive=None, vcpus=1, initrd=None):
     path = os.path.join(dir, f"{name}.toml")
     with open(path, "w") as f:
-        f.write(f'[machine]\nmemory = "128M"\n[kernel]\npath = "{GUEST}"\ncmdline = "{cmdline}"\nreplace_cmdline = true\n')
+        f.write(f'[machine]\nvcpus = {vcpus}\nmemory = "128M"\n[kernel]\npath = "{GUEST}"\n'
+                f'cmdline = "{cmdline}"\nreplace_cmdline = true\n')
+        if initrd:
+            f.write(f'initrd = "{initrd}"\n')
         if drive:
             f.write(f'[[drive]]\npath = "{drive}"\n')
     return path
@@ -92,6 +96,9 @@ def main():
             ["run", spec(work, "blklat", "mode=blklat n=50", drive=disk)],
             ["run", spec(work, "ioloop", "mode=ioloop n=1000")],
             ["run", spec(work, "rtc", "mode=rtc")],
+            # What a Linux boot also goes through: an initrd, two vCPUs, the
+            # ACPI tables, PCI configuration space and unused ports read.
+            ["run", spec(work, "check", "mem=128 cpus=2", vcpus=2, initrd=GUEST)],
             ["run", "--timeout", "1s", spec(work, "spin", "mode=spin")],
         ]
         base = load_base(binary, runs[0])
