@@ -412,7 +412,8 @@ def main():
         # (KVM on AMD resets the vCPU at a shutdown, so the registers tell
         # nothing). No tier-2 case expects one, so a guest that does it
         # again is reported; the first attempt stays in OUT.before-retry.
-        retry = [name for name, block in completed_cases(text).items() if "guest crashed: triple fault" in block]
+        blocks = completed_cases(text)
+        retry = [name for name, block in blocks.items() if "guest crashed: triple fault" in block]
         if retry:
             log(f"the guest of {', '.join(retry)} triple-faulted; running once more in a new L1")
             with open(f"{args.out}.before-retry", "w") as f:
@@ -423,7 +424,7 @@ def main():
                 for name in retry:
                     if name in redone:
                         note = f"@@RETRIED {name}: the first attempt's guest triple-faulted ({args.out}.before-retry)\n"
-                        text = text.replace(completed_cases(text)[name], note + redone[name])
+                        text = text.replace(blocks[name], note + redone[name])
         with open(args.out, "w") as f:
             f.write(text)
         return 0
