@@ -85,6 +85,12 @@ impl Symbols {
         };
         if data.starts_with(b"\x7fELF") {
             Symbols::from_elf(data).map_err(format)
+        } else if data.get(0x202..0x206) == Some(b"HdrS") {
+            // The usual case: the crash report's default is the kernel itself.
+            Err(format(
+                "a bzImage keeps no symbol table; give the vmlinux it was built from, or its System.map"
+                    .into(),
+            ))
         } else {
             Symbols::from_system_map(&String::from_utf8_lossy(data)).map_err(format)
         }
@@ -121,15 +127,18 @@ impl Symbols {
     /// `ffffffff81000000 T _stext` lines; text symbols (T, t, W, w) only.
     fn from_system_map(text: &str) -> Result<Symbols, String> {
         let mut syms = Vec::new();
-        for line in text.lines() {
+        for (number, line) in text.lines().enumerate() {
             let mut words = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (words.next(), words.next(), words.next())
             else {
                 continue;
             };
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                // Quote a little of it: the file may be binary.
+                let quoted: String = line.chars().take(40).collect();
                 return Err(format!(
-                    "{line:?} does not start with a hexadecimal address"
+                    "line {} ({quoted:?}) does not start with a hexadecimal address",
+                    number + 1
                 ));
             };
             if matches!(kind, "T" | "t" | "W" | "w") && addr != 0 {
@@ -216,6 +225,17 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/guest-images/tiny/hvmtest.bzImage"
         );
-        assert!(SymbolsFile::open(bz.into()).load().is_err());
+        let e = SymbolsFile::open(bz.into()).load().unwrap_err().to_string();
+        assert!(e.contains("a bzImage keeps no symbol table"), "{e}");
+        let e = Symbols::parse(
+            Path::new("x"),
+            b"ffff T a\n\xff\xfe garbage that goes on and on and on and on and on",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2 (") && !e.contains("on and on and on and on"),
+            "{e}"
+        );
     }
 }
