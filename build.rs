@@ -8,7 +8,8 @@
 //! Only with LLD, the linker rustc uses on x86_64 Linux from Rust 1.90 on
 //! (`--symbol-ordering-file` is LLD's); names the file lists that a build
 //! lacks (another toolchain's hashes) are ignored, which costs memory, not
-//! correctness. `HVM_LINK_ORDER=0` turns it off.
+//! correctness. `HVM_LINK_ORDER=0` turns it off. With glibc 2.36 or newer
+//! the relative relocations are packed as well (see `glibc_at_least`).
 
 use std::path::Path;
 use std::process::Command;
@@ -31,7 +32,29 @@ fn main() {
             list.display()
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        if glibc_at_least(2, 36) {
+            println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+        }
     }
+}
+
+/// Whether the C library the static binary links is glibc `major.minor` or
+/// newer: glibc relocates a static PIE itself at start, and reads packed
+/// relative relocations (DT_RELR, 24 -> ~1 bytes each) from 2.36 on. Packed,
+/// the 75 KiB table the start-up read in full shrinks to 1 KiB (idle tiny
+/// guest: 1,928 -> 1,800 KiB resident).
+fn glibc_at_least(major: u32, minor: u32) -> bool {
+    let Ok(out) = Command::new("getconf").arg("GNU_LIBC_VERSION").output() else {
+        return false;
+    };
+    // "glibc 2.36"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text
+        .trim()
+        .trim_start_matches("glibc ")
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 /// Whether rustc links with its own LLD by default (x86_64 Linux, 1.90+).
