@@ -10,6 +10,23 @@ means the function was entered. The runs boot the tiny test guest
 virtio-blk disk, port writes, the CMOS clock, the machine checks of its
 default mode (two vCPUs, an initrd), and idling until --timeout.
 
+Then come the functions of `linux-functions.txt`: what a Linux guest's
+boot and idle run through that the tiny guest does not (the keyboard
+controller, ACPI's power-management and GED ports, pvpanic, ...), found in
+the nested lab, whose KVM runs Linux: its `idle-text` case turns the
+kernel's fault-around off and lists the pages of hvm's code that are
+resident, and `--lab RESULTS` turns them into names (on the very binary
+that ran there):
+
+    python3 tests/lab/lab.py --hvm target/x86_64-unknown-linux-gnu/release/hvm \
+        --only idle-text --boot-bench 1 --out target/lab/idle-text.txt
+    python3 link-order/profile.py --lab target/lab/idle-text.txt
+
+Last come the C library's CPU-specific string functions (memcpy's AVX2,
+EVEX, SSE2 ... variants; one of each is picked at start by the CPU), every
+variant of those used, grouped by instruction set, so whichever set a CPU
+picks is together, wherever the list was made.
+
     cargo build --release && python3 link-order/profile.py
 
 Regenerate after a toolchain or dependency update (symbol names carry
@@ -28,6 +45,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release", "hvm")
 GUEST = os.path.join(ROOT, "guest-images", "tiny", "hvmtest.elf")
 OUT = os.path.join(ROOT, "link-order", "hot-functions.txt")
+LINUX = os.path.join(ROOT, "link-order", "linux-functions.txt")
+# glibc's multiarch variants: __memchr_avx2, __memmove_avx_unaligned_erms,
+# __strcasecmp_l_sse42, ... (base name, instruction set, rest).
+VARIANT = re.compile(r"^(__\w+?)_(sse2|ssse3|sse4_1|sse4_2|sse42|avx2|avx512|avx|evex512|evex|erms)(_\w+)?$")
 
 
 def spec(dir, name, cmdline, drive=None, vcpus=1, initrd=None):
@@ -78,12 +99,77 @@ def entered(binary, args, base, syms, work):
     return [int(a, 16) - base for a in re.findall(r"Temporary breakpoint \d+, (0x[0-9a-f]+)", out)]
 
 
+def isa_group(name):
+    """Which CPUs pick this string-function variant, roughly; 0 first."""
+    m = VARIANT.match(name)
+    isa, rest = m.group(2), m.group(3) or ""
+    if "rtm" in rest:
+        return 3
+    if isa in ("evex", "evex512", "avx512"):
+        return 0
+    if isa in ("avx2", "avx", "erms"):
+        return 1
+    return 2
+
+
+def string_variants(order, all_names):
+    """`order` without glibc's string-function variants, and every variant
+    of the functions among them, grouped by instruction set."""
+    bases = {VARIANT.match(n).group(1) for n in order if VARIANT.match(n)}
+    variants = sorted((n for n in all_names if VARIANT.match(n) and VARIANT.match(n).group(1) in bases),
+                      key=lambda n: (isa_group(n), n))
+    return [n for n in order if not VARIANT.match(n)], variants
+
+
+def lab_pages(results):
+    """(file offset, resident page indices) of hvm's code mapping in a lab
+    idle-text run."""
+    m = re.search(r"^IDLE-PAGES r-xp ([0-9a-f]+) ([0-9,]*)", open(results).read(), re.M)
+    if not m:
+        raise SystemExit(f"profile: {results} has no IDLE-PAGES line for hvm's code (the lab's idle-text case)")
+    return int(m.group(1), 16), [int(p) for p in m.group(2).split(",") if p]
+
+
+def functions_on_pages(binary, offset, pages, hot):
+    """The functions after the binary's hot ones (`hot`, already placed
+    first) that overlap its code pages `pages` of the executable mapping at
+    file offset `offset`."""
+    headers = subprocess.run(["readelf", "-lW", binary], capture_output=True, text=True, check=True).stdout
+    load = next(line.split() for line in headers.splitlines()
+                if line.split()[:1] == ["LOAD"] and "E" in line.split()[6:-1])
+    file_start, vaddr_start = int(load[1], 16), int(load[2], 16)
+    nm = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    funcs = [(int(p[0], 16), int(p[1], 16), p[3]) for p in (line.split() for line in nm.splitlines())
+             if len(p) == 4 and p[2] in "tTwW"]
+    hot_end = max((start + size for start, size, name in funcs if name in hot), default=0)
+    names = []
+    for start, size, name in funcs:
+        if start < hot_end:
+            continue
+        for page in pages:
+            lo = vaddr_start + offset + page * 4096 - file_start
+            if start < lo + 4096 and start + size > lo:
+                names.append(name)
+                break
+    return names
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hvm", default=BINARY, help="the release binary (default: %(default)s)")
     ap.add_argument("--out", default=OUT, help="default: %(default)s")
+    ap.add_argument("--lab", metavar="RESULTS",
+                    help="rewrite linux-functions.txt from a lab idle-text run of --hvm, and stop")
     args = ap.parse_args()
     binary = os.path.abspath(args.hvm)
+    if args.lab:
+        hot = set(open(OUT).read().split())
+        found = functions_on_pages(binary, *lab_pages(args.lab), hot)
+        with open(LINUX, "w") as f:
+            f.writelines(name + "\n" for name in dict.fromkeys(found))
+        print(f"profile: {len(found)} functions a Linux guest enters beyond the tiny guest's -> {LINUX}",
+              file=sys.stderr)
+        return
     syms = text_symbols(binary)
     if len(syms) < 1000:
         raise SystemExit(f"profile: {binary} has {len(syms)} function symbols; build it with the release profile")
@@ -112,6 +198,13 @@ def main():
                 if offset in syms and offset not in seen:
                     seen.add(offset)
                     order.append(syms[offset])
+    names = set(syms.values())
+    if os.path.exists(LINUX):
+        order += [n for n in open(LINUX).read().split() if n in names and n not in order]
+    all_names = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
+                               check=True).stdout.split()
+    order, variants = string_variants(order, all_names)
+    order += variants
     with open(args.out, "w") as f:
         f.writelines(name + "\n" for name in order)
     print(f"profile: {len(order)} functions of {len(syms)} -> {args.out}", file=sys.stderr)

@@ -743,6 +743,53 @@ boot_bench() {
 boot_bench 1 128
 boot_bench 2 512
 
+# Which pages of hvm's own code an idle Linux guest keeps resident, page by
+# page (fault-around off for the run), for link-order/profile.py: "IDLE-PAGES
+# perms file_offset_hex page,page,..." for each mapping of the binary. Run on demand
+# (--only idle-text --boot-bench 1); it is a diagnostic, not a benchmark.
+idle_text() {
+    case " $HVM_LAB_ONLY " in *" idle-text "*) ;; *) return ;; esac
+    around=/sys/kernel/debug/fault_around_bytes
+    [ -f $around ] || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+    [ -w $around ] || { echo "IDLE-PAGES-SKIPPED no $around"; return; }
+    echo "@@START idle-text"
+    echo "@@CASE idle-text"
+    spec=$TMP/idle-text.toml
+    printf '[machine]\nvcpus = 2\nmemory = "512M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n' \
+        "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
+        "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot hvm.run=sleep,60" >"$spec"
+    saved=$(cat $around)
+    echo 4096 >$around
+    "$HVM" run "$spec" </dev/null >"$TMP/idle.out" 2>&1 &
+    pid=$!
+    i=0
+    while ! grep -q HVM-GUEST-READY "$TMP/idle.out" && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+    sleep 2
+    awk '$6 ~ /hvm$/ { print $1, $2, $3 }' "/proc/$pid/maps" | while read -r range perms off; do
+        lo=$((0x${range%-*})) hi=$((0x${range#*-}))
+        pages=$(dd if="/proc/$pid/pagemap" bs=8 skip=$((lo / 4096)) count=$(((hi - lo) / 4096)) 2>/dev/null |
+            od -An -v -tx8 -w8 | awk '$1 ~ /^[89a-f]/ { printf "%d,", NR - 1 }')
+        echo "IDLE-PAGES $perms $off $pages"
+    done
+    grep VmRSS "/proc/$pid/status"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    echo "$saved" >$around
+    # And the usual overhead figure beside Firecracker's (case 2's IDLE-MEM).
+    cpus=2 mib=512
+    idle_mem hvm "$HVM" run "$spec"
+    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
+    if [ -n "$fc" ]; then
+        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": 2, "mem_size_mib": 512}}\n' \
+            "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
+            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot hvm.run=sleep,60" >"$TMP/idle.json"
+        idle_mem firecracker "$fc" --no-api --level Off --config-file "$TMP/idle.json"
+    fi
+    echo "@@STDERR"
+    echo "@@EXIT idle-text 0"
+}
+idle_text
+
 # virtio-blk throughput beside Firecracker (with --boot-bench, or alone
 # with --only blk-bench): the same kernel, command line and images; the
 # guest reads a 256 MiB disk (vda) with dd and copies it to a second (vdb)
