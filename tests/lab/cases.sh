@@ -689,7 +689,8 @@ idle_mem() {
 # crashed L1 resumes with the pairs it had not finished.
 boot_bench() {
     cpus=$1 mib=$2 warm=
-    case " $HVM_LAB_ONLY " in *" boot-bench "*) ;; *) return ;; esac
+    # (linux-boot: these boots alone, without the I/O benchmarks.)
+    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" linux-boot "*) ;; *) return ;; esac
     qemu=$(command -v qemu-system-x86_64)
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot"
