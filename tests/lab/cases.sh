@@ -730,6 +730,24 @@ boot_bench() {
     idle_mem hvm "$HVM" run "$idle_spec"
     [ -n "$fc" ] && idle_mem firecracker "$fc" --no-api --level Off --config-file "$TMP/idle.json"
     timeout 120 "$HVM" run --stats "$spec" </dev/null 2>&1 >/dev/null | grep '^hvm: stats' | sed 's/^/BOOT-STATS hvm /'
+    # Each VMM's own start and stop in this L1, without Linux: the tiny
+    # guest prints a line and leaves (Firecracker: by the i8042 reset).
+    # "VMM-START vmm cs", alternating, 3 each.
+    printf '[machine]\nvcpus = %s\nmemory = "%sM"\n[kernel]\npath = "%s"\ncmdline = "mode=hello"\n' \
+        "$cpus" "$mib" "$IMG/hvmtest.elf" >"$TMP/tiny.toml"
+    printf '{"boot-source": {"kernel_image_path": "%s", "boot_args": "mode=hello exit=reset"},\n "drives": [], "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}}\n' \
+        "$IMG/hvmtest.elf" "$cpus" "$mib" >"$TMP/tiny.json"
+    for _ in 1 2 3; do
+        read -r t0 _ </proc/uptime
+        timeout 60 "$HVM" run "$TMP/tiny.toml" </dev/null >/dev/null 2>&1
+        read -r t1 _ </proc/uptime
+        echo "VMM-START hvm ${cpus}cpu-${mib}M $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+        [ -n "$fc" ] || continue
+        read -r t0 _ </proc/uptime
+        timeout 60 "$fc" --no-api --level Off --config-file "$TMP/tiny.json" </dev/null >/dev/null 2>&1
+        read -r t1 _ </proc/uptime
+        echo "VMM-START firecracker ${cpus}cpu-${mib}M $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+    done
     if [ -n "$fc" ]; then
         rm -f "$TMP/fc-metrics.json"
         timeout 120 "$fc" --no-api --level Off --config-file "$fc_json" --metrics-path "$TMP/fc-metrics.json" \
