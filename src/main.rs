@@ -128,6 +128,7 @@ fn main() {
     timeline::start();
     let cli = Cli::parse();
     init_logging(&cli);
+    timeline::mark("command line parsed");
     let status = match cli.command {
         Command::Validate { spec } => validate(&spec),
         Command::Run {
