@@ -269,7 +269,7 @@ def stats(values):
     return statistics.median(values), min(values), max(values)
 
 
-TIMELINE = ["spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "kernel loaded",
+TIMELINE = ["command line parsed", "spec parsed", "seccomp filters compiled", "memory mapped", "KVM VM created", "kernel loaded",
             "virtio devices attached", "file access limited", "first KVM_RUN"]
 
 
