@@ -919,6 +919,18 @@ tap_bench
 # Firecracker (lab.py --only boot-dmesg --firecracker PATH): the boot
 # benchmark's kernel and command line without `quiet`, each line with the
 # guest's timestamp, prefixed "DMESG vmm".
+# Where a --rootfs boot's time goes in the guest (lab.py --only
+# rootfs-dmesg): `hvm run --rootfs / -- true` with the kernel's messages
+# timestamped into --serial-log, prefixed "DMESG-ROOTFS".
+if case " $HVM_LAB_ONLY " in *" rootfs-dmesg "*) true ;; *) false ;; esac; then
+    echo "@@START rootfs-dmesg"
+    echo "@@CASE rootfs-dmesg"
+    "$HVM" run --stats --kernel "$IMG/bzImage" --memory 256M --append "loglevel=7 printk.time=1" \
+        --serial-log "$TMP/rootfs-dmesg.log" --rootfs / -- true </dev/null 2>&1 | sed 's/^/DMESG-ROOTFS /'
+    tr -d '\r' <"$TMP/rootfs-dmesg.log" | sed 's/^/DMESG-ROOTFS /'
+    echo "@@STDERR"
+    echo "@@EXIT rootfs-dmesg 0"
+fi
 if case " $HVM_LAB_ONLY " in *" boot-dmesg "*) true ;; *) false ;; esac; then
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd hvm.mode=reboot printk.time=1"
