@@ -139,8 +139,13 @@ def functions_on_pages(binary, offset, pages, hot):
                 if line.split()[:1] == ["LOAD"] and "E" in line.split()[6:-1])
     file_start, vaddr_start = int(load[1], 16), int(load[2], 16)
     nm = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+    # .text only: the list also names start-up code in .init and glibc's
+    # own sections, which the linker cannot move and which lie after .text.
+    sections = subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True, check=True).stdout
+    text = next(line.split("]", 1)[1].split() for line in sections.splitlines() if " .text " in line)
+    text_start, text_end = int(text[2], 16), int(text[2], 16) + int(text[4], 16)
     funcs = [(int(p[0], 16), int(p[1], 16), p[3]) for p in (line.split() for line in nm.splitlines())
-             if len(p) == 4 and p[2] in "tTwW"]
+             if len(p) == 4 and p[2] in "tTwW" and text_start <= int(p[0], 16) < text_end]
     hot_end = max((start + size for start, size, name in funcs if name in hot), default=0)
     names = []
     for start, size, name in funcs:
