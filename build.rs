@@ -49,12 +49,7 @@ fn glibc_at_least(major: u32, minor: u32) -> bool {
     };
     // "glibc 2.36"
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text
-        .trim()
-        .trim_start_matches("glibc ")
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+    major_minor(text.trim().trim_start_matches("glibc ")) >= (major, minor)
 }
 
 /// Whether rustc links with its own LLD by default (x86_64 Linux, 1.90+).
@@ -67,9 +62,14 @@ fn links_with_lld() -> bool {
     let Some(release) = text.lines().find_map(|l| l.strip_prefix("release: ")) else {
         return false;
     };
-    let mut parts = release
+    major_minor(release) >= (1, 90)
+}
+
+/// The first two numbers of a version ("1.91.0-nightly", "2.36"); 0 where
+/// one is missing or not a number.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version
         .split(['.', '-'])
         .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (1, 90)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }

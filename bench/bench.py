@@ -481,21 +481,17 @@ def main():
                 blk[what].setdefault("firecracker", [])
                 table.add(f"6. virtio-net TCP over tap {label} 32 MiB (busybox nc), 1 vCPU, nested lab "
                           "(higher is better)", "MiB/s", blk[what])
-        for config, overhead in idle.items():
-            cpus, mib = config.split("-")
-            overhead.setdefault("firecracker", [])
-            table.add(f"2. Linux guest idle, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB: "
-                      "overhead (RSS − guest RAM resident), nested lab", "MiB", overhead, 1 / MiB)
-        for config, times in boots.items():
-            cpus, mib = config.split("-")
-            times.setdefault("firecracker", [])
-            table.add(f"5. Linux boot → guest ready, {cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB",
-                      "ms", times, 1e3)
-        for config, times in start.items():
-            cpus, mib = config.split("-")
-            times.setdefault("firecracker", [])
-            table.add(f"5. tiny guest start → exit in the same L1 (the VMM's own share of a boot), "
-                      f"{cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB", "ms", times, 1e3)
+        # The lab's rows per machine ("1cpu-128M"), beside Firecracker's.
+        for rows, label, unit, scale in ((idle, "2. Linux guest idle, {}: overhead (RSS − guest RAM resident), "
+                                          "nested lab", "MiB", 1 / MiB),
+                                         (boots, "5. Linux boot → guest ready, {}", "ms", 1e3),
+                                         (start, "5. tiny guest start → exit in the same L1 (the VMM's own share "
+                                          "of a boot), {}", "ms", 1e3)):
+            for config, values in rows.items():
+                cpus, mib = config.split("-")
+                values.setdefault("firecracker", [])
+                machine = f"{cpus[0]} vCPU{'s' if cpus[0] != '1' else ''}, {mib[:-1]} MiB"
+                table.add(label.format(machine), unit, values, scale)
         labels = {"roundtrip": "7. `run --rootfs / -- true`: start → exit (QEMU: vhost-user-fs, busybox init)",
                   "tree": f"7. read {'1,000' if args.quick else '10,000'} small files over virtio-fs (tar to wc, in the guest)"}
         for what, (hvm_s, qemu_s) in fs.items():

@@ -63,14 +63,25 @@ def spec(dir, name, cmdline, drive=None, vcpus=1, initrd=None):
     return path
 
 
-def text_symbols(binary):
-    """{offset: name} of the binary's functions."""
-    nm = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
+def functions(binary):
+    """(offset, size, name) of the binary's functions, every alias (size 0
+    where the symbol table gives none)."""
+    listing = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True,
+                             check=True).stdout
+    found = []
+    for parts in (line.split() for line in listing.splitlines()):
+        if len(parts) == 4 and parts[2] in "tTwW":
+            found.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
+        elif len(parts) == 3 and parts[1] in "tTwW":
+            found.append((int(parts[0], 16), 0, parts[2]))
+    return found
+
+
+def text_symbols(funcs):
+    """{offset: name} of `functions()`, one name per offset."""
     syms = {}
-    for line in nm.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in "tTwW":
-            syms.setdefault(int(parts[0], 16), parts[2])
+    for offset, _, name in funcs:
+        syms.setdefault(offset, name)
     return syms
 
 
@@ -130,7 +141,7 @@ def lab_pages(results):
     return int(m.group(1), 16), [int(p) for p in m.group(2).split(",") if p]
 
 
-def functions_on_pages(binary, offset, pages, hot):
+def functions_on_pages(binary, funcs, offset, pages, hot):
     """The functions after the binary's hot ones (`hot`, already placed
     first) that overlap its code pages `pages` of the executable mapping at
     file offset `offset`."""
@@ -138,14 +149,12 @@ def functions_on_pages(binary, offset, pages, hot):
     load = next(line.split() for line in headers.splitlines()
                 if line.split()[:1] == ["LOAD"] and "E" in line.split()[6:-1])
     file_start, vaddr_start = int(load[1], 16), int(load[2], 16)
-    nm = subprocess.run(["nm", "-S", "--defined-only", binary], capture_output=True, text=True, check=True).stdout
     # .text only: the list also names start-up code in .init and glibc's
     # own sections, which the linker cannot move and which lie after .text.
     sections = subprocess.run(["readelf", "-SW", binary], capture_output=True, text=True, check=True).stdout
     text = next(line.split("]", 1)[1].split() for line in sections.splitlines() if " .text " in line)
     text_start, text_end = int(text[2], 16), int(text[2], 16) + int(text[4], 16)
-    funcs = [(int(p[0], 16), int(p[1], 16), p[3]) for p in (line.split() for line in nm.splitlines())
-             if len(p) == 4 and p[2] in "tTwW" and text_start <= int(p[0], 16) < text_end]
+    funcs = [f for f in funcs if text_start <= f[0] < text_end]
     hot_end = max((start + size for start, size, name in funcs if name in hot), default=0)
     names = []
     for start, size, name in funcs:
@@ -169,13 +178,14 @@ def main():
     binary = os.path.abspath(args.hvm)
     if args.lab:
         hot = set(open(OUT).read().split())
-        found = functions_on_pages(binary, *lab_pages(args.lab), hot)
+        found = functions_on_pages(binary, functions(binary), *lab_pages(args.lab), hot)
         with open(LINUX, "w") as f:
             f.writelines(name + "\n" for name in dict.fromkeys(found))
         print(f"profile: {len(found)} functions a Linux guest enters beyond the tiny guest's -> {LINUX}",
               file=sys.stderr)
         return
-    syms = text_symbols(binary)
+    funcs = functions(binary)
+    syms = text_symbols(funcs)
     if len(syms) < 1000:
         raise SystemExit(f"profile: {binary} has {len(syms)} function symbols; build it with the release profile")
     with tempfile.TemporaryDirectory(prefix="hvm-profile-") as work:
@@ -206,9 +216,7 @@ def main():
     names = set(syms.values())
     if os.path.exists(LINUX):
         order += [n for n in open(LINUX).read().split() if n in names and n not in order]
-    all_names = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True,
-                               check=True).stdout.split()
-    order, variants = string_variants(order, all_names)
+    order, variants = string_variants(order, [name for _, _, name in funcs])
     order += variants
     with open(args.out, "w") as f:
         f.writelines(name + "\n" for name in order)

@@ -668,22 +668,36 @@ boot_pair() {
         -append "$(echo "$cmdline" | sed 's/reboot=k/reboot=t/')")"
     [ -s "$TMP/boot.err" ] && sed 's/^/BOOT-STDERR /' "$TMP/boot.err" | head -5
 }
-# A VMM's resident memory beside its idle guest's: VmRSS minus the resident
-# part of the guest RAM mappings, 2 s after the guest is ready.
-idle_mem() {
-    label=$1
-    shift
+# Starts a VMM whose guest idles once booted ($pid), and returns 2 s after
+# the guest is ready; idle_stop ends it.
+idle_start() {
     "$@" </dev/null >"$TMP/idle.out" 2>&1 &
     pid=$!
     i=0
     while ! grep -q HVM-GUEST-READY "$TMP/idle.out" && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     sleep 2
+}
+idle_stop() {
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+# A VMM's resident memory beside its idle guest's: VmRSS minus the resident
+# part of the guest RAM mappings, 2 s after the guest is ready.
+idle_mem() {
+    label=$1
+    shift
+    idle_start "$@"
     rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
     guest=$(awk '/^[0-9a-f]+-[0-9a-f]+ / { anon = (NF < 6) } /^Size:/ { size = $2 }
         /^Rss:/ { if (anon && size >= 102400) g += $2 } END { print g + 0 }' "/proc/$pid/smaps")
     echo "IDLE-MEM $label ${cpus}cpu-${mib}M $rss $guest"
-    kill "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    idle_stop
+}
+# The centiseconds a command takes, its output dropped.
+took_cs() {
+    t0=$(now_cs)
+    "$@" </dev/null >/dev/null 2>&1
+    echo $(($(now_cs) - t0))
 }
 # Each counted pair is a case of its own (boot-bench-1cpu-128M-3, ...), so a
 # crashed L1 resumes with the pairs it had not finished.
@@ -738,15 +752,10 @@ boot_bench() {
     printf '{"boot-source": {"kernel_image_path": "%s", "boot_args": "mode=hello exit=reset"},\n "drives": [], "machine-config": {"vcpu_count": %s, "mem_size_mib": %s}}\n' \
         "$IMG/hvmtest.elf" "$cpus" "$mib" >"$TMP/tiny.json"
     for _ in 1 2 3; do
-        read -r t0 _ </proc/uptime
-        timeout 60 "$HVM" run "$TMP/tiny.toml" </dev/null >/dev/null 2>&1
-        read -r t1 _ </proc/uptime
-        echo "VMM-START hvm ${cpus}cpu-${mib}M $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+        echo "VMM-START hvm ${cpus}cpu-${mib}M $(took_cs timeout 60 "$HVM" run "$TMP/tiny.toml")"
         [ -n "$fc" ] || continue
-        read -r t0 _ </proc/uptime
-        timeout 60 "$fc" --no-api --level Off --config-file "$TMP/tiny.json" </dev/null >/dev/null 2>&1
-        read -r t1 _ </proc/uptime
-        echo "VMM-START firecracker ${cpus}cpu-${mib}M $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.}))"
+        echo "VMM-START firecracker ${cpus}cpu-${mib}M $(took_cs timeout 60 "$fc" --no-api --level Off \
+            --config-file "$TMP/tiny.json")"
     done
     if [ -n "$fc" ]; then
         rm -f "$TMP/fc-metrics.json"
@@ -764,8 +773,9 @@ boot_bench 2 512
 
 # Which pages of hvm's own code an idle Linux guest keeps resident, page by
 # page (fault-around off for the run), for link-order/profile.py: "IDLE-PAGES
-# perms file_offset_hex page,page,..." for each mapping of the binary. Run on demand
-# (--only idle-text --boot-bench 1); it is a diagnostic, not a benchmark.
+# perms file_offset_hex page,page,..." for each mapping of the binary. Run on
+# demand (--only idle-text --boot-bench 1); it is a diagnostic, not a
+# benchmark (--only linux-boot gives the IDLE-MEM figures beside Firecracker's).
 idle_text() {
     case " $HVM_LAB_ONLY " in *" idle-text "*) ;; *) return ;; esac
     around=/sys/kernel/debug/fault_around_bytes
@@ -779,11 +789,7 @@ idle_text() {
         "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot hvm.run=sleep,60" >"$spec"
     saved=$(cat $around)
     echo 4096 >$around
-    "$HVM" run "$spec" </dev/null >"$TMP/idle.out" 2>&1 &
-    pid=$!
-    i=0
-    while ! grep -q HVM-GUEST-READY "$TMP/idle.out" && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
-    sleep 2
+    idle_start "$HVM" run "$spec"
     awk '$6 ~ /hvm$/ { print $1, $2, $3 }' "/proc/$pid/maps" | while read -r range perms off; do
         lo=$((0x${range%-*})) hi=$((0x${range#*-}))
         pages=$(dd if="/proc/$pid/pagemap" bs=8 skip=$((lo / 4096)) count=$(((hi - lo) / 4096)) 2>/dev/null |
@@ -791,19 +797,8 @@ idle_text() {
         echo "IDLE-PAGES $perms $off $pages"
     done
     grep VmRSS "/proc/$pid/status"
-    kill "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
+    idle_stop
     echo "$saved" >$around
-    # And the usual overhead figure beside Firecracker's (case 2's IDLE-MEM).
-    cpus=2 mib=512
-    idle_mem hvm "$HVM" run "$spec"
-    fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
-    if [ -n "$fc" ]; then
-        printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "machine-config": {"vcpu_count": 2, "mem_size_mib": 512}}\n' \
-            "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" \
-            "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot hvm.run=sleep,60" >"$TMP/idle.json"
-        idle_mem firecracker "$fc" --no-api --level Off --config-file "$TMP/idle.json"
-    fi
     echo "@@STDERR"
     echo "@@EXIT idle-text 0"
 }
@@ -1033,11 +1028,10 @@ EOF
     case " $HVM_LAB_SKIP " in *" fs-stats "*) return ;; esac
     echo "@@START fs-stats"
     echo "@@CASE fs-stats"
-    read -r t0 _ </proc/uptime
+    t0=$(now_cs)
     "$HVM" -v run --stats --kernel "$IMG/bzImage" --memory 256M --rootfs / -- true </dev/null 2>"$TMP/fs-stats.err"
-    read -r t1 _ </proc/uptime
+    echo "FS-STATS process $(($(now_cs) - t0)) cs"
     grep -E '^hvm: stats|^\[INFO \]' "$TMP/fs-stats.err" | sed 's/^/FS-STATS /'
-    echo "FS-STATS process $((${t1%.*}${t1#*.} - ${t0%.*}${t0#*.})) cs"
     echo "@@STDERR"
     echo "@@EXIT fs-stats 0"
 }
