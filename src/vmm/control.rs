@@ -253,6 +253,12 @@ impl Control {
         Ok(())
     }
 
+    /// Makes `helper` one of the VM's companions (a file server whose
+    /// handshake finished after the guest started).
+    pub fn adopt(&mut self, helper: super::helper::Helper) {
+        self.companions.helpers.push(helper);
+    }
+
     /// Stops the VM before it was ever served (set-up failed after start).
     pub fn abandon(mut self) {
         self.teardown();

@@ -10,6 +10,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::console::{Console, PendingInput, RECEIVE_QUEUE};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::vmm::exit::{ExitReason, ExitRequests};
+use crate::vmm::exit_stats::{self, StatsSink};
 use crate::vmm::seccomp::{self, ThreadKind};
 use crate::vmm::terminal::{EscapeFilter, HELP};
 use crate::vmm::virtio::QueueNotifier;
@@ -169,6 +170,8 @@ pub struct EventLoop {
     pub input_gate: Option<EventFd>,
     pub notifiers: Vec<QueueNotifier>,
     pub backends: Vec<(RawFd, Arc<Mutex<MmioTransport>>)>,
+    /// With `--stats`: where the loop leaves its CPU time when it stops.
+    pub stats: Option<StatsSink>,
 }
 
 /// Input held for the guest above which hvm stops reading stdin until the
@@ -433,6 +436,9 @@ impl EventLoop {
                     r
                 }
                 LoopCommand::Stop => {
+                    if let Some(sink) = &self.stats {
+                        sink.add_device_loop_cpu(exit_stats::thread_cpu());
+                    }
                     let _ = st.acks.send(command);
                     return false;
                 }

@@ -2,7 +2,10 @@
 //! and address, with the time it spent serving them, when asked
 //! (`hvm run --stats`). The counts are summed when the threads end and
 //! printed at exit, grouped by device, beside the time in each phase.
-//! Nothing is counted (one branch per exit) when nobody asked.
+//! Nothing is counted (one branch per exit) when nobody asked. The
+//! report ends with the CPU time each part used: the vCPU threads (the
+//! guest's own time included), the device loop, hvm in all, and the
+//! helpers (virtiofsd, passt), so a slow transfer shows who was busy.
 
 use crate::api::DeviceInfo;
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +50,10 @@ pub struct ExitStats {
     pub in_kvm_run: Duration,
     /// Port writes KVM batched instead of exiting (see write_batches).
     pub batched_writes: u64,
+    /// CPU time of the vCPU threads (guest time included).
+    pub vcpu_cpu: Duration,
+    /// CPU time of the device loop's thread.
+    pub device_loop_cpu: Duration,
 }
 
 impl ExitStats {
@@ -70,6 +77,8 @@ impl ExitStats {
     pub fn merge(&mut self, other: &ExitStats) {
         self.in_kvm_run += other.in_kvm_run;
         self.batched_writes += other.batched_writes;
+        self.vcpu_cpu += other.vcpu_cpu;
+        self.device_loop_cpu += other.device_loop_cpu;
         for (kind, count) in &other.by_kind {
             self.by_kind.entry(*kind).or_default().add(*count);
         }
@@ -121,11 +130,70 @@ impl StatsSink {
         crate::devices::bus::lock(&self.0).merge(stats);
     }
 
-    /// The report `--stats` prints: phases, then exits by group.
+    /// The device loop's CPU time, when it ends.
+    pub fn add_device_loop_cpu(&self, cpu: Duration) {
+        crate::devices::bus::lock(&self.0).device_loop_cpu += cpu;
+    }
+
+    /// The report `--stats` prints: phases, exits by group, CPU time.
     pub fn report(&self, devices: &[DeviceInfo], phases: &[(&'static str, Duration)]) -> String {
         let stats = crate::devices::bus::lock(&self.0);
-        render(&stats, devices, phases)
+        let mut out = render(&stats, devices, phases);
+        out.push_str(&render_cpu(&stats, process_cpu()));
+        out
     }
+}
+
+/// The calling thread's CPU time so far.
+pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills a live timespec.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time (user + system) of hvm's process and of its children that
+/// have been waited for (the helpers, stopped before the report).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessCpu {
+    pub hvm: Duration,
+    pub helpers: Duration,
+}
+
+fn process_cpu() -> ProcessCpu {
+    let used = |who| {
+        // SAFETY: getrusage fills a zeroed rusage.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above, for a live struct.
+        if unsafe { libc::getrusage(who, &mut r) } != 0 {
+            return Duration::ZERO;
+        }
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(r.ru_utime) + tv(r.ru_stime)
+    };
+    ProcessCpu {
+        hvm: used(libc::RUSAGE_SELF),
+        helpers: used(libc::RUSAGE_CHILDREN),
+    }
+}
+
+fn render_cpu(stats: &ExitStats, process: ProcessCpu) -> String {
+    format!(
+        "hvm: stats: CPU time: vCPU threads {} (the guest's own time included), device loop {}, hvm in all {}; helpers (virtiofsd, passt) {}\n",
+        ms(stats.vcpu_cpu),
+        ms(stats.device_loop_cpu),
+        ms(process.hvm),
+        ms(process.helpers)
+    )
 }
 
 /// At most this many exit groups are listed; the rest are summed.
@@ -254,5 +322,33 @@ mod tests {
         assert!(text.contains("40 exits"), "{text}");
         assert!(text.contains("(24 more kinds)"), "{text}");
         assert!(text.lines().count() <= MAX_GROUPS + 3, "{text}");
+    }
+
+    #[test]
+    fn cpu_time_is_summed_over_threads_and_reported_by_part() {
+        let ms = Duration::from_millis;
+        let mut a = ExitStats {
+            vcpu_cpu: ms(30),
+            ..Default::default()
+        };
+        let b = ExitStats {
+            vcpu_cpu: ms(12),
+            device_loop_cpu: ms(5),
+            ..Default::default()
+        };
+        a.merge(&b);
+        let line = render_cpu(
+            &a,
+            ProcessCpu {
+                hvm: ms(50),
+                helpers: ms(7),
+            },
+        );
+        assert!(line.contains("vCPU threads 42.0 ms"), "{line}");
+        assert!(line.contains("device loop 5.0 ms"), "{line}");
+        assert!(line.contains("hvm in all 50.0 ms"), "{line}");
+        assert!(line.contains("(virtiofsd, passt) 7.0 ms"), "{line}");
+        assert!(thread_cpu() > Duration::ZERO);
+        assert!(process_cpu().hvm > Duration::ZERO);
     }
 }

@@ -184,6 +184,8 @@ pub struct Vm {
     identity: Identity,
     /// Processes and files serving devices (virtiofsd, passt, vsock sockets).
     companions: helper::Companions,
+    /// File servers whose handshakes finish while the guest boots.
+    starting_shares: Vec<virtio::StartingShare>,
     /// Where a crash report reads the kernel's symbols.
     symbols: symbols::SymbolsFile,
 }
@@ -379,17 +381,18 @@ impl Vm {
         check_kvm(&kvm)?;
         let memory = memory::create_guest_memory(spec.memory, backends.shared_memory)?;
         let console_inputs = std::mem::take(&mut backends.console_inputs);
-        let mut companions = std::mem::take(&mut backends.companions);
+        let companions = std::mem::take(&mut backends.companions);
         timeline::mark("memory mapped");
         let vm = create_vm(&kvm, spec, &memory)?;
         timeline::mark("KVM VM created");
 
         // The kernel goes in while file servers start (their handshakes
-        // run meanwhile): it needs only where the devices will sit.
+        // run meanwhile, and on while the guest boots): it needs only
+        // where the devices will sit.
         let windows = backends.windows();
         let boot = load_guest(spec, &memory, &windows, kernel, initrd)?;
         timeline::mark("kernel loaded");
-        let devices = backends.finish(&mut companions)?;
+        let (devices, starting_shares) = backends.finish();
         let mut mmio = Bus::new();
         let attached = virtio::attach(&vm, &memory, devices, &windows, &mut mmio)?;
         timeline::mark("virtio devices attached");
@@ -476,6 +479,7 @@ impl Vm {
             backends: attached.backends,
             ged,
             companions,
+            starting_shares,
             user,
             symbols: symbols::SymbolsFile::open(
                 spec.symbols.clone().unwrap_or_else(|| spec.kernel.clone()),
@@ -715,6 +719,7 @@ impl Vm {
             input_gate: self.input_gate,
             notifiers: self.notifiers,
             backends: self.backends,
+            stats: self.ctx.stats.clone(),
         }
         .spawn(start_paused)?;
         let gate = vcpu::StartGate::default();
@@ -762,6 +767,27 @@ impl Vm {
             return Err(e.into());
         }
         gate.open();
+        // The file servers finish their handshakes while the guest boots
+        // (a driver that reaches one first waits for it).
+        // (A failure drops the other shares, which frees any vCPU waiting
+        // for one of them, before the VM is stopped.)
+        let shares = !self.starting_shares.is_empty();
+        let servers = self
+            .starting_shares
+            .into_iter()
+            .map(virtio::StartingShare::complete)
+            .collect::<Result<Vec<_>, _>>();
+        match servers {
+            Ok(servers) => servers.into_iter().for_each(|s| control.adopt(s)),
+            Err(e) => {
+                control.abandon();
+                terminal::restore();
+                return Err(e.into());
+            }
+        }
+        if shares {
+            timeline::mark("file servers ready");
+        }
         // The name is claimed once the guest runs, off its start-up path
         // (the socket's files cost more than the rest of hvm's set-up).
         if !opts.no_control {

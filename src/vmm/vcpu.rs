@@ -7,7 +7,7 @@ use crate::devices::events::GuestEvents;
 use crate::timeline;
 use crate::vmm::crash_report::{self, CaptureRequest, VcpuSnapshot};
 use crate::vmm::exit::ExitReason;
-use crate::vmm::exit_stats::{ExitKind, ExitStats, StatsSink};
+use crate::vmm::exit_stats::{self, ExitKind, ExitStats, StatsSink};
 use crate::vmm::seccomp::{self, ThreadKind};
 use crate::vmm::write_batches::WriteBatches;
 use kvm_bindings::CpuId;
@@ -378,6 +378,7 @@ impl Vcpu {
         }
         if let (Some(sink), Some(stats)) = (&ctx.stats, &mut stats) {
             stats.batched_writes = self.replayed;
+            stats.vcpu_cpu = exit_stats::thread_cpu();
             sink.add(stats);
         }
         // A panic reported through a device stops the vCPUs before the

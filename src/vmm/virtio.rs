@@ -8,7 +8,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::SharedOutput;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::{Console, PendingInput};
-use crate::devices::virtio::fs::{FsError, VhostUserFs};
+use crate::devices::virtio::fs::{FsError, StartingFs, VhostUserFs};
 use crate::devices::virtio::mmio::{MmioTransport, TransportWindow, QUEUE_NOTIFY};
 use crate::devices::virtio::net::{FrameStream, Link, Net, Tap, TapError};
 use crate::devices::virtio::rng::Rng;
@@ -21,8 +21,9 @@ use crate::vmm::helper::{Companions, Helper};
 use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -99,23 +100,35 @@ pub struct Attached {
 
 /// A virtio-fs device whose file server is starting: the vhost-user
 /// handshake (which waits for the server to be up) runs in a thread while
-/// the rest of the VM is built, and is waited for before the devices are
-/// attached. A virtiofsd takes about as long to start as the rest of the
-/// build; under emulation, longer.
+/// the rest of the VM is built and while it boots (see
+/// [`StartingFs`]). A virtiofsd takes about as long to start as the rest
+/// of the build; under emulation, longer.
 pub struct PendingShare {
     tag: String,
     server: Helper,
     handshake: std::thread::JoinHandle<Result<VhostUserFs, FsError>>,
+    /// hvm's end of the connection (a duplicate), for the device.
+    socket: UnixStream,
 }
 
-impl PendingShare {
-    /// Waits for the handshake: the device, with its server now one of
-    /// the VM's companions.
-    fn finish(self, companions: &mut Companions) -> Result<Box<dyn VirtioDevice>, VirtioError> {
-        let PendingShare {
+/// A share whose device is attached while its handshake goes on.
+pub struct StartingShare {
+    tag: String,
+    server: Helper,
+    handshake: std::thread::JoinHandle<Result<VhostUserFs, FsError>>,
+    handover: mpsc::Sender<VhostUserFs>,
+}
+
+impl StartingShare {
+    /// Waits for the handshake and hands the device over; returns the
+    /// server, one of the VM's companions from now on. The error quotes
+    /// what the server said.
+    pub fn complete(self) -> Result<Helper, VirtioError> {
+        let StartingShare {
             tag,
             mut server,
             handshake,
+            handover,
         } = self;
         let fs = match handshake.join() {
             Ok(done) => done,
@@ -132,8 +145,9 @@ impl PendingShare {
             source,
             why: server.explain(),
         })?;
-        companions.helpers.push(server);
-        Ok(Box::new(fs))
+        // (No receiver: the VM is gone already, and the device with it.)
+        let _ = handover.send(fs);
+        Ok(server)
     }
 }
 
@@ -263,6 +277,13 @@ pub fn open_backends(
             }
         };
         let (server, stream) = virtiofsd::start(share, how)?;
+        let socket = stream.try_clone().map_err(|e| VirtioError::Share {
+            source: FsError::Handshake {
+                tag: share.tag.clone(),
+                why: format!("cannot duplicate its connection: {e}"),
+            },
+            why: "virtiofsd was started".into(),
+        })?;
         let tag = share.tag.clone();
         let handshake = std::thread::Builder::new()
             .name("hvm-vhost-user".into())
@@ -278,6 +299,7 @@ pub fn open_backends(
             tag: share.tag.clone(),
             server,
             handshake,
+            socket,
         });
     }
     Ok(Backends {
@@ -312,17 +334,26 @@ impl Backends {
             .collect()
     }
 
-    /// Every device, the file servers' handshakes waited for; their
-    /// servers join `companions`.
-    pub fn finish(
-        self,
-        companions: &mut Companions,
-    ) -> Result<Vec<Box<dyn VirtioDevice>>, VirtioError> {
+    /// Every device, the file servers' among them in the state they are
+    /// in (see [`StartingFs`]), and the shares whose handshakes go on.
+    pub fn finish(self) -> (Vec<Box<dyn VirtioDevice>>, Vec<StartingShare>) {
         let mut devices = self.devices;
+        let mut starting = Vec::new();
         for share in self.shares {
-            devices.push(share.finish(companions)?);
+            let (handover, receiver) = mpsc::channel();
+            devices.push(Box::new(StartingFs::new(
+                &share.tag,
+                share.socket,
+                receiver,
+            )));
+            starting.push(StartingShare {
+                tag: share.tag,
+                server: share.server,
+                handshake: share.handshake,
+                handover,
+            });
         }
-        Ok(devices)
+        (devices, starting)
     }
 }
 

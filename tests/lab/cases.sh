@@ -915,14 +915,15 @@ tap_bench
 # benchmark's kernel and command line without `quiet`, each line with the
 # guest's timestamp, prefixed "DMESG vmm".
 # Where a --rootfs boot's time goes in the guest (lab.py --only
-# rootfs-dmesg): `hvm run --rootfs / -- true` with the kernel's messages
-# timestamped into --serial-log, prefixed "DMESG-ROOTFS".
+# rootfs-dmesg): `hvm run --rootfs /` as the benchmark runs it (quiet: the
+# console prints next to nothing), its command the guest's uptime and its
+# kernel log, timestamped, with every initcall's time, prefixed
+# "DMESG-ROOTFS".
 if case " $HVM_LAB_ONLY " in *" rootfs-dmesg "*) true ;; *) false ;; esac; then
     echo "@@START rootfs-dmesg"
     echo "@@CASE rootfs-dmesg"
-    "$HVM" run --stats --kernel "$IMG/bzImage" --memory 256M --append "loglevel=7 printk.time=1" \
-        --serial-log "$TMP/rootfs-dmesg.log" --rootfs / -- true </dev/null 2>&1 | sed 's/^/DMESG-ROOTFS /'
-    tr -d '\r' <"$TMP/rootfs-dmesg.log" | sed 's/^/DMESG-ROOTFS /'
+    "$HVM" run --stats --kernel "$IMG/bzImage" --memory 256M --append "printk.time=1 initcall_debug" \
+        --rootfs / -- sh -c 'echo UPTIME $(cat /proc/uptime); dmesg' </dev/null 2>&1 | sed 's/^/DMESG-ROOTFS /'
     echo "@@STDERR"
     echo "@@EXIT rootfs-dmesg 0"
 fi
@@ -1043,9 +1044,13 @@ fs_bench
 # gateway address) and 32 MiB up (nc to a listener on L1), under hvm with
 # passt, QEMU with passt (-netdev stream) and QEMU with libslirp (-netdev
 # user); then vsock under hvm alone (QEMU's needs /dev/vhost-vsock): 64 MiB
-# from L1 to the guest. "NET-BENCH vmm down|up|vsock cs".
+# from L1 to the guest. "NET-BENCH vmm down|up|vsock cs". On demand
+# (--only net-stats), instead of the rounds: one hvm + passt transfer with
+# `hvm run --stats`, whose report ("NET-STATS") says which part was busy.
 net_bench() {
-    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" net-bench "*) ;; *) return ;; esac
+    case " $HVM_LAB_ONLY " in *" boot-bench "* | *" net-bench "* | *" net-stats "*) ;; *) return ;; esac
+    stats_only=
+    case " $HVM_LAB_ONLY " in *" net-stats "*) stats_only=1 ;; esac
     [ -x /usr/bin/passt ] || { echo "NET-BENCH-SKIPPED no passt in L1"; return; }
     qemu=$(command -v qemu-system-x86_64)
     user_net_setup
@@ -1097,6 +1102,7 @@ net_bench() {
     }
     runs=${HVM_LAB_RUNS:-5}
     first=1; [ "$runs" -gt 1 ] && first=0
+    [ -n "$stats_only" ] && runs=-1
     for i in $(seq $first "$runs"); do
         label=NET-BENCH; [ "$i" = 0 ] && label=NET-WARMUP
         name=net-bench-$i
@@ -1141,6 +1147,22 @@ net_bench() {
         echo "@@STDERR"
         echo "@@EXIT $name 0"
     done
+    if [ -n "$stats_only" ]; then
+        echo "@@START net-stats"
+        echo "@@CASE net-stats"
+        # First as the rounds run it (the times alone), then with --stats
+        # and the guest's interface and interrupt counters.
+        sink
+        echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
+        printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
+            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$run;cat,/proc/net/dev,/proc/interrupts" >"$N/stats.toml"
+        sink
+        echo "NET-STATS down/up $("$HVM" run --stats --timeout 300s "$N/stats.toml" </dev/null 2>"$N/stats.err" | net_times)"
+        sed 's/^/NET-STATS /' "$N/stats.err"
+        grep -E "eth0|lo:|virtio|Inter-|face" "$N/last.out" | sed 's/^/NET-STATS guest /'
+        echo "@@STDERR"
+        echo "@@EXIT net-stats 0"
+    fi
     kill $httpd_pid $sink_pid 2>/dev/null
     killall -q nc 2>/dev/null
 }

@@ -89,6 +89,15 @@ pub struct VhostUserFs {
     taken_over: [bool; QUEUES],
 }
 
+/// The config space: the tag, then num_request_queues (le32): one.
+fn config_space(tag: &str) -> [u8; MAX_TAG_LEN + 4] {
+    let mut config = [0u8; MAX_TAG_LEN + 4];
+    let n = tag.len().min(MAX_TAG_LEN);
+    config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+    config
+}
+
 fn vhost_error<'a>(tag: &'a str, step: &'static str) -> impl FnOnce(vhost::Error) -> FsError + 'a {
     move |source| FsError::VhostUser {
         tag: tag.to_string(),
@@ -155,14 +164,9 @@ impl VhostUserFs {
         protocol_features: bool,
         state: State,
     ) -> VhostUserFs {
-        let mut config = [0u8; MAX_TAG_LEN + 4];
-        let n = tag.len().min(MAX_TAG_LEN);
-        config[..n].copy_from_slice(&tag.as_bytes()[..n]);
-        // num_request_queues (le32): one.
-        config[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         VhostUserFs {
             tag: tag.to_string(),
-            config,
+            config: config_space(tag),
             frontend,
             server_features,
             protocol_features,
@@ -434,6 +438,142 @@ impl VirtioDevice for VhostUserFs {
     }
 }
 
+/// A virtio-fs device whose file server is still starting: the vhost-user
+/// handshake runs beside the boot and hands the device over when done.
+/// A kernel reaches its virtio drivers long after a server is up, so the
+/// guest does not wait for the server; the driver's first access to the
+/// device waits for the handover if it must. If the handshake fails, hvm
+/// stops the VM with its error; the device meanwhile offers nothing.
+pub struct StartingFs {
+    tag: String,
+    config: [u8; MAX_TAG_LEN + 4],
+    /// hvm's end of the connection (a duplicate), watched from the start
+    /// so that a server that goes away is noticed whenever it does.
+    socket: UnixStream,
+    handover: Option<std::sync::mpsc::Receiver<VhostUserFs>>,
+    fs: Option<VhostUserFs>,
+    /// The queue events, kept for the device until it is handed over.
+    events: Option<(Vec<EventFd>, EventFd)>,
+}
+
+impl StartingFs {
+    pub fn new(
+        tag: &str,
+        socket: UnixStream,
+        handover: std::sync::mpsc::Receiver<VhostUserFs>,
+    ) -> StartingFs {
+        StartingFs {
+            tag: tag.to_string(),
+            config: config_space(tag),
+            socket,
+            handover: Some(handover),
+            fs: None,
+            events: None,
+        }
+    }
+
+    /// Takes the device once it is handed over (waiting for it: the
+    /// handshake ends within its reply timeout); one whose handshake
+    /// failed never comes.
+    fn settle(&mut self) {
+        let Some(handover) = self.handover.take() else {
+            return;
+        };
+        if let Ok(mut fs) = handover.recv() {
+            if let Some((kicks, call)) = self.events.take() {
+                fs.set_queue_events(kicks, call);
+            }
+            self.fs = Some(fs);
+        }
+    }
+}
+
+impl VirtioDevice for StartingFs {
+    fn device_id(&self) -> u32 {
+        VIRTIO_ID_FS
+    }
+
+    fn label(&self) -> String {
+        VhostUserFs::label_for(&self.tag)
+    }
+
+    fn prepare(&mut self) {
+        self.settle();
+    }
+
+    fn features(&self) -> u64 {
+        self.fs.as_ref().map_or(0, |fs| fs.features())
+    }
+
+    fn queue_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; QUEUES]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[Queue],
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), QueueError> {
+        match &mut self.fs {
+            Some(fs) => fs.activate(features, queues, mem),
+            None => Err(QueueError::Backend("the file server did not start".into())),
+        }
+    }
+
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Served, QueueError> {
+        match &mut self.fs {
+            Some(fs) => fs.process_queue(index, queue, mem),
+            None => Ok(Served::default()),
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(fs) = &mut self.fs {
+            fs.reset();
+        }
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.socket.as_raw_fd())
+    }
+
+    fn backend_ready(&mut self) -> BackendEvent {
+        // (The server's replies during the handshake wake this too: the
+        // device loop then waits for the handover, early in the boot,
+        // rather than miss a hang-up that comes before it.)
+        self.settle();
+        match &mut self.fs {
+            Some(fs) => fs.backend_ready(),
+            None => BackendEvent::Nothing,
+        }
+    }
+
+    fn queues_external(&self) -> bool {
+        self.fs.as_ref().is_none_or(|fs| fs.queues_external())
+    }
+
+    fn may_have_external_queues(&self) -> bool {
+        true
+    }
+
+    fn set_queue_events(&mut self, kicks: Vec<EventFd>, call: EventFd) {
+        match &mut self.fs {
+            Some(fs) => fs.set_queue_events(kicks, call),
+            None => self.events = Some((kicks, call)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The frontend against a small vhost-user server written here from the
@@ -584,6 +724,54 @@ mod tests {
                 SET_PROTOCOL_FEATURES
             ]
         );
+    }
+
+    #[test]
+    fn a_starting_device_waits_for_its_handover_and_passes_on_what_came_before() {
+        let (front, back) = UnixStream::pair().unwrap();
+        let server = server(back);
+        let socket = front.try_clone().unwrap();
+        let (handover, receiver) = std::sync::mpsc::channel();
+        let mut dev = StartingFs::new("later", socket, receiver);
+        // Before the handover: what hvm knows alone.
+        assert_eq!(dev.device_id(), VIRTIO_ID_FS);
+        assert_eq!(dev.queue_sizes(), &[QUEUE_SIZE; QUEUES]);
+        let mut config = [0u8; 5];
+        dev.read_config(0, &mut config);
+        assert_eq!(&config, b"later");
+        assert!(dev.queues_external());
+        assert!(dev.backend_fd().is_some());
+        let kicks = vec![EventFd::new(0).unwrap(), EventFd::new(0).unwrap()];
+        dev.set_queue_events(kicks, EventFd::new(0).unwrap());
+        // The handshake ends on another thread while the driver waits.
+        let handshake = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            handover
+                .send(VhostUserFs::connect(front, "later").unwrap())
+                .unwrap();
+        });
+        dev.prepare();
+        handshake.join().unwrap();
+        assert_eq!(dev.features(), VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        let fs = dev.fs.as_ref().unwrap();
+        assert_eq!(fs.kicks.len(), 2, "the queue events reached the device");
+        assert!(fs.call.is_some());
+        drop(dev);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_starting_device_whose_handshake_failed_offers_nothing() {
+        let (front, _back) = UnixStream::pair().unwrap();
+        let (handover, receiver) = std::sync::mpsc::channel::<VhostUserFs>();
+        let mut dev = StartingFs::new("gone", front, receiver);
+        drop(handover);
+        dev.prepare();
+        assert_eq!(dev.features(), 0, "no VERSION_1: the driver gives up");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        let queues = [Queue::new(16).unwrap(), Queue::new(16).unwrap()];
+        assert!(dev.activate(0, &queues, &mem).is_err());
+        assert!(matches!(dev.backend_ready(), BackendEvent::Nothing));
     }
 
     #[test]

@@ -498,6 +498,7 @@ impl BusDevice for TransportWindow {
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.device.prepare();
         if offset >= CONFIG {
             self.device.read_config(offset - CONFIG, data);
             return;
@@ -510,6 +511,7 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.device.prepare();
         if offset >= CONFIG {
             // No hvm device has writable config.
             return;

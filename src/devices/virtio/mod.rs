@@ -60,6 +60,10 @@ pub trait VirtioDevice: Send {
     fn label(&self) -> String {
         format!("virtio device type {}", self.device_id())
     }
+    /// Called before each of the driver's accesses to the device's window:
+    /// a device still being set up (its file server starting) finishes
+    /// here, as late as it can.
+    fn prepare(&mut self) {}
     /// Feature bits offered (VERSION_1 included).
     fn features(&self) -> u64;
     /// Maximum size of each queue.

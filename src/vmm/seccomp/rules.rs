@@ -120,6 +120,8 @@ const CONTROL: &[i64] = &[
     libc::SYS_getegid,
     libc::SYS_geteuid,
     libc::SYS_getgid,
+    // `--stats`: hvm's and its helpers' CPU time.
+    libc::SYS_getrusage,
     libc::SYS_getuid,
     libc::SYS_kill,
     libc::SYS_openat,
