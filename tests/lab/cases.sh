@@ -1074,7 +1074,10 @@ net_bench() {
     }
     sink_pid=
     t=$GUEST_CS
-    run="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
+    # (In two halves: net-stats reads the guest's counters between them.)
+    down="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);"
+    up="yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
+    run="$down$up"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
     spec=$N/net.toml
     printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
@@ -1155,7 +1158,7 @@ net_bench() {
         sink
         echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
         printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
-            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$run;cat,/proc/net/dev,/proc/interrupts" >"$N/stats.toml"
+            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "${down}cat,/proc/net/dev;$up;cat,/proc/net/dev,/proc/interrupts" >"$N/stats.toml"
         sink
         echo "NET-STATS down/up $("$HVM" run --stats --timeout 300s "$N/stats.toml" </dev/null 2>"$N/stats.err" | net_times)"
         sed 's/^/NET-STATS /' "$N/stats.err"

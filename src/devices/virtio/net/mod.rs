@@ -42,17 +42,18 @@ enum Delivery {
     Dropped,
 }
 
-/// Writes `frame` (virtio-net header first) into the receive queue: into one
+/// Writes a frame (`header`, then `body`) into the receive queue: into one
 /// chain, or into as many as it takes when `mergeable`. The chains are
 /// published together (see used_batch.rs); the flag says whether the driver
 /// asked to be notified of them.
 fn deliver(
-    frame: &mut [u8],
+    mut header: [u8; VNET_HDR_LEN],
+    body: &[u8],
     mergeable: bool,
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
 ) -> Result<(Delivery, bool), QueueError> {
-    let len = frame.len();
+    let len = VNET_HDR_LEN + body.len();
     let mut chains = Vec::new();
     let mut room = 0usize;
     while room < len && (chains.is_empty() || mergeable) {
@@ -66,14 +67,14 @@ fn deliver(
         room += chain.clone().writer(mem).map_or(0, |w| w.available_bytes());
         chains.push(chain);
     }
-    if room < len || len < VNET_HDR_LEN {
+    if room < len {
         let used: Vec<(u16, u32)> = chains.iter().map(|c| (c.head_index(), 0)).collect();
         let notify = used_batch::publish(queue, mem, &used)?;
         return Ok((Delivery::Dropped, notify));
     }
     // num_buffers: the tap leaves these two bytes of the header alone.
     let buffers = chains.len() as u16;
-    frame[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&buffers.to_le_bytes());
+    header[VNET_HDR_LEN - 2..].copy_from_slice(&buffers.to_le_bytes());
     let mut offset = 0;
     let mut used = Vec::with_capacity(chains.len());
     for chain in chains {
@@ -81,7 +82,7 @@ fn deliver(
         let written = match chain.writer(mem) {
             Ok(mut w) => {
                 let n = w.available_bytes().min(len - offset);
-                w.write_all(&frame[offset..offset + n]).map_or(0, |()| n)
+                write_span(&mut w, &header, body, offset, n).map_or(0, |()| n)
             }
             Err(_) => 0,
         };
@@ -97,6 +98,24 @@ fn deliver(
         },
         notify,
     ))
+}
+
+/// Writes bytes `from..from + n` of `header` followed by `body`.
+fn write_span(
+    w: &mut impl Write,
+    header: &[u8],
+    body: &[u8],
+    from: usize,
+    n: usize,
+) -> std::io::Result<()> {
+    let end = from + n;
+    if from < header.len() {
+        w.write_all(&header[from..end.min(header.len())])?;
+    }
+    if end > header.len() {
+        w.write_all(&body[from.max(header.len()) - header.len()..end - header.len()])?;
+    }
+    Ok(())
 }
 
 /// Where the frames go.
@@ -169,39 +188,49 @@ impl Net {
         }
     }
 
-    /// Reads the next frame from the link into `rx_buf`, virtio-net header
-    /// first; None when there is none now.
+    /// Finds the next frame from the link: a tap's is read into `rx_buf`,
+    /// virtio-net header first; a stream's stays in the stream's buffer
+    /// (see [`Net::stream_header`]). Its length with the header; None when
+    /// there is none now.
     fn next_frame(&mut self) -> Option<usize> {
         match &mut self.link {
-            Link::Tap(tap) => match tap.file.read(&mut self.rx_buf) {
-                Ok(0) => None,
-                Ok(n) => Some(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Link::Tap(tap) => loop {
+                match tap.file.read(&mut self.rx_buf) {
+                    Ok(0) => return None,
+                    Ok(n) if n > VNET_HDR_LEN => return Some(n),
+                    // (A tap always gives a header; a frame without a body
+                    // is nothing to pass on.)
+                    Ok(_) => self.dropped += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                    Err(e) => {
+                        log::warn!("{}: read failed: {e}", self.name);
+                        return None;
+                    }
+                }
+            },
+            Link::Stream(stream) => match stream.peek() {
+                Ok(Received::Frame(n)) => Some(VNET_HDR_LEN + n),
+                Ok(Received::Nothing) => None,
+                Ok(Received::Closed) => {
+                    self.link_lost("closed the connection".into());
+                    None
+                }
                 Err(e) => {
-                    log::warn!("{}: read failed: {e}", self.name);
+                    self.link_lost(e.to_string());
                     None
                 }
             },
-            Link::Stream(stream) => {
-                // No offloads on this link but the one: DATA_VALID.
-                self.rx_buf[..VNET_HDR_LEN].fill(0);
-                if self.rx_checksums_valid {
-                    self.rx_buf[0] = VIRTIO_NET_HDR_F_DATA_VALID as u8;
-                }
-                match stream.receive(&mut self.rx_buf[VNET_HDR_LEN..]) {
-                    Ok(Received::Frame(n)) => Some(VNET_HDR_LEN + n),
-                    Ok(Received::Nothing) => None,
-                    Ok(Received::Closed) => {
-                        self.link_lost("closed the connection".into());
-                        None
-                    }
-                    Err(e) => {
-                        self.link_lost(e.to_string());
-                        None
-                    }
-                }
-            }
         }
+    }
+
+    /// The header of a frame from passt: no offloads but the one,
+    /// DATA_VALID.
+    fn stream_header(&self) -> [u8; VNET_HDR_LEN] {
+        let mut header = [0u8; VNET_HDR_LEN];
+        if self.rx_checksums_valid {
+            header[0] = VIRTIO_NET_HDR_F_DATA_VALID as u8;
+        }
+        header
     }
 
     /// The far end of a stream link went away: say so once; the guest's
@@ -222,7 +251,26 @@ impl Net {
             let Some(len) = self.pending.take().or_else(|| self.next_frame()) else {
                 return Ok(served);
             };
-            let (delivery, notify) = deliver(&mut self.rx_buf[..len], self.mergeable, queue, mem)?;
+            let (delivery, notify) = match &self.link {
+                Link::Tap(_) => {
+                    let mut header = [0u8; VNET_HDR_LEN];
+                    header.copy_from_slice(&self.rx_buf[..VNET_HDR_LEN]);
+                    let body = &self.rx_buf[VNET_HDR_LEN..len];
+                    deliver(header, body, self.mergeable, queue, mem)?
+                }
+                Link::Stream(stream) => deliver(
+                    self.stream_header(),
+                    stream.frame(),
+                    self.mergeable,
+                    queue,
+                    mem,
+                )?,
+            };
+            if delivery != Delivery::NoBuffers {
+                if let Link::Stream(stream) = &mut self.link {
+                    stream.consume();
+                }
+            }
             served.notify |= notify;
             match delivery {
                 Delivery::NoBuffers => {
@@ -666,6 +714,18 @@ mod tests {
         f
     }
 
+    /// [`deliver`] for a frame given whole, header first.
+    fn deliver_frame(
+        f: &[u8],
+        mergeable: bool,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(Delivery, bool), QueueError> {
+        let mut header = [0u8; VNET_HDR_LEN];
+        header.copy_from_slice(&f[..VNET_HDR_LEN]);
+        deliver(header, &f[VNET_HDR_LEN..], mergeable, queue, mem)
+    }
+
     /// Receive chains of one descriptor each, (address, length, flags), posted
     /// after the `posted` the queue already has.
     fn post(q: &MockSplitQueue<GuestMemoryMmap>, posted: u16, bufs: &[(u64, u32, u16)]) {
@@ -691,6 +751,18 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_is_written_whole_however_the_buffers_split_it() {
+        let (header, body) = ([7u8; VNET_HDR_LEN], frame(50));
+        let whole: Vec<u8> = header.iter().chain(&body).copied().collect();
+        for cut in 0..whole.len() {
+            let mut out = Vec::new();
+            write_span(&mut out, &header, &body, 0, cut).unwrap();
+            write_span(&mut out, &header, &body, cut, whole.len() - cut).unwrap();
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn mergeable_frames_span_as_many_buffers_as_they_need() {
         let m = rx_mem();
         let q = MockSplitQueue::new(&m, 16);
@@ -700,8 +772,8 @@ mod tests {
             &[(0x10000, 1000, W), (0x20000, 1000, W), (0x30000, 1000, W)],
         );
         let mut queue: Queue = q.create_queue().unwrap();
-        let mut f = frame(2488);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
+        let f = frame(2488);
+        let d = deliver_frame(&f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
         assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
         let mut got = vec![0u8; 2500];
@@ -721,14 +793,14 @@ mod tests {
         let q = MockSplitQueue::new(&m, 16);
         post(&q, 0, &[(0x10000, 1000, W), (0x20000, 1000, W)]);
         let mut queue: Queue = q.create_queue().unwrap();
-        let mut f = frame(2488);
+        let f = frame(2488);
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap().0,
+            deliver_frame(&f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
         assert_eq!(q.used().idx().load(), 0, "nothing used");
         post(&q, 2, &[(0x30000, 1000, W)]);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
+        let d = deliver_frame(&f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
         assert_eq!(used(&q, 3), vec![(0, 1000), (1, 1000), (2, 500)]);
     }
@@ -743,9 +815,9 @@ mod tests {
         post(&q, 0, &[(0x10000, 1000, W), (0x20000, 1000, W)]);
         let mut queue: Queue = q.create_queue().unwrap();
         queue.set_event_idx(true);
-        let mut f = frame(2488);
+        let f = frame(2488);
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap().0,
+            deliver_frame(&f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
         assert!(!Net::rearm_receive(&mut queue, &m).unwrap(), "nothing new");
@@ -757,7 +829,7 @@ mod tests {
             "the two buffers are still hvm's to take"
         );
         post(&q, 2, &[(0x30000, 1000, W)]);
-        let d = deliver(&mut f, true, &mut queue, &m).unwrap().0;
+        let d = deliver_frame(&f, true, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 3 });
     }
 
@@ -767,13 +839,13 @@ mod tests {
         let q = MockSplitQueue::new(&m, 16);
         post(&q, 0, &[(0x10000, 1000, W), (0x20000, 4096, W)]);
         let mut queue: Queue = q.create_queue().unwrap();
-        let mut big = frame(2488);
+        let big = frame(2488);
         assert_eq!(
-            deliver(&mut big, false, &mut queue, &m).unwrap().0,
+            deliver_frame(&big, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
-        let mut small = frame(500);
-        let d = deliver(&mut small, false, &mut queue, &m).unwrap().0;
+        let small = frame(500);
+        let d = deliver_frame(&small, false, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 1 });
         assert_eq!(used(&q, 2), vec![(0, 0), (1, 512)]);
         let mut hdr = [0u8; VNET_HDR_LEN];
@@ -796,16 +868,16 @@ mod tests {
             ],
         );
         let mut queue: Queue = q.create_queue().unwrap();
-        let mut f = frame(100);
+        let f = frame(100);
         assert_eq!(
-            deliver(&mut f, false, &mut queue, &m).unwrap().0,
+            deliver_frame(&f, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
         assert_eq!(
-            deliver(&mut f, false, &mut queue, &m).unwrap().0,
+            deliver_frame(&f, false, &mut queue, &m).unwrap().0,
             Delivery::Dropped
         );
-        let d = deliver(&mut f, false, &mut queue, &m).unwrap().0;
+        let d = deliver_frame(&f, false, &mut queue, &m).unwrap().0;
         assert_eq!(d, Delivery::Delivered { buffers: 1 });
         assert_eq!(used(&q, 3), vec![(0, 0), (1, 0), (2, 112)]);
         // Mergeable: the bad buffers add no room; nothing is written outside RAM.
@@ -813,7 +885,7 @@ mod tests {
         post(&q, 0, &[(0x10000, 4096, 0), (0xfff_0000, 4096, W)]);
         let mut queue: Queue = q.create_queue().unwrap();
         assert_eq!(
-            deliver(&mut f, true, &mut queue, &m).unwrap().0,
+            deliver_frame(&f, true, &mut queue, &m).unwrap().0,
             Delivery::NoBuffers
         );
     }

@@ -1,7 +1,7 @@
 //! Ethernet frames over a stream socket, each preceded by its length as a
 //! 4-byte big-endian number: what passt speaks on `--fd` (QEMU's "stream"
 //! netdev). Non-blocking both ways: input is parsed from a buffer however
-//! the bytes arrive, and output that the socket cannot take yet waits in a
+//! the bytes arrive (and a frame is handed on from there), and output that the socket cannot take yet waits in a
 //! buffer of its own (one frame at most) until it can.
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
@@ -34,6 +34,8 @@ pub struct FrameStream {
     end: usize,
     /// Bytes of a bad frame (too big or too small) still to be thrown away.
     skip: usize,
+    /// The length of the whole frame at `input[start + 4..]`, once found.
+    current: Option<usize>,
     /// Output the socket has not taken yet, from `sent` on.
     output: Vec<u8>,
     sent: usize,
@@ -50,6 +52,7 @@ impl FrameStream {
             start: 0,
             end: 0,
             skip: 0,
+            current: None,
             output: Vec::new(),
             sent: 0,
             malformed: 0,
@@ -60,9 +63,14 @@ impl FrameStream {
         &self.socket
     }
 
-    /// Takes the next whole frame into `frame` (at least [`MAX_ETH_FRAME`]
-    /// bytes), reading the socket as needed.
-    pub fn receive(&mut self, frame: &mut [u8]) -> std::io::Result<Received> {
+    /// Brings the next whole frame to the front, reading the socket as
+    /// needed: [`FrameStream::frame`] shows it (no copy) until
+    /// [`FrameStream::consume`] drops it, so a frame that must wait for
+    /// room in the guest waits where it is.
+    pub fn peek(&mut self) -> std::io::Result<Received> {
+        if let Some(len) = self.current {
+            return Ok(Received::Frame(len));
+        }
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(self.end - self.start);
@@ -82,9 +90,7 @@ impl FrameStream {
                     continue;
                 }
                 if self.end - self.start >= 4 + len {
-                    let at = self.start + 4;
-                    frame[..len].copy_from_slice(&self.input[at..at + len]);
-                    self.start = at + len;
+                    self.current = Some(len);
                     return Ok(Received::Frame(len));
                 }
             }
@@ -103,6 +109,21 @@ impl FrameStream {
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Received::Closed),
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The frame [`FrameStream::peek`] brought to the front (empty if none).
+    pub fn frame(&self) -> &[u8] {
+        match self.current {
+            Some(len) => &self.input[self.start + 4..self.start + 4 + len],
+            None => &[],
+        }
+    }
+
+    /// Drops the frame at the front.
+    pub fn consume(&mut self) {
+        if let Some(len) = self.current.take() {
+            self.start += 4 + len;
         }
     }
 
@@ -170,6 +191,15 @@ impl FrameStream {
 mod tests {
     use super::*;
 
+    /// The next frame, copied out and dropped from the stream.
+    fn receive(s: &mut FrameStream) -> Received {
+        let got = s.peek().unwrap();
+        if let Received::Frame(n) = got {
+            assert_eq!(s.frame().len(), n);
+        }
+        got
+    }
+
     fn pair() -> (FrameStream, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         (FrameStream::new(a).unwrap(), b)
@@ -191,20 +221,25 @@ mod tests {
         let (f1, f2) = (pattern(60, 1), pattern(1500, 2));
         let mut bytes = framed(&f1);
         bytes.extend(framed(&f2));
-        let mut out = vec![0u8; MAX_ETH_FRAME];
         // One byte at a time: nothing until a frame is complete.
         let mut got = Vec::new();
         for b in &bytes {
             peer.write_all(std::slice::from_ref(b)).unwrap();
-            match s.receive(&mut out).unwrap() {
-                Received::Frame(n) => got.push(out[..n].to_vec()),
+            match receive(&mut s) {
+                Received::Frame(_) => {
+                    // Until consumed, the same frame stays in front.
+                    assert_eq!(receive(&mut s), Received::Frame(s.frame().len()));
+                    got.push(s.frame().to_vec());
+                    s.consume();
+                }
                 Received::Nothing => {}
                 Received::Closed => panic!("closed"),
             }
         }
         assert_eq!(got, vec![f1, f2]);
+        assert!(s.frame().is_empty());
         drop(peer);
-        assert_eq!(s.receive(&mut out).unwrap(), Received::Closed);
+        assert_eq!(receive(&mut s), Received::Closed);
     }
 
     #[test]
@@ -217,11 +252,13 @@ mod tests {
         }
         bytes.extend(framed(&big));
         let writer = std::thread::spawn(move || peer.write_all(&bytes).unwrap());
-        let mut out = vec![0u8; MAX_ETH_FRAME];
         let mut frames = Vec::new();
         while frames.len() < 21 {
-            match s.receive(&mut out).unwrap() {
-                Received::Frame(n) => frames.push(out[..n].to_vec()),
+            match receive(&mut s) {
+                Received::Frame(_) => {
+                    frames.push(s.frame().to_vec());
+                    s.consume();
+                }
                 Received::Nothing => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Received::Closed => panic!("closed"),
             }
@@ -240,10 +277,9 @@ mod tests {
         bytes.extend(framed(&[]));
         bytes.extend(framed(&good));
         let writer = std::thread::spawn(move || peer.write_all(&bytes).unwrap());
-        let mut out = vec![0u8; MAX_ETH_FRAME];
         let got = loop {
-            match s.receive(&mut out).unwrap() {
-                Received::Frame(n) => break out[..n].to_vec(),
+            match receive(&mut s) {
+                Received::Frame(_) => break s.frame().to_vec(),
                 Received::Nothing => std::thread::sleep(std::time::Duration::from_millis(1)),
                 Received::Closed => panic!("closed"),
             }
