@@ -2,8 +2,10 @@
 //! from the link fill the receive queue. The link is a Linux tap device
 //! (the virtio-net header passes through, so checksum and TSO offloads work
 //! end to end where the tap allows them) or a stream to passt, user-mode
-//! networking without privileges (plain frames, no offloads).
+//! networking without privileges (plain frames: hvm completes checksums
+//! the guest left to it, and offers no segmentation offloads).
 
+mod checksum;
 mod stream;
 mod tap;
 
@@ -343,12 +345,21 @@ impl Net {
                         None => Err(std::io::ErrorKind::InvalidInput.into()),
                     },
                     // passt wants the frame without the header, behind a
-                    // length: gathered into one buffer for the stream.
+                    // length, checksums complete: gathered into one buffer
+                    // for the stream.
                     Link::Stream(stream) => {
                         buf.resize(len, 0);
-                        let r = match read_spans(mem, &readable, buf) {
-                            true => stream.send(&buf[VNET_HDR_LEN..]),
-                            false => Err(std::io::ErrorKind::InvalidInput.into()),
+                        let r = if read_spans(mem, &readable, buf) {
+                            let (header, packet) = buf.split_at_mut(VNET_HDR_LEN);
+                            match checksum::complete(header, packet) {
+                                Ok(()) => stream.send(packet),
+                                Err(why) => Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidInput,
+                                    format!("{why:?}"),
+                                )),
+                            }
+                        } else {
+                            Err(std::io::ErrorKind::InvalidInput.into())
                         };
                         blocked.set(stream.blocked());
                         r
@@ -401,20 +412,23 @@ impl VirtioDevice for Net {
         format!("virtio-net ({})", self.name)
     }
 
-    /// On a passt link, GUEST_CSUM too, used only to mark received frames
-    /// DATA_VALID (never with partial checksums): passt writes every
-    /// checksum of what it sends the guest itself, from data the host's
-    /// sockets delivered, and the frames cross a local socket that cannot
-    /// corrupt them; so the guest need not compute each one again, which is
-    /// most of its receive cost without TSO. The guest's own frames keep
-    /// full checksums (no CSUM): passt takes them as they are.
+    /// On a passt link, the checksum offloads both ways, and no more.
+    /// GUEST_CSUM is used only to mark received frames DATA_VALID (never
+    /// with partial checksums): passt writes every checksum of what it
+    /// sends the guest itself, from data the host's sockets delivered, and
+    /// the frames cross a local socket that cannot corrupt them; so the
+    /// guest need not compute each one again, which is most of its receive
+    /// cost without TSO. CSUM lets the guest leave its frames' checksums
+    /// to hvm, which completes them before passt sees them (see
+    /// checksum.rs): the guest then also builds its segments from pages
+    /// (scatter-gather) instead of copying each into one buffer.
     fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_MRG_RXBUF);
         if matches!(self.link, Link::Stream(_)) {
-            f |= 1 << VIRTIO_NET_F_GUEST_CSUM;
+            f |= (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_CSUM);
         }
         if self.offloads {
             f |= (1 << VIRTIO_NET_F_CSUM)
@@ -620,7 +634,8 @@ mod tests {
     fn frames_cross_a_passt_stream_without_their_virtio_header() {
         use std::io::{Read, Write};
         let (mut net, mut peer) = stream_net();
-        assert_eq!(net.features() & (1 << VIRTIO_NET_F_CSUM), 0, "no offloads");
+        let tso = (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_GUEST_TSO4);
+        assert_eq!(net.features() & tso, 0, "checksums only");
         let m = rx_mem();
         // Guest to passt: the header goes, a length prefix comes.
         let f = frame(100);
@@ -657,6 +672,42 @@ mod tests {
             assert_eq!(&back[10..12], &[1, 0]);
             assert_eq!(&back[12..], &eth[..]);
         }
+    }
+
+    #[test]
+    fn a_checksum_left_to_hvm_is_complete_when_passt_gets_the_frame() {
+        use std::io::Read;
+        let (mut net, mut peer) = stream_net();
+        assert_ne!(net.features() & (1 << VIRTIO_NET_F_CSUM), 0);
+        let m = rx_mem();
+        // Sum from byte 14 on, into bytes 30..32 (as for a TCP segment).
+        let mut f = frame(100);
+        f[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+        f[6..8].copy_from_slice(&14u16.to_le_bytes());
+        f[8..10].copy_from_slice(&16u16.to_le_bytes());
+        // (The field holds the pseudo-header's sum, here none.)
+        f[VNET_HDR_LEN + 30..VNET_HDR_LEN + 32].fill(0);
+        // A GSO frame (never offered) is dropped, not sent.
+        let mut gso = frame(100);
+        gso[1] = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+        m.write_slice(&gso, GuestAddress(0x10000)).unwrap();
+        m.write_slice(&f, GuestAddress(0x20000)).unwrap();
+        let txq = MockSplitQueue::new(&m, 16);
+        post(
+            &txq,
+            0,
+            &[(0x10000, gso.len() as u32, 0), (0x20000, f.len() as u32, 0)],
+        );
+        let mut tx: Queue = txq.create_queue().unwrap();
+        assert!(net.transmit(&mut tx, &m).unwrap().used);
+        let mut got = [0u8; 104];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..4], &100u32.to_be_bytes(), "only the second frame");
+        let eth = &got[4..];
+        assert_eq!(checksum::ones_complement_sum(&eth[14..]), 0xffff);
+        assert_eq!(&eth[..30], &f[VNET_HDR_LEN..VNET_HDR_LEN + 30]);
+        assert_eq!(&eth[32..], &f[VNET_HDR_LEN + 32..]);
+        assert_eq!(net.dropped, 1);
     }
 
     #[test]
