@@ -332,6 +332,7 @@ fn rootfs(
         interactive: caller.interactive,
         mounts,
         network,
+        trace: log::log_enabled!(log::Level::Debug),
     };
     spec.shares.insert(
         0,

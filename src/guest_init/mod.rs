@@ -67,6 +67,10 @@ pub struct InitConfig {
     /// eth0's configuration on a user-mode network (what passt gives).
     #[serde(default)]
     pub network: Option<crate::host_net::GuestIpv4>,
+    /// Note each step in the kernel log (`hvm -vv`): where a boot's time
+    /// goes after the kernel (timestamped with `printk.time=1`).
+    #[serde(default)]
+    pub trace: bool,
 }
 
 impl InitConfig {
@@ -97,6 +101,13 @@ pub fn is_guest_init() -> bool {
 fn say(message: &str) {
     if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         let _ = k.write_all(format!("hvm-init: {message}\n").as_bytes());
+    }
+}
+
+/// Notes a step in the kernel log when the host asked for a trace.
+fn step(config: &InitConfig, what: &str) {
+    if config.trace {
+        say(what);
     }
 }
 
@@ -210,6 +221,7 @@ fn mount_file_systems(config: &InitConfig) {
         "gid=5,mode=620,ptmxmode=666",
     );
     let _ = mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
+    step(config, "pseudo file systems mounted");
     for dir in OVERLAYS {
         if !std::path::Path::new(dir).is_dir() {
             continue;
@@ -226,6 +238,7 @@ fn mount_file_systems(config: &InitConfig) {
             say(&format!("{e}; {dir} stays read-only"));
         }
     }
+    step(config, "overlays mounted");
     for m in &config.mounts {
         let _ = std::fs::create_dir_all(&m.path);
         if let Err(e) = mount(&m.tag, &m.path, "virtiofs", 0, "") {
@@ -325,7 +338,9 @@ pub fn main() -> ! {
         Ok(c) => c,
         Err(e) => give_up(&e),
     };
+    step(&config, "config read");
     mount_file_systems(&config);
+    step(&config, "file systems mounted");
     if let Some(ip) = &config.network {
         // Without it the command runs offline; it is told why on its stderr.
         if let Err(e) = network::configure(ip) {
@@ -335,6 +350,7 @@ pub fn main() -> ! {
             }
         }
     }
+    step(&config, "network configured");
     // SAFETY: a short NUL-free name.
     unsafe { libc::sethostname(c"hvm".as_ptr(), 3) };
     let code = if config.interactive {
@@ -410,6 +426,7 @@ fn run_relayed(config: &InitConfig) -> u8 {
     make_raw(err_tty.as_raw_fd());
     // Raw from now on: hvm may send stdin.
     out_port(BOOT_MARKER_PORT, 1);
+    step(config, "consoles ready");
     let mut cmd = command(config);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -428,6 +445,7 @@ fn run_relayed(config: &InitConfig) -> u8 {
             };
         }
     };
+    step(config, "command started");
     let pid = child.id() as libc::pid_t;
     let stdin = child.stdin.take().map(OwnedFd::from);
     let stdout = child.stdout.take().map(OwnedFd::from);
@@ -445,6 +463,7 @@ fn run_relayed(config: &InitConfig) -> u8 {
         reap_all: true,
     }
     .run(pid);
+    step(config, "command ended");
     // SAFETY: waits until the host has taken every byte written.
     unsafe {
         libc::tcdrain(out_tty.as_raw_fd());
@@ -690,6 +709,7 @@ mod tests {
                 gateway: "192.0.2.1".parse().unwrap(),
                 dns: vec![],
             }),
+            trace: true,
         };
         let word = c.encode();
         assert!(

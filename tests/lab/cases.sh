@@ -917,13 +917,15 @@ tap_bench
 # Where a --rootfs boot's time goes in the guest (lab.py --only
 # rootfs-dmesg): `hvm run --rootfs /` as the benchmark runs it (quiet: the
 # console prints next to nothing), its command the guest's uptime and its
-# kernel log, timestamped, with every initcall's time, prefixed
-# "DMESG-ROOTFS".
+# kernel log, timestamped, with every initcall's time and (-vv) each step
+# of hvm's init, prefixed "DMESG-ROOTFS".
 if case " $HVM_LAB_ONLY " in *" rootfs-dmesg "*) true ;; *) false ;; esac; then
     echo "@@START rootfs-dmesg"
     echo "@@CASE rootfs-dmesg"
-    "$HVM" run --stats --kernel "$IMG/bzImage" --memory 256M --append "printk.time=1 initcall_debug" \
-        --rootfs / -- sh -c 'echo UPTIME $(cat /proc/uptime); dmesg' </dev/null 2>&1 | sed 's/^/DMESG-ROOTFS /'
+    "$HVM" -vv run --stats --kernel "$IMG/bzImage" --memory 256M --append "printk.time=1 initcall_debug" \
+        --rootfs / -- sh -c 'echo UPTIME $(cat /proc/uptime); dmesg' </dev/null 2>"$TMP/rootfs-dmesg.err" |
+        sed 's/^/DMESG-ROOTFS /'
+    grep -v '^\[DEBUG\]' "$TMP/rootfs-dmesg.err" | sed 's/^/DMESG-ROOTFS /'
     echo "@@STDERR"
     echo "@@EXIT rootfs-dmesg 0"
 fi
