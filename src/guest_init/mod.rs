@@ -97,17 +97,24 @@ pub fn is_guest_init() -> bool {
     std::process::id() == 1
 }
 
-/// Notes something in the kernel log (hvm prints its tail when a run fails).
+/// Says what went wrong in the kernel log, at error level: a `quiet`
+/// kernel prints that much on its console, whose last lines hvm shows
+/// when a run fails.
 fn say(message: &str) {
+    kernel_log(3, message);
+}
+
+fn kernel_log(level: u8, message: &str) {
     if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = k.write_all(format!("hvm-init: {message}\n").as_bytes());
+        let _ = k.write_all(format!("<{level}>hvm-init: {message}\n").as_bytes());
     }
 }
 
-/// Notes a step in the kernel log when the host asked for a trace.
+/// Notes a step in the kernel log (`dmesg`; notice level, which a `quiet`
+/// console leaves out) when the host asked for a trace.
 fn step(config: &InitConfig, what: &str) {
     if config.trace {
-        say(what);
+        kernel_log(5, what);
     }
 }
 
