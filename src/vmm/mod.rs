@@ -674,6 +674,25 @@ impl Vm {
     /// Runs the VM until it stops, and says why: starts the device loop
     /// and the vCPU threads, then hands everything to the control loop.
     /// Restores the terminal and flushes the console before returning.
+    /// Waits for the file servers' handshakes; their servers join the
+    /// VM's companions. On a failure the other shares are dropped before
+    /// the caller stops the VM, which frees a vCPU waiting for one.
+    fn finish_shares(
+        starting: Vec<virtio::StartingShare>,
+        control: &mut Control,
+    ) -> Result<(), virtio::VirtioError> {
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let servers = starting
+            .into_iter()
+            .map(virtio::StartingShare::complete)
+            .collect::<Result<Vec<_>, _>>()?;
+        servers.into_iter().for_each(|s| control.adopt(s));
+        timeline::mark("file servers ready");
+        Ok(())
+    }
+
     pub fn run(self, opts: &RunOptions) -> Result<Outcome, VmError> {
         let signals = control::take_stop_signals()?;
         vcpu::install_kick_handler()?;
@@ -769,24 +788,10 @@ impl Vm {
         gate.open();
         // The file servers finish their handshakes while the guest boots
         // (a driver that reaches one first waits for it).
-        // (A failure drops the other shares, which frees any vCPU waiting
-        // for one of them, before the VM is stopped.)
-        let shares = !self.starting_shares.is_empty();
-        let servers = self
-            .starting_shares
-            .into_iter()
-            .map(virtio::StartingShare::complete)
-            .collect::<Result<Vec<_>, _>>();
-        match servers {
-            Ok(servers) => servers.into_iter().for_each(|s| control.adopt(s)),
-            Err(e) => {
-                control.abandon();
-                terminal::restore();
-                return Err(e.into());
-            }
-        }
-        if shares {
-            timeline::mark("file servers ready");
+        if let Err(e) = Self::finish_shares(self.starting_shares, &mut control) {
+            control.abandon();
+            terminal::restore();
+            return Err(e.into());
         }
         // The name is claimed once the guest runs, off its start-up path
         // (the socket's files cost more than the rest of hvm's set-up).

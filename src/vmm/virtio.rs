@@ -21,7 +21,6 @@ use crate::vmm::helper::{Companions, Helper};
 use crate::vmm::passt::{self, PasstError};
 use crate::vmm::virtiofsd::{self, Launcher, VirtiofsdError};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -98,20 +97,12 @@ pub struct Attached {
     pub backends: Vec<(std::os::fd::RawFd, Arc<Mutex<MmioTransport>>)>,
 }
 
-/// A virtio-fs device whose file server is starting: the vhost-user
-/// handshake (which waits for the server to be up) runs in a thread while
-/// the rest of the VM is built and while it boots (see
-/// [`StartingFs`]). A virtiofsd takes about as long to start as the rest
-/// of the build; under emulation, longer.
-pub struct PendingShare {
-    tag: String,
-    server: Helper,
-    handshake: std::thread::JoinHandle<Result<VhostUserFs, FsError>>,
-    /// hvm's end of the connection (a duplicate), for the device.
-    socket: UnixStream,
-}
-
-/// A share whose device is attached while its handshake goes on.
+/// A virtio-fs device's file server, starting: the vhost-user handshake
+/// (which waits for the server to be up) runs in a thread while the rest
+/// of the VM is built and while the guest boots, and hands the device
+/// its connection when done (see [`StartingFs`]). A virtiofsd takes
+/// about as long to start as the rest of the build; under emulation,
+/// longer.
 pub struct StartingShare {
     tag: String,
     server: Helper,
@@ -156,7 +147,7 @@ pub struct Backends {
     /// In the order they are attached, followed by `shares`.
     pub devices: Vec<Box<dyn VirtioDevice>>,
     /// The virtio-fs devices, their servers starting.
-    pub shares: Vec<PendingShare>,
+    pub shares: Vec<(StartingFs, StartingShare)>,
     /// The virtio-consoles' input queues, hvc0 first.
     pub console_inputs: Vec<PendingInput>,
     /// The processes and files behind devices (the control loop owns them).
@@ -295,12 +286,16 @@ pub fn open_backends(
                 },
                 why: "virtiofsd was started".into(),
             })?;
-        shares.push(PendingShare {
-            tag: share.tag.clone(),
-            server,
-            handshake,
-            socket,
-        });
+        let (handover, receiver) = mpsc::channel();
+        shares.push((
+            StartingFs::new(&share.tag, socket, receiver),
+            StartingShare {
+                tag: share.tag.clone(),
+                server,
+                handshake,
+                handover,
+            },
+        ));
     }
     Ok(Backends {
         devices,
@@ -320,7 +315,7 @@ impl Backends {
             .devices
             .iter()
             .map(|d| d.label())
-            .chain(self.shares.iter().map(|s| VhostUserFs::label_for(&s.tag)));
+            .chain(self.shares.iter().map(|(fs, _)| fs.label()));
         // (open_backends refused more devices than there are lines; past
         // them, attach refuses what has no window.)
         labels
@@ -339,19 +334,9 @@ impl Backends {
     pub fn finish(self) -> (Vec<Box<dyn VirtioDevice>>, Vec<StartingShare>) {
         let mut devices = self.devices;
         let mut starting = Vec::new();
-        for share in self.shares {
-            let (handover, receiver) = mpsc::channel();
-            devices.push(Box::new(StartingFs::new(
-                &share.tag,
-                share.socket,
-                receiver,
-            )));
-            starting.push(StartingShare {
-                tag: share.tag,
-                server: share.server,
-                handshake: share.handshake,
-                handover,
-            });
+        for (fs, share) in self.shares {
+            devices.push(Box::new(fs));
+            starting.push(share);
         }
         (devices, starting)
     }
