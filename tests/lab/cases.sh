@@ -1081,9 +1081,13 @@ net_bench() {
     up="yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
     run="$down$up"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
+    # net_spec FILE RUN: the guest on a user-mode network, running RUN.
+    net_spec() {
+        printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
+            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$2" >"$1"
+    }
     spec=$N/net.toml
-    printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
-        "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "$run" >"$spec"
+    net_spec "$spec" "$run"
     # "down up": the transfer times, or "-" for one that did not move all
     # 32 MiB (the guest's byte count, the sink's last line); the console
     # goes to $N/last.out, and its DHCP and error lines to the results.
@@ -1159,8 +1163,7 @@ net_bench() {
         # and the guest's interface and interrupt counters.
         sink
         echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
-        printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[[net]]\n' \
-            "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "$base" "${down}cat,/proc/net/dev;$up;cat,/proc/net/dev,/proc/interrupts" >"$N/stats.toml"
+        net_spec "$N/stats.toml" "${down}cat,/proc/net/dev;$up;cat,/proc/net/dev,/proc/interrupts"
         sink
         echo "NET-STATS down/up $("$HVM" run --stats --timeout 300s "$N/stats.toml" </dev/null 2>"$N/stats.err" | net_times)"
         sed 's/^/NET-STATS /' "$N/stats.err"

@@ -446,7 +446,6 @@ impl VirtioDevice for VhostUserFs {
 /// stops the VM with its error; the device meanwhile offers nothing.
 pub struct StartingFs {
     tag: String,
-    config: [u8; MAX_TAG_LEN + 4],
     /// hvm's end of the connection (a duplicate), watched from the start
     /// so that a server that goes away is noticed whenever it does.
     socket: UnixStream,
@@ -464,7 +463,6 @@ impl StartingFs {
     ) -> StartingFs {
         StartingFs {
             tag: tag.to_string(),
-            config: config_space(tag),
             socket,
             handover: Some(handover),
             fs: None,
@@ -510,7 +508,7 @@ impl VirtioDevice for StartingFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        read_config_bytes(&config_space(&self.tag), offset, data);
     }
 
     fn activate(

@@ -159,6 +159,7 @@ pub struct Net {
     pending: Option<usize>,
     /// The link's far end is gone: frames from the guest are dropped.
     down: bool,
+    /// A frame read from a tap, header first.
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     dropped: u64,
@@ -175,6 +176,11 @@ impl Net {
         };
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
+        // (A stream's frames go to the guest from the stream's own buffer.)
+        let rx_buf = match &link {
+            Link::Tap(_) => vec![0; MAX_FRAME],
+            Link::Stream(_) => Vec::new(),
+        };
         Net {
             name: link.describe(),
             link,
@@ -184,7 +190,7 @@ impl Net {
             rx_checksums_valid: false,
             pending: None,
             down: false,
-            rx_buf: vec![0; MAX_FRAME],
+            rx_buf,
             tx_buf: Vec::new(),
             dropped: 0,
         }
