@@ -36,8 +36,8 @@ Cases:
  7. virtio-fs in the same lab run as case 5: a one-command run's round trip
     (`hvm run --rootfs / -- true`) and reading 10,000 small files, against
     QEMU microvm with vhost-user-fs and the same virtiofsd.
- 8. user-mode networking in the same lab run: TCP 32 MiB down (wget) and up
-    (nc) through hvm + passt, against QEMU + the same passt (-netdev
+ 8. user-mode networking in the same lab run: TCP 32 MiB down and up
+    (hvm-netio both ends) through hvm + passt, against QEMU + the same passt (-netdev
     stream) and QEMU's libslirp (-netdev user); and vsock 64 MiB into the
     guest under hvm (QEMU's vsock needs /dev/vhost-vsock, which L1 lacks).
 """
@@ -571,14 +571,17 @@ Notes:
   files (`--quick` reads 10 of them), read with `tar cf -` into `wc -c` and
   timed by the guest.
 - Case 8 runs in the same L1 too: the bundled guest leases its address
-  from the user-mode network by DHCP, then fetches 32 MiB with busybox
-  wget from an httpd on L1's loopback (reached at the gateway address) and
-  sends 32 MiB with nc to a listener on L1, timed by the guest; hvm and
+  from the user-mode network by DHCP, then receives 32 MiB from a server
+  on L1's loopback (reached at the gateway address) and sends 32 MiB to a
+  sink there that answers with its count, timed by the guest; both ends
+  are `hvm-netio` (guest-images/hvm-netio.c, 64 KiB per system call:
+  busybox's nc moves 1 KiB per poll, read and write and its wc -c counts
+  byte by byte, which under TCG cost more than the network); hvm and
   QEMU (`-M microvm`, virtio-net-device) run the same kernel, initramfs and
   command line, QEMU once with the same passt (`-netdev stream`, passt on a
   Unix socket) and once with libslirp (`-netdev user`). The vsock row is
-  hvm alone: 64 MiB from `hvm-vsock unix-connect` in L1 to `hvm-vsock
-  listen` in the guest. A transfer that did not move every byte is not
+  hvm alone: 64 MiB from a file through `hvm-vsock unix-connect` in L1 to
+  `hvm-vsock listen | hvm-netio count` in the guest. A transfer that did not move every byte is not
   counted (n/a): in the lab, Debian 12's passt (0.0~git20230309) resets
   32 MiB uploads after 20–27 MiB under hvm and QEMU alike.
 - Case 6 beside Firecracker runs in the same L1 as case 5, both VMMs with

@@ -6,8 +6,8 @@
 #   guest-images/build.sh initramfs  # initramfs only (seconds)
 #
 # Needs (Debian): linux-source-6.12 busybox-static bc bison flex libelf-dev
-# libssl-dev cpio xz-utils gcc make (gcc and libc6-dev also build hvm-vsock,
-# the vsock test tool, and hvm-randio, the random-I/O benchmark tool).
+# libssl-dev cpio xz-utils gcc make (gcc and libc6-dev also build hvm-tools,
+# the guest's own test and benchmark tools).
 # The outputs are committed with their checksums
 # (SHA256SUMS) so a fresh clone boots without building anything; the build
 # pins timestamps and names so it is reproducible byte for byte with the same
@@ -55,16 +55,17 @@ build_initramfs() {
         [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
     done
     install -m 0755 "$here/init" "$root/init"
-    # The vsock test tool (busybox has no AF_VSOCK); the same static binary
-    # serves the lab's host side, so it is kept next to the images too.
-    gcc -static -Os -Wall -o "$work/hvm-vsock" "$here/hvm-vsock.c"
-    strip "$work/hvm-vsock"
-    install -m 0755 "$work/hvm-vsock" "$root/bin/hvm-vsock"
-    install -m 0755 "$work/hvm-vsock" "$here/hvm-vsock"
-    # Random 4 KiB I/O for the benchmark's virtio-blk case (no fio here).
-    gcc -static -Os -Wall -o "$work/hvm-randio" "$here/hvm-randio.c"
-    strip "$work/hvm-randio"
-    install -m 0755 "$work/hvm-randio" "$root/bin/hvm-randio"
+    # The guest's own test and benchmark tools, one static binary (see
+    # hvm-tools.c): hvm-vsock (busybox has no AF_VSOCK), hvm-netio (bulk
+    # TCP; busybox's nc and wc would measure themselves) and hvm-randio
+    # (random 4 KiB I/O; no fio here). The lab's L1 runs the same binary
+    # for the host side, so it is kept next to the images too.
+    gcc -static -Os -Wall -o "$work/hvm-tools" "$here"/hvm-tools.c "$here"/hvm-vsock.c \
+        "$here"/hvm-netio.c "$here"/hvm-randio.c
+    strip "$work/hvm-tools"
+    install -m 0755 "$work/hvm-tools" "$root/bin/hvm-tools"
+    for tool in hvm-vsock hvm-netio hvm-randio; do ln -s hvm-tools "$root/bin/$tool"; done
+    install -m 0755 "$work/hvm-tools" "$here/hvm-tools"
     find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
     (cd "$root" && find . -print0 | LC_ALL=C sort -z |
         cpio --null --create --format=newc --owner=0:0 --reproducible 2>/dev/null) |
@@ -77,5 +78,5 @@ case "$what" in
     initramfs) build_initramfs ;;
     *) echo "usage: $0 [all|kernel|initramfs]" >&2; exit 2 ;;
 esac
-(cd "$here" && sha256sum bzImage vmlinux initramfs.cpio.gz hvm-vsock >SHA256SUMS 2>/dev/null || true)
+(cd "$here" && sha256sum bzImage vmlinux initramfs.cpio.gz hvm-tools >SHA256SUMS 2>/dev/null || true)
 echo "built in $here"

@@ -10,7 +10,7 @@
  *   hvm-randio read DEVICE SECONDS
  *   hvm-randio write DEVICE SECONDS     (overwrites the device's blocks)
  *
- * Built static by guest-images/build.sh (gcc -static -Os).
+ * Part of hvm-tools (hvm-tools.c), built static by guest-images/build.sh.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,7 +39,7 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int main(int argc, char **argv)
+int hvm_randio_main(int argc, char **argv)
 {
     if (argc != 4 || (strcmp(argv[1], "read") && strcmp(argv[1], "write"))) {
         fprintf(stderr, "usage: hvm-randio read|write DEVICE SECONDS\n");

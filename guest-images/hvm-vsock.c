@@ -13,7 +13,7 @@
  *                                      (a guest connecting to host port P
  *                                      reaches <vsock socket>_P)
  *
- * Built static by guest-images/build.sh (gcc -static -Os).
+ * Part of hvm-tools (hvm-tools.c), built static by guest-images/build.sh.
  */
 #include <errno.h>
 #include <poll.h>
@@ -102,7 +102,7 @@ static int unix_socket(const char *path, struct sockaddr_un *a)
     return s;
 }
 
-int main(int argc, char **argv)
+int hvm_vsock_main(int argc, char **argv)
 {
     if (argc >= 3 && !strcmp(argv[1], "listen")) {
         struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,

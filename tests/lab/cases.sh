@@ -1042,11 +1042,14 @@ fs_bench
 
 # The network benchmark (the benchmark's case 8; with --boot-bench): TCP
 # through user-mode networking, timed in the guest (the bundled one, DHCP):
-# 32 MiB down (wget from an httpd on L1's loopback, reached through the
-# gateway address) and 32 MiB up (nc to a listener on L1), under hvm with
-# passt, QEMU with passt (-netdev stream) and QEMU with libslirp (-netdev
-# user); then vsock under hvm alone (QEMU's needs /dev/vhost-vsock): 64 MiB
-# from L1 to the guest. "NET-BENCH vmm down|up|vsock cs". On demand
+# 32 MiB down and 32 MiB up between the guest and hvm-netio on L1's
+# loopback (reached through the gateway address), under hvm with passt,
+# QEMU with passt (-netdev stream) and QEMU with libslirp (-netdev user);
+# then vsock under hvm alone (QEMU's needs /dev/vhost-vsock): 64 MiB from
+# L1 to the guest. "NET-BENCH vmm down|up|vsock cs". Both ends are
+# hvm-netio (guest-images/hvm-netio.c), 64 KiB per system call: busybox's
+# nc (1 KiB per poll, read and write) and wc -c (byte by byte) cost more
+# than the network under TCG and made every VMM look alike. On demand
 # (--only net-stats), instead of the rounds: one hvm + passt transfer with
 # `hvm run --stats`, whose report ("NET-STATS") says which part was busy.
 net_bench() {
@@ -1058,27 +1061,27 @@ net_bench() {
     user_net_setup
     N=$TMP/netbench
     mkdir -p "$N"
-    yes hvm-net-bench | head -c 33554432 >"$N/blob"
-    httpd -f -p 127.0.0.1:8001 -h "$N" &
-    httpd_pid=$!
-    # The upload's sink counts what arrives (one line per connection), then
-    # answers on port 5101: the guest's nc returns while its kernel still
-    # holds unsent data, so the guest's clock stops at that answer.
-    # (busybox nc -l stops at the end of its own stdin: the count runs as -e.)
-    # A fresh sink for every VM: one whose upload broke leaves it waiting
-    # for an answer that never comes.
+    netio=/hvm/guest-images/hvm-netio
+    # (vsock's 64 MiB come from a file: L1's busybox yes | head would be
+    # the slowest part.)
+    dd if=/dev/zero of="$N/vsock.blob" bs=1048576 count=64 2>/dev/null
+    "$netio" serve 8001 33554432 &
+    serve_pid=$!
+    # The upload's sink counts what arrives (one line per connection) and
+    # answers with the count: the guest's clock stops at that answer, not
+    # when its kernel still holds unsent data. A fresh sink for every VM:
+    # an upload that stalled would keep it busy.
     sink() {
-        # (busybox has no pkill; no other nc runs during this benchmark.)
-        [ -n "$sink_pid" ] && { kill "$sink_pid"; killall -q nc; } 2>/dev/null
+        [ -n "$sink_pid" ] && { kill "$sink_pid"; wait "$sink_pid"; } 2>/dev/null
         : >"$N/up.bytes"
-        (while :; do nc -l -p 5100 -e sh -c "wc -c >>$N/up.bytes"; nc -l -p 5101 -e true; done) &
+        "$netio" sink 5100 >>"$N/up.bytes" &
         sink_pid=$!
     }
     sink_pid=
     t=$GUEST_CS
     # (In two halves: net-stats reads the guest's counters between them.)
-    down="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(wget,-q,-O,-,http://\$g:8001/blob|wc,-c);t1=\$($t);"
-    up="yes|head,-c,33554432|nc,\$g,5100;i=0;until,nc,\$g,5101,</dev/null||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
+    down="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(hvm-netio,recv,\$g,8001);t1=\$($t);"
+    up="hvm-netio,send,\$g,5100,33554432;t2=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0)),\$((t2-t1)),\$n"
     run="$down$up"
     base="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.net=dhcp"
     # net_spec FILE RUN: the guest on a user-mode network, running RUN.
@@ -1093,7 +1096,7 @@ net_bench() {
     # goes to $N/last.out, and its DHCP and error lines to the results.
     net_times() {
         tr -d '\r' >"$N/last.out"
-        grep -E "HVM-GUEST-NET|wget:|nc:|hvm-vsock:" "$N/last.out" | sed 's/^/NET-BENCH-CONSOLE /' >&2
+        grep -E "HVM-GUEST-NET|hvm-netio:|hvm-vsock:" "$N/last.out" | sed 's/^/NET-BENCH-CONSOLE /' >&2
         sleep 1 # the sink's count of a connection that just closed
         sed -n 's/^NET-BENCH-TIMES //p' "$N/last.out" | {
             read -r down up bytes
@@ -1139,13 +1142,13 @@ net_bench() {
         # vsock: 64 MiB from L1 into the guest, timed in the guest.
         vspec=$N/vsock.toml
         rm -f "$N/vm.vsock"
-        vrun="t0=\$($t);hvm-vsock,listen,5000,</dev/null|wc,-c;t1=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0))"
+        vrun="t0=\$($t);hvm-vsock,listen,5000,</dev/null|hvm-netio,count;t1=\$($t);echo,NET-BENCH-TIMES,\$((t1-t0))"
         printf '[machine]\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s hvm.run=%s"\nreplace_cmdline = true\n[vsock]\ncid = 3\nsocket = "%s"\n' \
             "$IMG/bzImage" "$IMG/initramfs.cpio.gz" "${base% hvm.net=dhcp}" "$vrun" "$N/vm.vsock" >"$vspec"
         "$HVM" run --timeout 300s "$vspec" </dev/null 2>/dev/null >"$N/vsock.out" &
         vm=$!
         j=0
-        until yes hvm-vsock-bench | head -c 67108864 | /hvm/guest-images/hvm-vsock unix-connect "$N/vm.vsock" 5000 >/dev/null 2>&1 ||
+        until /hvm/guest-images/hvm-vsock unix-connect "$N/vm.vsock" 5000 <"$N/vsock.blob" >/dev/null 2>&1 ||
             [ $j -gt 300 ] || ! kill -0 $vm 2>/dev/null; do sleep 0.2; j=$((j + 1)); done
         wait $vm
         tr -d '\r' <"$N/vsock.out" | grep -E "hvm-vsock:|^[0-9]+$" | sed 's/^/NET-BENCH-CONSOLE /'
@@ -1163,16 +1166,17 @@ net_bench() {
         # and the guest's interface and interrupt counters.
         sink
         echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
-        net_spec "$N/stats.toml" "${down}cat,/proc/net/dev;$up;cat,/proc/net/dev,/proc/interrupts"
+        # (The guest's CPU line around each half: busy or waiting.)
+        cpu="head,-1,/proc/stat;"
+        net_spec "$N/stats.toml" "$cpu${down}${cpu}cat,/proc/net/dev;$up;${cpu}cat,/proc/net/dev,/proc/interrupts"
         sink
         echo "NET-STATS down/up $("$HVM" run --stats --timeout 300s "$N/stats.toml" </dev/null 2>"$N/stats.err" | net_times)"
         sed 's/^/NET-STATS /' "$N/stats.err"
-        grep -E "eth0|lo:|virtio|Inter-|face" "$N/last.out" | sed 's/^/NET-STATS guest /'
+        grep -E "eth0|lo:|virtio|Inter-|face|^cpu " "$N/last.out" | sed 's/^/NET-STATS guest /'
         echo "@@STDERR"
         echo "@@EXIT net-stats 0"
     fi
-    kill $httpd_pid $sink_pid 2>/dev/null
-    killall -q nc 2>/dev/null
+    kill $serve_pid $sink_pid 2>/dev/null
 }
 net_bench
 

@@ -234,8 +234,11 @@ def build_l1_initramfs(work, hvm, images, vmlinuz, moddir, with_qemu=False, fire
             for f in range(100):
                 with open(os.path.join(root, f"hvm/tree/d{d}/f{f}"), "w") as out:
                     out.write(f"file {d}/{f} of the hvm tree benchmark\n")
-    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img", "hvm-vsock"]:
+    for img in ["bzImage", "vmlinux", "initramfs.cpio.gz", "example-disk.img", "hvm-tools"]:
         shutil.copy(os.path.join(images, img), os.path.join(root, "hvm/guest-images", img))
+    # L1's side of the vsock and network cases runs the guest's tools too.
+    for tool in ["hvm-vsock", "hvm-netio"]:
+        os.symlink("hvm-tools", os.path.join(root, "hvm/guest-images", tool))
     shutil.copy(os.path.join(images, "tiny", "hvmtest.elf"), os.path.join(root, "hvm/guest-images/hvmtest.elf"))
     with open(os.path.join(root, "hvm/keepalive.toml"), "w") as f:
         f.write('[machine]\nmemory = "16M"\n[kernel]\npath = "/hvm/guest-images/hvmtest.elf"\n'
