@@ -34,6 +34,37 @@ pub enum PasstError {
     Socket(std::io::Error),
 }
 
+/// How many bytes passt may have on its way to hvm at once.
+const PASST_SEND_BUFFER: libc::c_int = 4 << 20;
+
+/// Lets passt send bigger bursts: it writes all the frames it has for the
+/// guest in one non-blocking sendmsg and drops those the socket does not
+/// take (Debian 12's passt resends them only when the guest's TCP notices
+/// the gap, which stalls a download for a round trip or a timeout), and a
+/// Unix socket takes no more than its sender's buffer. Without
+/// CAP_NET_ADMIN the kernel caps the size at net.core.wmem_max (twice it).
+fn widen_send_buffer(fd: std::os::fd::RawFd) {
+    let size = PASST_SEND_BUFFER;
+    let set = |option| {
+        // SAFETY: a plain setsockopt on a socket hvm owns, with an int.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    if !set(libc::SO_SNDBUFFORCE) && !set(libc::SO_SNDBUF) {
+        log::debug!(
+            "passt: cannot widen its socket's send buffer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Starts passt (`named`, else the one found) for link `index` with
 /// `forwards`; returns it with hvm's end of the connection.
 pub fn start(
@@ -61,6 +92,7 @@ pub fn start(
     }
     let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
     let fd = theirs.as_raw_fd();
+    widen_send_buffer(fd);
     let mut cmd = Command::new(&program);
     cmd.args(arguments(fd, forwards, ipv4));
     // SAFETY: the closure runs in the child between fork and exec and

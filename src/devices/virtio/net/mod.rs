@@ -282,8 +282,14 @@ impl Net {
             served.notify |= notify;
             match delivery {
                 Delivery::NoBuffers => {
-                    // Kept until the guest posts buffers (it notifies the queue).
+                    // Kept until the guest posts buffers (it notifies the
+                    // queue); what passt sends meanwhile waits in hvm.
                     self.pending = Some(len);
+                    if let Link::Stream(stream) = &mut self.link {
+                        if let Err(e) = stream.fill() {
+                            self.link_lost(e.to_string());
+                        }
+                    }
                     if Self::rearm_receive(queue, mem)? {
                         continue;
                     }

@@ -1,8 +1,9 @@
 //! Ethernet frames over a stream socket, each preceded by its length as a
 //! 4-byte big-endian number: what passt speaks on `--fd` (QEMU's "stream"
 //! netdev). Non-blocking both ways: input is parsed from a buffer however
-//! the bytes arrive (and a frame is handed on from there), and output that the socket cannot take yet waits in a
-//! buffer of its own (one frame at most) until it can.
+//! the bytes arrive (and a frame is handed on from there), and output that
+//! the socket cannot take yet waits in a buffer of its own (one frame at
+//! most) until it can.
 
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,8 +13,10 @@ use std::os::unix::net::UnixStream;
 pub const MAX_ETH_FRAME: usize = 65_550;
 /// Smallest: an Ethernet header.
 const MIN_ETH_FRAME: usize = 14;
-/// Input buffer: several frames per read, and always room for a whole one.
-const IN_BUF: usize = 256 << 10;
+/// Input buffer: several frames per read, and room for what the peer sends
+/// while the guest has no buffers (see [`FrameStream::fill`]). Its pages
+/// are touched only as traffic needs them.
+const IN_BUF: usize = 4 << 20;
 
 /// What came of asking for the next frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,19 +97,50 @@ impl FrameStream {
                     return Ok(Received::Frame(len));
                 }
             }
-            // Need more: make room at the end, then read.
-            if self.start == self.end {
-                (self.start, self.end) = (0, 0);
-            } else if self.start > 0 && self.end == self.input.len() {
-                self.input.copy_within(self.start..self.end, 0);
-                (self.start, self.end) = (0, self.end - self.start);
+            match self.read_more()? {
+                Some(0) => return Ok(Received::Closed),
+                Some(_) => {}
+                None => return Ok(Received::Nothing),
             }
+        }
+    }
+
+    /// Reads what the socket holds while the input buffer has room, for
+    /// when the guest takes no frames for a while: passt drops frames its
+    /// socket cannot take (Debian 12's passt does not resend them until the
+    /// guest's TCP notices the gap), so hvm takes them off the socket
+    /// instead and keeps them until the guest posts buffers.
+    pub fn fill(&mut self) -> std::io::Result<()> {
+        while self.end - self.start < self.input.len() {
+            match self.read_more()? {
+                Some(0) | None => break,
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes room at the end of the input buffer and reads once: the bytes
+    /// read (0 at the end of the stream), None if there are none now.
+    fn read_more(&mut self) -> std::io::Result<Option<usize>> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.end == self.input.len() {
+            self.input.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.input.len() {
+            return Ok(None);
+        }
+        loop {
             match self.socket.read(&mut self.input[self.end..]) {
-                Ok(0) => return Ok(Received::Closed),
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Received::Nothing),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(Some(n));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Received::Closed),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Some(0)),
                 Err(e) => return Err(e),
             }
         }
@@ -266,6 +300,48 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(frames[5], pattern(105, 5));
         assert_eq!(frames[20], big);
+    }
+
+    #[test]
+    fn fill_takes_what_the_peer_sends_while_the_front_frame_waits() {
+        let (mut s, mut peer) = pair();
+        peer.set_nonblocking(true).unwrap();
+        let frames: Vec<Vec<u8>> = (0..64).map(|i| pattern(60_000, i)).collect();
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| framed(f)).collect();
+        // The peer sends until the socket pushes back; returns how far it got.
+        let send = |peer: &mut UnixStream, mut at: usize| {
+            while at < bytes.len() {
+                match peer.write(&bytes[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            at
+        };
+        let first = send(&mut peer, 0);
+        assert!(first < bytes.len(), "the socket never filled");
+        // The front frame waits (the guest has no buffers); the rest is
+        // taken off the socket, so the peer can go on.
+        assert_eq!(receive(&mut s), Received::Frame(60_000));
+        s.fill().unwrap();
+        let mut at = send(&mut peer, first);
+        assert!(at > first, "fill took nothing");
+        // 3.8 MB fit in hvm's buffer, however little the socket holds.
+        while at < bytes.len() {
+            s.fill().unwrap();
+            let next = send(&mut peer, at);
+            assert!(next > at, "stuck after {at} of {} bytes", bytes.len());
+            at = next;
+        }
+        drop(peer);
+        let mut got = Vec::new();
+        while let Received::Frame(_) = receive(&mut s) {
+            got.push(s.frame().to_vec());
+            s.consume();
+        }
+        assert!(got == frames, "frames lost or out of order");
+        assert_eq!(receive(&mut s), Received::Closed);
     }
 
     #[test]
