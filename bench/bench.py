@@ -479,7 +479,7 @@ def main():
         for what, label in (("TCP-DOWN", "host→guest"), ("TCP-UP", "guest→host")):
             if what in blk:
                 blk[what].setdefault("firecracker", [])
-                table.add(f"6. virtio-net TCP over tap {label} 32 MiB (busybox nc), 1 vCPU, nested lab "
+                table.add(f"6. virtio-net TCP over tap {label} 32 MiB (hvm-netio), 1 vCPU, nested lab "
                           "(higher is better)", "MiB/s", blk[what])
         # The lab's rows per machine ("1cpu-128M"), beside Firecracker's.
         for rows, label, unit, scale in ((idle, "2. Linux guest idle, {}: overhead (RSS − guest RAM resident), "
@@ -590,8 +590,8 @@ Notes:
   second one and syncs, then `hvm-randio` (guest-images/hvm-randio.c)
   does 4 KiB random reads of the first and writes to the second, O_DIRECT,
   one request in flight, 5 s each; TCP over one persistent tap both VMMs
-  attach to in turn: 32 MiB host→guest and guest→host with busybox nc (an
-  upload counts once L1 has every byte). Firecracker's drives use its
+  attach to in turn: 32 MiB host→guest and guest→host with hvm-netio on
+  both ends (an upload counts once L1 has every byte). Firecracker's drives use its
   default cache type ("Unsafe": it offers the guest no flush command,
   so its copy + sync never waits for the host disk; hvm's does).
 - Case 6's hvm-only rows come from the last tier-2 run: guest-side timings

@@ -5,9 +5,10 @@
  * byte, which under emulation cost more than the network does. This one
  * moves 64 KiB per system call and counts without looking at the bytes.
  *
- *   hvm-netio serve PORT BYTES   L1: to every connection on 127.0.0.1:PORT,
- *                                send BYTES, then close
- *   hvm-netio sink PORT          L1: from every connection on 127.0.0.1:PORT,
+ *   hvm-netio serve [ADDR:]PORT BYTES
+ *                                L1: to every connection on ADDR:PORT
+ *                                (127.0.0.1 by default), send BYTES, close
+ *   hvm-netio sink [ADDR:]PORT   L1: from every connection on ADDR:PORT,
  *                                read to the end, print the count (one line
  *                                per connection), answer it, close
  *   hvm-netio recv HOST PORT     guest: read a connection to the end, print
@@ -91,9 +92,19 @@ static int connect_to(const char *host, const char *port)
     return s;
 }
 
-static int listen_on(const char *port)
+/* Listens on "[ADDR:]PORT". */
+static int listen_on(const char *where)
 {
-    struct sockaddr_in a = address("127.0.0.1", port);
+    char host[64] = "127.0.0.1";
+    const char *port = strchr(where, ':');
+    if (port && (size_t)(port - where) < sizeof host) {
+        memcpy(host, where, (size_t)(port - where));
+        host[port - where] = 0;
+        port++;
+    } else {
+        port = where;
+    }
+    struct sockaddr_in a = address(host, port);
     int one = 1;
     int l = socket(AF_INET, SOCK_STREAM, 0);
     if (l < 0 || setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||

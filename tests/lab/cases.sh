@@ -848,9 +848,10 @@ blk_bench
 # TCP over tap beside Firecracker (with --boot-bench, or alone with --only
 # tap-bench): one persistent tap both VMMs attach to (169.254.20.1 on L1's
 # side, 169.254.20.2 in the guest), the same kernel and command line; the
-# guest takes 32 MiB from an nc on L1 and sends 32 MiB back, timed by the
-# guest: "TAP-BENCH vmm DOWN|UP centiseconds". An upload counts once L1
-# has all of it (L1 then answers on port 5023, which the guest waits for).
+# guest takes 32 MiB from hvm-netio on L1 and sends 32 MiB back, timed by
+# the guest: "TAP-BENCH vmm DOWN|UP centiseconds". An upload counts once
+# L1 has all of it (hvm-netio's sink answers with its count, which the
+# guest waits for).
 tap_bench() {
     case " $HVM_LAB_ONLY " in *" boot-bench "* | *" tap-bench "*) ;; *) return ;; esac
     fc=${HVM_LAB_FIRECRACKER:-$(command -v firecracker)}
@@ -867,10 +868,8 @@ tap_bench() {
     bytes=$((mib * 1048576))
     cmdline="console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd quiet hvm.mode=reboot \
 hvm.run=ip,addr,add,169.254.20.2/24,dev,eth0;ip,link,set,eth0,up;i=0;until,ping,-c,1,-W,1,169.254.20.1;do,[,\$i,-gt,20,]&&break;i=\$((i+1));done;\
-d0=\$($t);nc,169.254.20.1,5022,-e,sh,-c,'wc,-c>/tmp/down.n';d1=\$($t);echo,TAP-DOWN,\$(cat,/tmp/down.n),\$((d1-d0));\
-u0=\$($t);nc,169.254.20.1,5021,-e,head,-c,$bytes,/dev/zero;i=0;until,nc,169.254.20.1,5023,-e,true||[,\$i,-gt,600,];do,sleep,0.1;i=\$((i+1));done;\
-u1=\$($t);echo,TAP-UP,\$((u1-u0));echo,TAP-NETDEV,\$(grep,eth0,/proc/net/dev);echo,TAP-IRQS,\$(grep,virtio,/proc/interrupts)"
-    # The guest's wc writes "N" with spaces around it: the sed below takes digits.
+d0=\$($t);n=\$(hvm-netio,recv,169.254.20.1,5022);d1=\$($t);echo,TAP-DOWN,\$n,\$((d1-d0));\
+u0=\$($t);hvm-netio,send,169.254.20.1,5021,$bytes;u1=\$($t);echo,TAP-UP,\$((u1-u0));echo,TAP-NETDEV,\$(grep,eth0,/proc/net/dev);echo,TAP-IRQS,\$(grep,virtio,/proc/interrupts)"
     printf '[machine]\nvcpus = 1\nmemory = "256M"\n[kernel]\npath = "%s"\ninitrd = "%s"\ncmdline = "%s"\nreplace_cmdline = true\n[[net]]\ntap = "hvmtb0"\nmac = "06:00:a9:fe:14:02"\n' \
         "$IMG/vmlinux" "$IMG/initramfs.cpio.gz" "$cmdline" >"$W/vm.toml"
     printf '{"boot-source": {"kernel_image_path": "%s", "initrd_path": "%s", "boot_args": "%s"},\n "drives": [], "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "hvmtb0", "guest_mac": "06:00:a9:fe:14:02"}],\n "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}}\n' \
@@ -885,22 +884,19 @@ u1=\$($t);echo,TAP-UP,\$((u1-u0));echo,TAP-NETDEV,\$(grep,eth0,/proc/net/dev);ec
         ticker=$!
         for vmm in hvm firecracker; do
             [ "$vmm" = firecracker ] && [ -z "$fc" ] && continue
-            rm -f "$W/up" "$W/up.n"
-            nc -l -p 5022 -e head -c "$bytes" /dev/zero &
+            rm -f "$W/up"
+            /hvm/guest-images/hvm-netio serve 169.254.20.1:5022 "$bytes" &
             down_pid=$!
-            nc -l -p 5021 -e sh -c "wc -c >$W/up.n && mv $W/up.n $W/up" &
+            /hvm/guest-images/hvm-netio sink 169.254.20.1:5021 >"$W/up" &
             up_pid=$!
-            (while [ ! -e "$W/up" ]; do sleep 0.05; done; nc -l -p 5023 -e true) &
-            ack_pid=$!
             case $vmm in
             hvm) timeout 300 "$HVM" run "$W/vm.toml" ;;
             firecracker) timeout 300 "$fc" --no-api --level Off --config-file "$W/vm.json" ;;
             esac </dev/null 2>&1 | tr -d '\r' | sed -n -e "s/^TAP-DOWN *\([0-9]*\) \([0-9]*\)$/TAP-BENCH $vmm DOWN \2 \1/p" \
                 -e "s/^TAP-UP \([0-9]*\)$/TAP-BENCH $vmm UP \1/p" -e "s/^TAP-\(NETDEV\|IRQS\) /TAP-GUEST $vmm \1 /p"
             echo "TAP-BENCH-HOST $vmm UP-BYTES $(cat "$W/up" 2>/dev/null | tr -dc 0-9)"
-            pkill -P $ack_pid 2>/dev/null
-            kill $down_pid $up_pid $ack_pid 2>/dev/null
-            wait $down_pid $up_pid $ack_pid 2>/dev/null
+            kill $down_pid $up_pid 2>/dev/null
+            wait $down_pid $up_pid 2>/dev/null
         done
         kill $ticker
         echo "@@STDERR"
@@ -1166,6 +1162,11 @@ net_bench() {
         # and the guest's interface and interrupt counters.
         sink
         echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
+        # As an ordinary user (net.core.wmem_max caps passt's socket buffer).
+        [ -n "$HVM_LAB_L1" ] && chmod 0666 /dev/kvm
+        sink
+        echo "NET-STATS unprivileged down/up $(/usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups env HOME=/tmp \
+            "$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
         # (The guest's CPU line around each half: busy or waiting.)
         cpu="head,-1,/proc/stat;"
         net_spec "$N/stats.toml" "$cpu${down}${cpu}cat,/proc/net/dev;$up;${cpu}cat,/proc/net/dev,/proc/interrupts"
