@@ -581,9 +581,14 @@ Notes:
   command line, QEMU once with the same passt (`-netdev stream`, passt on a
   Unix socket) and once with libslirp (`-netdev user`). The vsock row is
   hvm alone: 64 MiB from a file through `hvm-vsock unix-connect` in L1 to
-  `hvm-vsock listen | hvm-netio count` in the guest. A transfer that did not move every byte is not
-  counted (n/a): in the lab, Debian 12's passt (0.0~git20230309) resets
-  32 MiB uploads after 20–27 MiB under hvm and QEMU alike.
+  `hvm-vsock listen | hvm-netio count` in the guest. A transfer that did
+  not move every byte is not counted (n/a). Debian 12's passt
+  (0.0~git20230309) drops the frames its socket cannot take in one
+  sendmsg and gets them to the guest again only after the guest's TCP
+  notices the gap; hvm gives passt's end of the socket a larger send
+  buffer and drains it into a buffer of its own while the guest has no
+  room (docs/spec.md), QEMU's stream netdev does neither, so QEMU +
+  passt's downloads swing with the retransmissions.
 - Case 6 beside Firecracker runs in the same L1 as case 5, both VMMs with
   the same vmlinux, initramfs and command line, alternating, timed by the
   guest: virtio-blk reads a 256 MiB image (dd bs=1M) and copies it to a

@@ -62,6 +62,24 @@ fn widen_send_buffer(fd: std::os::fd::RawFd) {
             "passt: cannot widen its socket's send buffer: {}",
             std::io::Error::last_os_error()
         );
+        return;
+    }
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads an int option into `got`, whose size `len` gives.
+    let read = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of_mut!(got).cast(),
+            &mut len,
+        )
+    };
+    if read == 0 && got < size {
+        log::debug!(
+            "passt: its socket's send buffer is {got} bytes (net.core.wmem_max caps it without CAP_NET_ADMIN; a bigger one speeds up downloads)"
+        );
     }
 }
 

@@ -768,6 +768,62 @@ mod tests {
         assert_eq!(reader.join().unwrap(), 200 * 65_004);
     }
 
+    #[test]
+    fn while_the_guest_has_no_buffers_passts_frames_wait_in_hvm_not_in_its_socket() {
+        use std::io::{ErrorKind, Write};
+        let (mut net, mut peer) = stream_net();
+        peer.set_nonblocking(true).unwrap();
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        let rxq = MockSplitQueue::new(&m, 256);
+        let mut rx: Queue = rxq.create_queue().unwrap();
+        // 64 frames of 60,000 bytes, framed as passt sends them.
+        let eth = |i: usize| -> Vec<u8> { (0..60_000).map(|k| (k * 7 + i) as u8).collect() };
+        let bytes: Vec<u8> = (0..64)
+            .flat_map(|i| {
+                let mut f = 60_000u32.to_be_bytes().to_vec();
+                f.extend(eth(i));
+                f
+            })
+            .collect();
+        // passt sends what its socket takes; the guest posts nothing.
+        let mut at = 0;
+        let mut rounds = 0;
+        while at < bytes.len() {
+            match peer.write(&bytes[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    net.receive(&mut rx, &m).unwrap();
+                    rounds += 1;
+                    assert!(rounds < 1000, "stuck after {at} bytes");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(rounds > 1, "the socket alone held 3.8 MB");
+        assert_eq!(used_idx(&rxq), 0);
+        // The guest posts room: every frame arrives, in order.
+        let bufs: Vec<(u64, u32, u16)> = (0..64u64)
+            .map(|i| (0x10000 + i * 0x10000, 0x10000, W))
+            .collect();
+        post(&rxq, 0, &bufs);
+        assert!(net.receive(&mut rx, &m).unwrap().used);
+        assert_eq!(used_idx(&rxq), 64);
+        for i in [0usize, 31, 63] {
+            let mut got = vec![0u8; 60_000];
+            m.read_slice(
+                &mut got,
+                GuestAddress(0x10000 + i as u64 * 0x10000 + VNET_HDR_LEN as u64),
+            )
+            .unwrap();
+            assert!(got == eth(i), "frame {i}");
+        }
+    }
+
+    /// The used ring's index.
+    fn used_idx(q: &MockSplitQueue<GuestMemoryMmap>) -> u16 {
+        q.used().idx().load()
+    }
+
     const W: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 
     /// A frame: a zeroed virtio-net header, then `data` bytes of a pattern.
