@@ -191,6 +191,23 @@ fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
+/// Binds a socket that appears at `socket` already private (0600): bound
+/// under a temporary name (`.NAME.new`, which `list` ignores and the
+/// holder of NAME's lock alone uses), where it gets the process's umask,
+/// then made private and renamed, so no one ever finds it open to others.
+fn bind_private(dir: &Path, name: &str, socket: &Path) -> std::io::Result<UnixListener> {
+    let temporary = dir.join(format!(".{name}.new"));
+    let _ = std::fs::remove_file(&temporary);
+    let listener = UnixListener::bind(&temporary)?;
+    let ready = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temporary, socket));
+    if let Err(e) = ready {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
 fn lock_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.lock"))
 }
@@ -280,16 +297,10 @@ impl ControlSocket {
         let socket = socket_path(dir, name);
         // Whatever is there was left by a VM that died (we hold the lock).
         let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).map_err(|source| ApiError::Bind {
+        let listener = bind_private(dir, name, &socket).map_err(|source| ApiError::Bind {
             path: socket.clone(),
             source,
         })?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| ApiError::Bind {
-                path: socket.clone(),
-                source,
-            },
-        )?;
         listener
             .set_nonblocking(true)
             .map_err(|source| ApiError::Bind {

@@ -128,6 +128,9 @@ const CONTROL: &[i64] = &[
     libc::SYS_pread64,
     libc::SYS_prctl,
     libc::SYS_readlink,
+    // The control socket appears private: bound under a temporary name,
+    // made 0600, renamed (api.rs).
+    libc::SYS_rename,
     libc::SYS_rmdir,
     libc::SYS_rt_sigaction,
     libc::SYS_setsockopt,
