@@ -64,6 +64,16 @@ fn widen_send_buffer(fd: std::os::fd::RawFd) {
         );
         return;
     }
+    match send_buffer(fd) {
+        Some(got) if got < size => log::debug!(
+            "passt: its socket's send buffer is {got} bytes (net.core.wmem_max caps it without CAP_NET_ADMIN; a bigger one speeds up downloads)"
+        ),
+        _ => {}
+    }
+}
+
+/// A socket's SO_SNDBUF as the kernel reports it (twice what was set).
+fn send_buffer(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
     let mut got: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: reads an int option into `got`, whose size `len` gives.
@@ -76,11 +86,7 @@ fn widen_send_buffer(fd: std::os::fd::RawFd) {
             &mut len,
         )
     };
-    if read == 0 && got < size {
-        log::debug!(
-            "passt: its socket's send buffer is {got} bytes (net.core.wmem_max caps it without CAP_NET_ADMIN; a bigger one speeds up downloads)"
-        );
-    }
+    (read == 0).then_some(got)
 }
 
 /// Starts passt (`named`, else the one found) for link `index` with
@@ -196,6 +202,21 @@ fn benign(line: &str) -> bool {
 mod tests {
     use super::*;
     use crate::forward::parse_forward;
+
+    #[test]
+    fn passts_end_gets_as_big_a_send_buffer_as_the_host_allows() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let before = send_buffer(theirs.as_raw_fd()).unwrap();
+        widen_send_buffer(theirs.as_raw_fd());
+        let after = send_buffer(theirs.as_raw_fd()).unwrap();
+        // Without CAP_NET_ADMIN the kernel allows twice wmem_max at most.
+        let wmem_max: libc::c_int = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let least = (2 * PASST_SEND_BUFFER).min(2 * wmem_max).max(before);
+        assert!(after >= least, "{after} bytes, not even {least}");
+    }
 
     #[test]
     fn arguments_carry_the_socket_and_the_forwards() {
