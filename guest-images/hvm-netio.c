@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,17 +42,20 @@ static void die(const char *what)
     exit(1);
 }
 
-/* Reads fd to its end (or to an error, which it reports); the count of
- * bytes read. */
-static unsigned long long drain(int fd)
+/* Reads fd to its end (or to an error, which it reports and flags in
+ * *failed); the count of bytes read. */
+static unsigned long long drain(int fd, int *failed)
 {
     unsigned long long total = 0;
+    *failed = 0;
     for (;;) {
         ssize_t n = read(fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0)
+        if (n < 0) {
             fprintf(stderr, "hvm-netio: read after %llu bytes: %s\n", total, strerror(errno));
+            *failed = 1;
+        }
         if (n <= 0)
             return total;
         total += (unsigned long long)n;
@@ -75,7 +79,13 @@ static int fill(int fd, unsigned long long bytes)
 
 static struct sockaddr_in address(const char *host, const char *port)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(port))};
+    char *end;
+    unsigned long number = strtoul(port, &end, 10);
+    if (*port == 0 || *end != 0 || number == 0 || number > 65535) {
+        fprintf(stderr, "hvm-netio: %s is not a port (1 to 65535)\n", port);
+        exit(2);
+    }
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)number)};
     if (inet_pton(AF_INET, host, &a.sin_addr) != 1) {
         fprintf(stderr, "hvm-netio: %s is not an IPv4 address\n", host);
         exit(2);
@@ -132,6 +142,8 @@ static int next_peer(int l)
 
 int hvm_netio_main(int argc, char **argv)
 {
+    /* A peer that resets must fail a write, not end the server. */
+    signal(SIGPIPE, SIG_IGN);
     memset(buf, 'x', sizeof buf);
     if (argc == 4 && !strcmp(argv[1], "serve")) {
         unsigned long long bytes = strtoull(argv[3], NULL, 10);
@@ -148,7 +160,8 @@ int hvm_netio_main(int argc, char **argv)
         for (;;) {
             int s = next_peer(l);
             char line[32];
-            int n = snprintf(line, sizeof line, "%llu\n", drain(s));
+            int failed;
+            int n = snprintf(line, sizeof line, "%llu\n", drain(s, &failed));
             fputs(line, stdout);
             fflush(stdout);
             /* (The sender may be gone already: nothing to do about it.) */
@@ -159,8 +172,9 @@ int hvm_netio_main(int argc, char **argv)
     }
     if (argc == 4 && !strcmp(argv[1], "recv")) {
         int s = connect_to(argv[2], argv[3]);
-        printf("%llu\n", drain(s));
-        return 0;
+        int failed;
+        printf("%llu\n", drain(s, &failed));
+        return failed;
     }
     if (argc == 5 && !strcmp(argv[1], "send")) {
         unsigned long long bytes = strtoull(argv[4], NULL, 10);
@@ -168,22 +182,31 @@ int hvm_netio_main(int argc, char **argv)
         if (fill(s, bytes) < 0)
             die("send");
         shutdown(s, SHUT_WR);
-        /* The sink's count, once it has read everything. */
+        /* The sink's count, once it has read everything: a line. */
         char line[32];
-        ssize_t n = read(s, line, sizeof line - 1);
-        if (n <= 0) {
+        size_t len = 0;
+        while (len < sizeof line - 1 && (len == 0 || line[len - 1] != '\n')) {
+            ssize_t n = read(s, line + len, sizeof line - 1 - len);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                break;
+            len += (size_t)n;
+        }
+        if (len == 0) {
             fprintf(stderr, "hvm-netio: no answer from the sink\n");
             return 1;
         }
-        line[n] = 0;
+        line[len] = 0;
         fputs(line, stdout);
         return strtoull(line, NULL, 10) == bytes ? 0 : 1;
     }
     if (argc == 2 && !strcmp(argv[1], "count")) {
-        printf("%llu\n", drain(0));
-        return 0;
+        int failed;
+        printf("%llu\n", drain(0, &failed));
+        return failed;
     }
-    fprintf(stderr, "usage: hvm-netio serve PORT BYTES | sink PORT | recv HOST PORT | "
-                    "send HOST PORT BYTES | count\n");
+    fprintf(stderr, "usage: hvm-netio serve [ADDR:]PORT BYTES | sink [ADDR:]PORT | "
+                    "recv HOST PORT | send HOST PORT BYTES | count\n");
     return 2;
 }

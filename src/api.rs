@@ -191,12 +191,17 @@ fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
+/// Where [`bind_private`] binds before the rename.
+fn temporary_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.new"))
+}
+
 /// Binds a socket that appears at `socket` already private (0600): bound
 /// under a temporary name (`.NAME.new`, which `list` ignores and the
 /// holder of NAME's lock alone uses), where it gets the process's umask,
 /// then made private and renamed, so no one ever finds it open to others.
 fn bind_private(dir: &Path, name: &str, socket: &Path) -> std::io::Result<UnixListener> {
-    let temporary = dir.join(format!(".{name}.new"));
+    let temporary = temporary_path(dir, name);
     let _ = std::fs::remove_file(&temporary);
     let listener = UnixListener::bind(&temporary)?;
     let ready = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
@@ -295,8 +300,8 @@ impl ControlSocket {
             .and_then(|_| write!(file, "{}", std::process::id()))
             .map_err(bind_err)?;
         let socket = socket_path(dir, name);
-        // Whatever is there was left by a VM that died (we hold the lock).
-        let _ = std::fs::remove_file(&socket);
+        // (Whatever is there was left by a VM that died, and the rename
+        // in bind_private replaces it: we hold the lock.)
         let listener = bind_private(dir, name, &socket).map_err(|source| ApiError::Bind {
             path: socket.clone(),
             source,
@@ -437,6 +442,7 @@ pub fn list() -> Vec<VmInfo> {
         if !is_running(&name) {
             log::debug!("removing the stale control files of {name}");
             let _ = std::fs::remove_file(socket_path(&dir, &name));
+            let _ = std::fs::remove_file(temporary_path(&dir, &name));
             let _ = std::fs::remove_file(lock_path(&dir, &name));
             continue;
         }

@@ -64,8 +64,9 @@ fn widen_send_buffer(fd: std::os::fd::RawFd) {
         );
         return;
     }
+    // (The kernel reports twice the size it was given.)
     match send_buffer(fd) {
-        Some(got) if got < size => log::debug!(
+        Some(got) if got < 2 * size => log::debug!(
             "passt: its socket's send buffer is {got} bytes (net.core.wmem_max caps it without CAP_NET_ADMIN; a bigger one speeds up downloads)"
         ),
         _ => {}

@@ -1064,19 +1064,20 @@ net_bench() {
     # (vsock's 64 MiB come from a file: L1's busybox yes | head would be
     # the slowest part.)
     dd if=/dev/zero of="$N/vsock.blob" bs=1048576 count=64 2>/dev/null
-    "$netio" serve 8001 33554432 &
-    serve_pid=$!
-    # The upload's sink counts what arrives (one line per connection) and
-    # answers with the count: the guest's clock stops at that answer, not
-    # when its kernel still holds unsent data. A fresh sink for every VM:
-    # an upload that stalled would keep it busy.
-    sink() {
-        [ -n "$sink_pid" ] && { kill "$sink_pid"; wait "$sink_pid"; } 2>/dev/null
+    # L1's ends, fresh for every VM (a transfer that stalled would keep
+    # them busy): the download's server, and the upload's sink, which
+    # counts what arrives (one line per connection) and answers with the
+    # count, so the guest's clock stops when L1 has every byte, not when
+    # its kernel still holds unsent data.
+    fresh_ends() {
+        for pid in $serve_pid $sink_pid; do { kill "$pid"; wait "$pid"; } 2>/dev/null; done
+        "$netio" serve 8001 33554432 &
+        serve_pid=$!
         : >"$N/up.bytes"
         "$netio" sink 5100 >>"$N/up.bytes" &
         sink_pid=$!
     }
-    sink_pid=
+    serve_pid= sink_pid=
     t=$GUEST_CS
     # (In two halves: net-stats reads the guest's counters between them.)
     down="g=\$(ip,route|awk,'/default/{print,\$3}');[,-z,\$g,]&&poweroff,-f;t0=\$($t);n=\$(hvm-netio,recv,\$g,8001);t1=\$($t);"
@@ -1096,7 +1097,6 @@ net_bench() {
     net_times() {
         tr -d '\r' >"$N/last.out"
         grep -E "HVM-GUEST-NET|hvm-netio:|hvm-vsock:" "$N/last.out" | sed 's/^/NET-BENCH-CONSOLE /' >&2
-        sleep 1 # the sink's count of a connection that just closed
         sed -n 's/^NET-BENCH-TIMES //p' "$N/last.out" | {
             read -r down up bytes
             [ "$bytes" = 33554432 ] || down=-
@@ -1122,19 +1122,19 @@ net_bench() {
         echo "@@CASE $name"
         (while sleep 20; do echo NET-BENCH-TICK; done) &
         ticker=$!
-        sink
+        fresh_ends
         set -- $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)
         echo "$label hvm-passt down $1"; echo "$label hvm-passt up $2"
         # In /tmp itself: passt binds after dropping to nobody, and $TMP is root's only.
         rm -f /tmp/hvm-bench-passt.sock
         passt -f -q -1 --runas 65534:65534 -s /tmp/hvm-bench-passt.sock 2>"$N/passt.err" &
         j=0; while [ ! -S /tmp/hvm-bench-passt.sock ] && [ $j -lt 100 ]; do sleep 0.05; j=$((j + 1)); done
-        sink
+        fresh_ends
         set -- $(qemu_net -netdev stream,id=n,server=off,addr.type=unix,addr.path=/tmp/hvm-bench-passt.sock | net_times)
         echo "$label qemu-passt down $1"; echo "$label qemu-passt up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-PASST-STDERR /' "$TMP/qemu-net.err" | head -5
         [ -s "$N/passt.err" ] && grep -v syslog "$N/passt.err" | sed 's/^/NET-PASST-STDERR /' | head -5
-        sink
+        fresh_ends
         set -- $(qemu_net -netdev user,id=n | net_times)
         echo "$label qemu-slirp down $1"; echo "$label qemu-slirp up $2"
         [ -s "$TMP/qemu-net.err" ] && sed 's/^/NET-QEMU-STDERR /' "$TMP/qemu-net.err" | head -5
@@ -1163,17 +1163,18 @@ net_bench() {
         echo "@@CASE net-stats"
         # First as the rounds run it (the times alone), then with --stats
         # and the guest's interface and interrupt counters.
-        sink
+        fresh_ends
         echo "NET-STATS plain down/up $("$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
-        # As an ordinary user (net.core.wmem_max caps passt's socket buffer).
-        [ -n "$HVM_LAB_L1" ] && chmod 0666 /dev/kvm
-        sink
-        echo "NET-STATS unprivileged down/up $(/usr/bin/setpriv --reuid=1000 --regid=1000 --clear-groups env HOME=/tmp \
+        # As an ordinary user (net.core.wmem_max caps passt's socket buffer);
+        # /dev/kvm as net_user_case opens it to uid 1000.
+        if [ -n "$HVM_LAB_L1" ]; then chmod 0666 /dev/kvm; groups=--clear-groups; else groups=--groups=$(stat -c %g /dev/kvm); fi
+        fresh_ends
+        echo "NET-STATS unprivileged down/up $(/usr/bin/setpriv --reuid=1000 --regid=1000 $groups env HOME=/tmp \
             "$HVM" run --timeout 300s "$spec" </dev/null 2>/dev/null | net_times)"
         # (The guest's CPU line around each half: busy or waiting.)
         cpu="head,-1,/proc/stat;"
         net_spec "$N/stats.toml" "$cpu${down}${cpu}cat,/proc/net/dev;$up;${cpu}cat,/proc/net/dev,/proc/interrupts"
-        sink
+        fresh_ends
         echo "NET-STATS down/up $("$HVM" run --stats --timeout 300s "$N/stats.toml" </dev/null 2>"$N/stats.err" | net_times)"
         sed 's/^/NET-STATS /' "$N/stats.err"
         grep -E "eth0|lo:|virtio|Inter-|face|^cpu " "$N/last.out" | sed 's/^/NET-STATS guest /'
@@ -1181,6 +1182,7 @@ net_bench() {
         echo "@@EXIT net-stats 0"
     fi
     kill $serve_pid $sink_pid 2>/dev/null
+    wait $serve_pid $sink_pid 2>/dev/null
 }
 net_bench
 

@@ -131,6 +131,8 @@ const CONTROL: &[i64] = &[
     // The control socket appears private: bound under a temporary name,
     // made 0600, renamed (api.rs).
     libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
     libc::SYS_rmdir,
     libc::SYS_rt_sigaction,
     libc::SYS_setsockopt,
