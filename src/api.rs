@@ -429,6 +429,9 @@ pub fn list() -> Vec<VmInfo> {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_suffix(".sock")
                 .or_else(|| name.strip_suffix(".lock"))
+                // (A socket still under its temporary name: hvm died
+                // between bind and rename.)
+                .or_else(|| name.strip_prefix('.')?.strip_suffix(".new"))
                 .map(str::to_string)
         })
         .collect();
@@ -593,6 +596,12 @@ mod tests {
         drop(second);
         assert!(!path.exists());
         assert!(!is_running("claimtest"));
+        // A socket left under its temporary name by a VM that died between
+        // bind and rename is swept like any stale file.
+        let orphan = temporary_path(&dir, "ghost");
+        std::fs::write(&orphan, b"").unwrap();
+        assert!(list().iter().all(|vm| vm.name != "ghost"));
+        assert!(!orphan.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
