@@ -671,9 +671,6 @@ impl Vm {
         Ok(rules)
     }
 
-    /// Runs the VM until it stops, and says why: starts the device loop
-    /// and the vCPU threads, then hands everything to the control loop.
-    /// Restores the terminal and flushes the console before returning.
     /// Waits for the file servers' handshakes; their servers join the
     /// VM's companions. On a failure the other shares are dropped before
     /// the caller stops the VM, which frees a vCPU waiting for one.
@@ -693,6 +690,9 @@ impl Vm {
         Ok(())
     }
 
+    /// Runs the VM until it stops, and says why: starts the device loop
+    /// and the vCPU threads, then hands everything to the control loop.
+    /// Restores the terminal and flushes the console before returning.
     pub fn run(self, opts: &RunOptions) -> Result<Outcome, VmError> {
         let signals = control::take_stop_signals()?;
         vcpu::install_kick_handler()?;

@@ -333,11 +333,8 @@ impl Backends {
     /// in (see [`StartingFs`]), and the shares whose handshakes go on.
     pub fn finish(self) -> (Vec<Box<dyn VirtioDevice>>, Vec<StartingShare>) {
         let mut devices = self.devices;
-        let mut starting = Vec::new();
-        for (fs, share) in self.shares {
-            devices.push(Box::new(fs));
-            starting.push(share);
-        }
+        let (fs, starting): (Vec<StartingFs>, Vec<StartingShare>) = self.shares.into_iter().unzip();
+        devices.extend(fs.into_iter().map(|f| Box::new(f) as Box<dyn VirtioDevice>));
         (devices, starting)
     }
 }
